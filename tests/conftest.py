@@ -32,3 +32,28 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'slow' in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope='session')
+def reference_io():
+  """The fixture's inputs and reference outputs (SPEC §7)."""
+  import numpy as np
+
+  with np.load(DATA / 'student_random_io.npz') as z:
+    return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope='session')
+def reference_ckpt():
+  """`tests/data/student_random.pt` converted to our Checkpoint."""
+  from efficientvit_jax import convert
+
+  return convert.checkpoint_from_torch_file(DATA / 'student_random.pt')
+
+
+@pytest.fixture(scope='session')
+def reference_folder(tmp_path_factory, reference_ckpt):
+  """The fixture as a checkpoint folder."""
+  from efficientvit_jax import checkpointing
+
+  return checkpointing.write_folder(tmp_path_factory.mktemp('ckpt') / 'student', reference_ckpt)

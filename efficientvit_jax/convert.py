@@ -1,0 +1,399 @@
+"""Conversion between the reference's PyTorch checkpoints and our checkpoint folders (SPEC §2).
+
+  python -m efficientvit_jax.convert torch-to-orbax SRC.pt DST [--allow-pickle]
+  python -m efficientvit_jax.convert orbax-to-torch SRC DST.pt [--step N]
+  python -m efficientvit_jax.convert timm-encoder SRC.pth|SRC.safetensors DST
+
+The mapping is a table: a JAX path becomes a torch key by renaming a few modules (`_MODULES`) and
+the leaf (`_LEAVES`); layouts differ only by transposes (`_TO_JAX`), so a round trip is bit-exact.
+Strict both ways: every torch key is used, or checked and dropped (`img_mean`, `img_std`), every
+shape checked, and errors name the key. torch is imported lazily (conversion only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import sys
+import zipfile
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from efficientvit_jax import checkpointing
+from efficientvit_jax import model as model_lib
+from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
+
+# JAX module path pieces that the reference names by position in an nn.Sequential.
+_MODULES = (
+    (r'^neck\.conv\.', 'neck.0.'),
+    (r'^neck\.norm\.', 'neck.1.'),
+    (r'\.fuse\.conv\.', '.fuse.0.'),
+    (r'\.fuse\.norm\.', '.fuse.1.'),
+    (r'^depth_head\.', 'depth_head.0.'),
+)
+# (leaf, kind) -> torch leaf; kind 'norm' for BatchNorm variables.
+_LEAVES = {
+    ('kernel', 'conv'): 'weight', ('kernel', 'up'): 'weight', ('bias', 'conv'): 'bias',
+    ('bias', 'up'): 'bias', ('scale', 'norm'): 'weight', ('bias', 'norm'): 'bias',
+    ('mean', 'norm'): 'running_mean', ('var', 'norm'): 'running_var',
+}
+# Layout of a torch tensor -> ours: conv [out, in/g, kh, kw] -> HWIO; transposed conv
+# [in, out, kh, kw] -> [kh, kw, in, out]. Both transposes are self-describing in reverse.
+_TO_JAX = {'conv': (2, 3, 1, 0), 'up': (2, 3, 0, 1)}
+_TO_TORCH = {'conv': (3, 2, 0, 1), 'up': (2, 3, 0, 1)}
+NORM_PARENTS = ('norm', 'bn')
+
+
+def _kind(path: str) -> str:
+  parts = path.split('.')
+  if parts[-2] in NORM_PARENTS or parts[-1] in ('scale', 'mean', 'var'):
+    return 'norm'
+  return 'up' if parts[-2] == 'up' else 'conv'
+
+
+def torch_key(path: str) -> str:
+  """Our dotted path -> the reference state-dict key, e.g. 'neck.norm.var' -> 'neck.1.running_var'."""
+  kind = _kind(path)
+  module, leaf = path.rsplit('.', 1)
+  name = f'{module}.{_LEAVES[(leaf, kind)]}'
+  for pattern, repl in _MODULES:
+    name = re.sub(pattern, repl, name)
+  return name
+
+
+def bn_prefixes(batch_stats: dict[str, Any]) -> list[str]:
+  """Torch module names of the BatchNorm layers (the owners of `num_batches_tracked`)."""
+  return sorted({torch_key(p).rsplit('.', 1)[0] for p in checkpointing.flatten(batch_stats)})
+
+
+def _template() -> tuple[dict[str, Any], dict[str, Any]]:
+  """Shapes of our params and batch stats (no weights computed)."""
+  abstract = nnx.eval_shape(lambda: model_lib.create())
+  return (checkpointing.flatten(checkpointing.unflatten(
+              {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(abstract, kind))}))
+          for kind in (nnx.Param, nnx.BatchStat))
+
+
+# --------------------------------------------------------------------------------------------------
+# torch -> ours
+
+
+def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Mapping[str, Any]:
+  """`torch.load` with `weights_only=True`; full unpickling only with `allow_pickle`.
+
+  Raises CheckpointError with one line naming the file for anything that is not a checkpoint.
+  """
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  import torch  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise CheckpointError(f'{path}: no such file')
+  with open(path, 'rb') as f:
+    head = f.read(2)
+  if not zipfile.is_zipfile(path) and head[:1] != b'\x80':
+    raise CheckpointError(f'{path}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle)')
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
+  except pickle.UnpicklingError as e:
+    if not allow_pickle and 'Unsupported global' in str(e):
+      found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+      raise CheckpointError(
+          f'{path}: holds objects ({found.group(1) if found else "unknown"}) that '
+          'torch.load(weights_only=True) refuses; if you trust the file, rerun with --allow-pickle') from None
+    raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
+  except Exception as e:  # torch raises many types (RuntimeError, KeyError, EOFError) for bad bytes
+    raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200] if str(e) else ""})') from None
+  if not isinstance(obj, Mapping):
+    raise CheckpointError(f'{path}: holds a {type(obj).__name__}, not a checkpoint dict or state dict')
+  return obj
+
+
+def split_checkpoint(obj: Mapping[str, Any], source: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+  """(state_dict, the rest) of a training-checkpoint dict (`model` / `model_state_dict`) or a bare one."""
+  for key in ('model', 'model_state_dict'):
+    if key in obj:
+      if not isinstance(obj[key], Mapping):
+        raise CheckpointError(f'{source}: "{key}" is a {type(obj[key]).__name__}, not a state dict')
+      return obj[key], {k: v for k, v in obj.items() if k != key}
+  if obj and all(hasattr(v, 'shape') for v in obj.values()):
+    return obj, {}
+  raise CheckpointError(f'{source}: neither a training checkpoint ("model" or "model_state_dict" '
+                        f'key) nor a bare state dict; keys: {sorted(map(str, obj))[:8]}')
+
+
+def _numpy(value: Any) -> np.ndarray:
+  return value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)
+
+
+def _check_normalisation(sd: Mapping[str, Any], source: str) -> None:
+  for key, expected in (('img_mean', model_lib.IMAGENET_MEAN), ('img_std', model_lib.IMAGENET_STD)):
+    if key not in sd:
+      raise CheckpointError(f'{source}: missing key {key} (expected shape (1, 3, 1, 1))')
+    value = _numpy(sd[key])
+    if value.shape != (1, 3, 1, 1):
+      raise CheckpointError(f'{source}: {key} has shape {value.shape}, expected (1, 3, 1, 1)')
+    if not np.allclose(value.reshape(3), expected, atol=1e-6):
+      raise CheckpointError(f'{source}: {key} is {value.reshape(3).tolist()}, but the model normalises '
+                            f'with the ImageNet values {list(expected)}; this checkpoint was trained '
+                            'with another normalisation and would give wrong outputs')
+
+
+def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = '',
+                           only: tuple[str, ...] | None = None) -> tuple[dict, dict, dict[str, int]]:
+  """Maps a reference state dict onto our trees: (params, batch_stats, num_batches_tracked).
+
+  `only` restricts the conversion to top-level modules (e.g. ('encoder',)); keys outside are
+  errors. `prefix` is prepended to our paths' torch keys (timm's encoder has none).
+  """
+  param_shapes, stat_shapes = _template()
+  keep = lambda p: only is None or p.split('.')[0] in only
+  used: set[str] = set()
+  trees = []
+  for shapes in (param_shapes, stat_shapes):
+    flat = {}
+    for path, shape_struct in shapes.items():
+      if not keep(path):
+        continue
+      key = prefix + torch_key(path)
+      if key not in sd:
+        raise CheckpointError(f'{source}: missing key {key} (expected shape {_torch_shape(path, shape_struct.shape)})')
+      value = _numpy(sd[key])
+      kind = _kind(path)
+      expected = _torch_shape(path, shape_struct.shape)
+      if value.shape != expected:
+        raise CheckpointError(f'{source}: key {key} has shape {value.shape}, expected {expected}')
+      if value.dtype != np.float32:
+        raise CheckpointError(f'{source}: key {key} has dtype {value.dtype}, expected float32')
+      flat[path] = np.ascontiguousarray(value.transpose(_TO_JAX[kind]) if value.ndim == 4 else value)
+      used.add(key)
+    trees.append(checkpointing.unflatten(flat))
+  num_batches = {}
+  for bn in bn_prefixes(trees[1]):
+    key = f'{prefix}{bn}.num_batches_tracked'
+    if key not in sd:
+      raise CheckpointError(f'{source}: missing key {key} (expected shape ())')
+    value = _numpy(sd[key])
+    if value.shape != ():
+      raise CheckpointError(f'{source}: key {key} has shape {value.shape}, expected ()')
+    num_batches[bn] = int(value)
+    used.add(key)
+  unexpected = sorted(set(sd) - used - {'img_mean', 'img_std'})
+  if unexpected:
+    raise CheckpointError(f'{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected '
+                          'keys in all); is this a checkpoint of this network?')
+  return trees[0], trees[1], num_batches
+
+
+def _torch_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if len(shape) != 4:
+    return tuple(shape)
+  return tuple(shape[i] for i in _TO_TORCH[_kind(path)])
+
+
+def _json_safe(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return repr(value)
+
+
+def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
+  """A loaded reference checkpoint (dict or bare state dict) -> our Checkpoint."""
+  sd, rest = split_checkpoint(obj, source)
+  _check_normalisation(sd, source)
+  params, batch_stats, num_batches = params_from_state_dict(sd, source)
+  kendall = checkpointing.default_kendall()
+  criterion = rest.get('criterion') or {}
+  for name in kendall:
+    if name in criterion:
+      value = _numpy(criterion[name]).astype(np.float32)
+      if value.shape != (1,):
+        raise CheckpointError(f'{source}: criterion.{name} has shape {value.shape}, expected (1,)')
+      kendall[name] = value
+  metrics = {k: _json_safe(v) for k, v in rest.items()
+             if k not in ('criterion', 'epoch', 'optimizer', 'scheduler', 'config')}
+  meta = {
+      'step': 0,
+      'epoch': int(rest.get('epoch', 0) or 0),
+      'num_batches_tracked': num_batches,
+      'source': f'torch:{source}',
+      'config': _json_safe(rest.get('config', {})),
+      'metrics': metrics,
+      'dropped': sorted(k for k in ('optimizer', 'scheduler') if k in rest),
+  }
+  return Checkpoint(params=params, batch_stats=batch_stats, kendall=kendall, meta=meta)
+
+
+def checkpoint_from_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> Checkpoint:
+  return checkpoint_from_torch(read_torch_file(path, allow_pickle=allow_pickle), os.fspath(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# ours -> torch
+
+
+def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
+  """Our Checkpoint -> the reference state dict (all 358 keys, the twin's key order), torch tensors."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+
+  values: dict[str, Any] = {
+      'img_mean': np.asarray(model_lib.IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1),
+      'img_std': np.asarray(model_lib.IMAGENET_STD, np.float32).reshape(1, 3, 1, 1),
+  }
+  param_shapes, stat_shapes = _template()
+  for tree, shapes, item in ((ckpt.params, param_shapes, 'params'), (ckpt.batch_stats, stat_shapes, 'batch_stats')):
+    flat = checkpointing.flatten(tree)
+    if set(flat) != set(shapes):
+      missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
+      raise CheckpointError(f'{item}: the checkpoint does not cover the whole model '
+                            f'(missing {missing[:3]}, unexpected {extra[:3]}); an encoder-only '
+                            'checkpoint cannot become a reference .pt')
+    for path, value in flat.items():
+      value = np.asarray(value)
+      if value.shape != tuple(shapes[path].shape):
+        raise CheckpointError(f'{item}.{path} has shape {value.shape}, expected {tuple(shapes[path].shape)}')
+      kind = _kind(path)
+      values[torch_key(path)] = value.transpose(_TO_TORCH[kind]) if value.ndim == 4 else value
+  counters = ckpt.meta.get('num_batches_tracked') or {}
+  for bn in bn_prefixes(ckpt.batch_stats):
+    values[f'{bn}.num_batches_tracked'] = np.asarray(int(counters.get(bn, 0)), np.int64)
+  order = list(torch_model.DepthSegNet().state_dict())
+  if set(order) != set(values):
+    raise AssertionError(f'mapping table out of date: {sorted(set(order) ^ set(values))[:5]}')
+  return {k: torch.from_numpy(np.array(values[k], order='C', copy=True)) for k in order}
+
+
+def torch_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
+  """The reference training-checkpoint dict: `model`, `criterion`, `epoch` (+ metric fields)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  out: dict[str, Any] = {
+      'model': state_dict_from_checkpoint(ckpt),
+      'criterion': {k: torch.from_numpy(np.asarray(v, np.float32).reshape(1).copy())
+                    for k, v in ckpt.kendall.items()},
+      'epoch': int(ckpt.meta.get('epoch', 0)),
+  }
+  for key, value in (ckpt.meta.get('metrics') or {}).items():
+    if isinstance(value, (int, float)) and key not in out:
+      out[key] = value
+  return out
+
+
+def save_torch(ckpt: Checkpoint, dst: str | os.PathLike) -> None:
+  """Writes a reference `.pt` atomically (temporary file + rename)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  dst = pathlib.Path(dst)
+  payload = torch_checkpoint(ckpt)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  tmp = dst.with_name(f'.{dst.name}.tmp-{os.getpid()}')
+  try:
+    torch.save(payload, tmp)
+    os.replace(tmp, dst)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# timm ImageNet encoder
+
+
+def timm_to_reference_names(sd: Mapping[str, Any]) -> dict[str, Any]:
+  """timm's plain `efficientvit_b1` names -> the reference's `encoder.` names; `head.*` dropped."""
+  out = {}
+  for key, value in sd.items():
+    if key.startswith('head.'):
+      continue
+    name = re.sub(r'^stem\.(in_conv|res\d+)\.', r'stem_\1.', key)
+    name = re.sub(r'^stages\.(\d+)\.', r'stages_\1.', name)
+    out['encoder.' + name] = value
+  return out
+
+
+def read_timm_file(path: str | os.PathLike) -> Mapping[str, Any]:
+  path = pathlib.Path(path)
+  if path.suffix == '.safetensors':
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+    try:
+      return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+      raise CheckpointError(f'{path}: not a readable safetensors file ({e})') from None
+  obj = read_torch_file(path)
+  return obj.get('state_dict', obj) if isinstance(obj.get('state_dict'), Mapping) else obj
+
+
+def encoder_checkpoint_from_timm(path: str | os.PathLike) -> Checkpoint:
+  source = os.fspath(path)
+  sd = timm_to_reference_names(read_timm_file(path))
+  params, batch_stats, num_batches = params_from_state_dict(sd, source, only=('encoder',))
+  meta = {'step': 0, 'epoch': 0, 'num_batches_tracked': num_batches, 'source': f'timm:{source}',
+          'config': {}, 'metrics': {}}
+  return Checkpoint(params=params, batch_stats=batch_stats, kendall=checkpointing.default_kendall(), meta=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.convert', description=__doc__.split('\n\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  p = sub.add_parser('torch-to-orbax', help='reference .pt -> checkpoint folder')
+  p.add_argument('src')
+  p.add_argument('dst')
+  p.add_argument('--allow-pickle', action='store_true',
+                 help='fully unpickle files that weights_only loading refuses (trusted files only)')
+  p = sub.add_parser('orbax-to-torch', help='checkpoint folder / workdir -> reference .pt')
+  p.add_argument('src')
+  p.add_argument('dst')
+  p.add_argument('--step', type=int, default=None)
+  p = sub.add_parser('timm-encoder', help='timm ImageNet weights (.pth/.safetensors) -> encoder-only checkpoint')
+  p.add_argument('src')
+  p.add_argument('dst')
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'torch-to-orbax':
+      ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
+      checkpointing.write_folder(args.dst, ckpt)
+      dropped = ckpt.meta['dropped']
+      print(f'wrote {args.dst}: {len(checkpointing.flatten(ckpt.params))} parameters, '
+            f'{len(checkpointing.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
+            f'epoch {ckpt.meta["epoch"]}'
+            + (f'; not converted: {", ".join(dropped)} (training here starts a fresh optimiser)' if dropped else ''))
+    elif args.command == 'orbax-to-torch':
+      if pathlib.Path(args.src).is_file():
+        raise CheckpointError(f'{args.src}: orbax-to-torch reads a checkpoint folder or workdir')
+      ckpt = checkpointing.load_any(args.src, args.step)
+      save_torch(ckpt, args.dst)
+      print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {ckpt.meta.get("epoch", 0)} '
+            f'(from step {ckpt.step})')
+    else:
+      ckpt = encoder_checkpoint_from_timm(args.src)
+      checkpointing.write_folder(args.dst, ckpt)
+      print(f'wrote {args.dst}: encoder only ({len(checkpointing.flatten(ckpt.params))} parameters); '
+            'use it as init_from')
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,439 @@
+"""Evaluation metrics: jitted per-frame statistics on device, float64 finalisation on the host.
+
+Two steps, so that the device work is one fused pass per batch and every mean is taken over the
+whole split, whatever the batch size, sharding or padding:
+
+1. `frame_stats` (pure, jittable) turns a batch of predictions and ground truth into small
+   per-frame sums (`[N]`, `[N, 3]`, `[N, C, C]`), computed in float32 / int32.
+2. `MetricAccumulator` pulls them to the host, drops padding frames, and `result()` reduces in
+   float64 into the eval JSON structure of INTERFACES.md (`num_frames`, `num_frames_skipped`,
+   `depth`, `seg`, `baselines`).
+
+Definitions (SPEC section 6). A depth pixel is valid when `min_depth <= gt <= max_depth`.
+- RMSE = sqrt(mean((p - g)^2)), MAE = mean|p - g|, AbsRel = mean(|p - g| / g) with the raw
+  prediction p; delta_k = fraction with max(p'/g, g/p') < 1.25^k, p' = max(p, 1e-6).
+- `frame_mean`: the mean over frames of each frame's metric, frames with fewer than
+  `min_valid_pixels` (100) valid pixels skipped (and counted in `num_frames_skipped`).
+  `pooled`: over all valid pixels of the split, small frames included.
+- `median_scaled`: per frame p * median(g) / median(p) over its valid pixels (numpy's median:
+  the mean of the two middle values for an even count). Frames with median(p) <= 1e-6 are left
+  out of both its frame mean and its pooled sums; its pooled sums, like `pooled`, keep frames with
+  fewer than 100 valid pixels.
+- `bins`: pooled RMSE over valid pixels with gt in [0.3, 1.0), [1.0, 2.0), [2.0, 4.0) m.
+- `seg`: one confusion matrix over the split, pixels with gt 255 ignored; IoU_c = TP/(TP+FP+FN);
+  a class with TP+FP+FN = 0 gets IoU None and is left out of the mIoU.
+- `baselines`: `mean_depth_rmse` = pooled RMSE of the constant prediction mean(g) over all valid
+  pixels of the split; `majority_class_miou` = mIoU of predicting the most frequent ground-truth
+  class everywhere (from the confusion matrix's row sums: (n_major / n_labelled) / #classes present).
+Undefined values (no valid pixel, no labelled pixel, non-finite results) are None, never NaN.
+
+The reference's own validation protocol (`--protocol reference`) is `reference_frame_stats` +
+`ReferenceAccumulator`; see there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
+IGNORE_LABEL = 255
+# (name, lower bound inclusive, upper bound exclusive), metres of ground truth.
+DEPTH_BINS: tuple[tuple[str, float, float], ...] = (('near', 0.3, 1.0), ('mid', 1.0, 2.0), ('far', 2.0, 4.0))
+MIN_VALID_PIXELS = 100
+PRED_FLOOR = 1e-6  # p is clipped below at this for the delta ratios; median(p) <= this => no scaling
+DEPTH_METRICS = ('rmse', 'mae', 'abs_rel', 'delta1', 'delta2', 'delta3')
+_SUM_KEYS = ('sum_sq_err', 'sum_abs_err', 'sum_abs_rel', 'n_delta1', 'n_delta2', 'n_delta3')
+_FRAME_KEYS = ('n_valid', *_SUM_KEYS, 'median_ok', 'median_scale', *('ms_' + k for k in _SUM_KEYS),
+               'bin_sum_sq_err', 'bin_n', 'sum_gt', 'sum_gt_sq')
+
+
+# ------------------------------------------------------------------------------------------------
+# Device side (pure, jittable).
+# ------------------------------------------------------------------------------------------------
+
+def masked_median(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Median of `x` over `mask` along the last axis, as numpy's median of the selected values.
+
+  Masked-out entries are replaced by +inf and the row is sorted, so the n selected values come
+  first; the median is (s[(n - 1) // 2] + s[n // 2]) / 2: the middle value for odd n, the mean of
+  the two middle values for even n (ties need no special care: they are equal sorted values).
+
+  Args:
+    x: [..., M] float.
+    mask: [..., M] bool.
+  Returns:
+    (median [...], count [...] int32); the median is 0 where count is 0.
+  """
+  n = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+  s = jnp.sort(jnp.where(mask, x, jnp.inf), axis=-1)
+  lo = jnp.clip((n - 1) // 2, 0, None)[..., None]
+  hi = jnp.clip(n // 2, 0, None)[..., None]
+  a = jnp.take_along_axis(s, lo, axis=-1)[..., 0]
+  b = jnp.take_along_axis(s, hi, axis=-1)[..., 0]
+  return jnp.where(n > 0, (a + b) / 2, 0.0).astype(x.dtype), n
+
+
+def _depth_sums(p: jax.Array, g: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
+  """Per-frame error sums over valid pixels. p, g: [N, M] float32; valid: [N, M] bool -> [N] each."""
+  g_safe = jnp.where(valid, g, 1.0)
+  err = jnp.where(valid, p - g, 0.0)
+  p_floor = jnp.maximum(p, PRED_FLOOR)
+  ratio = jnp.maximum(p_floor / g_safe, g_safe / p_floor)
+  out = {
+      'sum_sq_err': jnp.sum(err * err, axis=1),
+      'sum_abs_err': jnp.sum(jnp.abs(err), axis=1),
+      'sum_abs_rel': jnp.sum(jnp.abs(err) / g_safe, axis=1),
+  }
+  for k in (1, 2, 3):
+    out[f'n_delta{k}'] = jnp.sum(valid & (ratio < 1.25**k), axis=1, dtype=jnp.int32)
+  return out
+
+
+def _confusion(seg_pred: jax.Array, gt_seg: jax.Array, keep: jax.Array, num_classes: int) -> jax.Array:
+  """Per-frame confusion [N, C, C] int32 (rows ground truth, columns prediction) over `keep` [N, M].
+
+  Ground-truth labels outside [0, C) (255) match no row, so they are ignored.
+  """
+  classes = jnp.arange(num_classes, dtype=jnp.int32)
+  g_hot = (gt_seg[..., None] == classes) & keep[..., None]  # [N, M, C]
+  p_hot = seg_pred[..., None] == classes
+  return jnp.sum(g_hot[..., :, None] & p_hot[..., None, :], axis=1, dtype=jnp.int32)
+
+
+def frame_stats(
+    depth_pred: jax.Array,
+    gt_depth: jax.Array,
+    seg_pred: jax.Array | None,
+    gt_seg: jax.Array | None,
+    frame_mask: jax.Array,
+    *,
+    min_depth: float,
+    max_depth: float,
+    num_classes: int = len(CLASS_NAMES),
+    bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+) -> dict[str, jax.Array]:
+  """Per-frame metric statistics of one batch (jittable; batch may be sharded on axis 0).
+
+  Args:
+    depth_pred: [N, H, W] predicted depth, metres.
+    gt_depth: [N, H, W] ground-truth depth, metres (0 or out of [min_depth, max_depth] = invalid).
+    seg_pred: [N, H, W] int predicted class ids, or None (no segmentation statistics).
+    gt_seg: [N, H, W] int ground-truth class ids, 255 = ignore, or None.
+    frame_mask: [N] bool; False marks padding frames, which contribute nothing.
+    min_depth, max_depth: the valid ground-truth window, inclusive.
+    num_classes: C.
+    bins: (name, lo, hi) ground-truth depth bins, [lo, hi).
+  Returns:
+    Every entry has the batch as leading axis:
+    `frame_mask` [N] bool; `n_valid` [N] int32 (valid depth pixels);
+    `sum_sq_err`, `sum_abs_err`, `sum_abs_rel` [N] float32, `n_delta1..3` [N] int32;
+    `median_ok` [N] bool (n_valid > 0 and median(p) > 1e-6), `median_scale` [N] float32
+    (median(g) / median(p), 1 where not ok); `ms_` + each sum key: the same sums after median
+    scaling, 0 where not ok; `bin_sum_sq_err` [N, B] float32, `bin_n` [N, B] int32;
+    `sum_gt`, `sum_gt_sq` [N] float32 (over valid pixels, for the mean-depth baseline);
+    `confusion` [N, C, C] int32 (only when both seg arrays are given).
+  """
+  n = depth_pred.shape[0]
+  frame_mask = frame_mask.astype(bool)
+  p = depth_pred.astype(jnp.float32).reshape(n, -1)
+  g = gt_depth.astype(jnp.float32).reshape(n, -1)
+  valid = (g >= min_depth) & (g <= max_depth) & frame_mask[:, None]
+  g0 = jnp.where(valid, g, 0.0)
+
+  out: dict[str, jax.Array] = {'frame_mask': frame_mask, 'n_valid': jnp.sum(valid, axis=1, dtype=jnp.int32)}
+  out.update(_depth_sums(p, g, valid))
+
+  med_p, count = masked_median(p, valid)
+  med_g, _ = masked_median(g, valid)
+  ok = (count > 0) & (med_p > PRED_FLOOR)
+  scale = jnp.where(ok, med_g / jnp.where(ok, med_p, 1.0), 1.0)
+  out['median_ok'] = ok
+  out['median_scale'] = scale
+  for k, v in _depth_sums(p * scale[:, None], g, valid & ok[:, None]).items():
+    out['ms_' + k] = v
+
+  sq = jnp.where(valid, (p - g) ** 2, 0.0)
+  in_bin = jnp.stack([valid & (g >= lo) & (g < hi) for _, lo, hi in bins], axis=1)  # [N, B, M]
+  out['bin_sum_sq_err'] = jnp.sum(jnp.where(in_bin, sq[:, None], 0.0), axis=2)
+  out['bin_n'] = jnp.sum(in_bin, axis=2, dtype=jnp.int32)
+  out['sum_gt'] = jnp.sum(g0, axis=1)
+  out['sum_gt_sq'] = jnp.sum(g0 * g0, axis=1)
+
+  if seg_pred is not None and gt_seg is not None:
+    keep = jnp.broadcast_to(frame_mask[:, None], (n, p.shape[1]))
+    out['confusion'] = _confusion(
+        seg_pred.astype(jnp.int32).reshape(n, -1), gt_seg.astype(jnp.int32).reshape(n, -1), keep, num_classes)
+  return out
+
+
+def reference_frame_stats(
+    depth_pred: jax.Array,
+    gt_depth: jax.Array,
+    seg_pred: jax.Array | None,
+    gt_seg: jax.Array | None,
+    frame_mask: jax.Array,
+    *,
+    num_classes: int = len(CLASS_NAMES),
+) -> dict[str, jax.Array]:
+  """Per-frame statistics for the reference's validation protocol (jittable).
+
+  The reference (`train.py: compute_metrics`) takes, per batch, the RMSE over pixels with gt > 0
+  (no upper bound) and, per class c, IoU = |pred=c AND gt=c| / |pred=c OR gt=c| over **all**
+  pixels: a pixel labelled 255 is in no ground-truth class but still counts in the union of the
+  class predicted there (a false positive), which is what "255 not excluded" means. Classes with
+  an empty union are left out of that batch's mean. Per-frame counts suffice to rebuild this for
+  any grouping of frames into batches (`ReferenceAccumulator`).
+
+  Args:
+    depth_pred, gt_depth: [N, H, W] metres.
+    seg_pred, gt_seg: [N, H, W] int, or None.
+    frame_mask: [N] bool; padding frames contribute nothing.
+  Returns:
+    `frame_mask` [N] bool; `ref_sum_sq_err` [N] float32 and `ref_n_valid` [N] int32 over gt > 0;
+    with seg: `ref_tp`, `ref_n_pred`, `ref_n_gt` [N, C] int32 (pred = c and gt = c; pred = c over
+    all pixels; gt = c).
+  """
+  n = depth_pred.shape[0]
+  frame_mask = frame_mask.astype(bool)
+  p = depth_pred.astype(jnp.float32).reshape(n, -1)
+  g = gt_depth.astype(jnp.float32).reshape(n, -1)
+  valid = (g > 0) & frame_mask[:, None]
+  err = jnp.where(valid, p - g, 0.0)
+  out = {
+      'frame_mask': frame_mask,
+      'ref_sum_sq_err': jnp.sum(err * err, axis=1),
+      'ref_n_valid': jnp.sum(valid, axis=1, dtype=jnp.int32),
+  }
+  if seg_pred is not None and gt_seg is not None:
+    classes = jnp.arange(num_classes, dtype=jnp.int32)
+    keep = frame_mask[:, None, None]
+    p_hot = (seg_pred.astype(jnp.int32).reshape(n, -1)[..., None] == classes) & keep  # [N, M, C]
+    g_hot = (gt_seg.astype(jnp.int32).reshape(n, -1)[..., None] == classes) & keep
+    out['ref_tp'] = jnp.sum(p_hot & g_hot, axis=1, dtype=jnp.int32)
+    out['ref_n_pred'] = jnp.sum(p_hot, axis=1, dtype=jnp.int32)
+    out['ref_n_gt'] = jnp.sum(g_hot, axis=1, dtype=jnp.int32)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Host side (numpy, float64).
+# ------------------------------------------------------------------------------------------------
+
+def _to_numpy(x: Any) -> np.ndarray:
+  """Device array -> numpy, gathering across processes when it is not fully addressable."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # only multi-process runs need it
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def _json_float(x: Any) -> float | None:
+  """A Python float, or None for undefined (None, NaN, inf)."""
+  if x is None:
+    return None
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+  """num / den in float64, NaN where den == 0 (no warnings)."""
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
+
+
+def _metrics_from_sums(s: Mapping[str, np.ndarray], n: np.ndarray, prefix: str = '') -> dict[str, np.ndarray]:
+  """The six depth metrics from sums (any shape, float64; NaN where n == 0)."""
+  return {
+      'rmse': np.sqrt(_ratio(s[prefix + 'sum_sq_err'], n)),
+      'mae': _ratio(s[prefix + 'sum_abs_err'], n),
+      'abs_rel': _ratio(s[prefix + 'sum_abs_rel'], n),
+      **{f'delta{k}': _ratio(s[f'{prefix}n_delta{k}'], n) for k in (1, 2, 3)},
+  }
+
+
+def _frame_mean(per_frame: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, float | None]:
+  if not keep.any():
+    return {k: None for k in DEPTH_METRICS}
+  return {k: _json_float(np.mean(per_frame[k][keep])) for k in DEPTH_METRICS}
+
+
+def _pooled(stats: Mapping[str, np.ndarray], keep: np.ndarray, prefix: str = '') -> dict[str, float | None]:
+  sums = {k: np.sum(stats[prefix + k][keep], dtype=np.float64) for k in _SUM_KEYS}
+  m = _metrics_from_sums(sums, np.sum(stats['n_valid'][keep], dtype=np.float64))
+  return {k: _json_float(m[k]) for k in DEPTH_METRICS}
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+  """Per-class IoU [C] float64 from a [C, C] confusion matrix (rows gt); NaN where TP+FP+FN = 0."""
+  c = np.asarray(confusion, np.float64)
+  tp = np.diag(c)
+  return _ratio(tp, c.sum(0) + c.sum(1) - tp)
+
+
+class MetricAccumulator:
+  """Collects `frame_stats` outputs over a split and finalises them into the eval JSON parts.
+
+  Usage:
+    acc = MetricAccumulator()
+    for batch in loader:
+      acc.update(stats_fn(params, batch))   # stats_fn: jitted, returns frame_stats(...)
+    report = acc.result()
+
+  Padding frames (frame_mask False) are dropped in `update`. Multi-process runs: arrays that are
+  not fully addressable are gathered with `process_allgather` (every process must call update).
+  """
+
+  def __init__(
+      self,
+      class_names: Sequence[str] = CLASS_NAMES,
+      min_valid_pixels: int = MIN_VALID_PIXELS,
+      bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+  ):
+    """`bins` must be those given to `frame_stats` (only their names are used here)."""
+    self.class_names = tuple(class_names)
+    self.min_valid_pixels = min_valid_pixels
+    self.bin_names = tuple(name for name, _, _ in bins)
+    self._chunks: list[dict[str, np.ndarray]] = []
+    self._confusion = np.zeros((len(self.class_names),) * 2, np.int64)
+
+  def update(self, stats: Mapping[str, Any]) -> None:
+    """Adds one batch of `frame_stats` output (device or numpy arrays)."""
+    host = {k: _to_numpy(v) for k, v in stats.items()}
+    keep = host['frame_mask'].astype(bool)
+    if 'confusion' in host:
+      conf = host['confusion']
+      if conf.shape[1:] != self._confusion.shape:
+        raise ValueError(f'confusion has shape {conf.shape}, expected [N, {len(self.class_names)}, '
+                         f'{len(self.class_names)}] for classes {self.class_names}')
+      self._confusion += conf[keep].sum(0, dtype=np.int64)
+    self._chunks.append({k: v[keep] for k, v in host.items() if k not in ('confusion', 'frame_mask')})
+
+  def stats(self) -> dict[str, np.ndarray]:
+    """All real frames' statistics, concatenated in update order ([F, ...] each)."""
+    if not self._chunks:
+      return {k: np.zeros((0, len(self.bin_names)) if k.startswith('bin_') else (0,)) for k in _FRAME_KEYS}
+    return {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
+
+  def frame_metrics(self) -> dict[str, np.ndarray]:
+    """Per-frame metrics [F] float64 (NaN where undefined): the six depth metrics, `ms_` + the
+    six median-scaled ones, and `n_valid`."""
+    s = self.stats()
+    n = s['n_valid'].astype(np.float64)
+    out = _metrics_from_sums(s, n)
+    ms = _metrics_from_sums(s, np.where(s['median_ok'], n, 0.0), prefix='ms_')
+    out.update({'ms_' + k: v for k, v in ms.items()})
+    out['n_valid'] = n
+    return out
+
+  @property
+  def num_frames_median_skipped(self) -> int:
+    """Frames counted in the frame means but not in the median-scaled ones (median(p) <= 1e-6)."""
+    s = self.stats()
+    return int(np.sum((s['n_valid'] >= self.min_valid_pixels) & ~s['median_ok'].astype(bool)))
+
+  def result(self) -> dict[str, Any]:
+    """The eval JSON parts: `num_frames`, `num_frames_skipped`, `depth`, `seg` (absent when no
+    pixel of the split is labelled), `baselines`. Fractions, metres; None where undefined."""
+    s = self.stats()
+    n_valid = s['n_valid']
+    num_frames = len(n_valid)
+    counted = n_valid >= self.min_valid_pixels
+    med_ok = s['median_ok'].astype(bool)
+    per_frame = self.frame_metrics()
+    ms_frame = {k: per_frame['ms_' + k] for k in DEPTH_METRICS}
+
+    bins = {}
+    for i, name in enumerate(self.bin_names):
+      n_bin = int(np.sum(s['bin_n'][:, i], dtype=np.int64))
+      sse = np.sum(s['bin_sum_sq_err'][:, i], dtype=np.float64)
+      bins[name] = {'rmse': _json_float(np.sqrt(_ratio(sse, n_bin))), 'n_pixels': n_bin}
+
+    depth = {
+        'frame_mean': _frame_mean(per_frame, counted),
+        'pooled': _pooled(s, np.ones(num_frames, bool)),
+        'median_scaled': {
+            'frame_mean': _frame_mean(ms_frame, counted & med_ok),
+            'pooled': _pooled(s, med_ok, prefix='ms_'),
+        },
+        'bins': bins,
+    }
+
+    n_total = np.sum(n_valid, dtype=np.float64)
+    mean_gt = _ratio(np.sum(s['sum_gt'], dtype=np.float64), n_total)
+    var_gt = _ratio(np.sum(s['sum_gt_sq'], dtype=np.float64), n_total) - mean_gt**2
+    out: dict[str, Any] = {
+        'num_frames': num_frames,
+        'num_frames_skipped': int(np.sum(~counted)),
+        'depth': depth,
+    }
+    baselines = {'mean_depth_rmse': _json_float(np.sqrt(np.maximum(var_gt, 0.0))), 'majority_class_miou': None}
+
+    if self._confusion.sum() > 0:
+      iou = iou_from_confusion(self._confusion)
+      present = ~np.isnan(iou)
+      out['seg'] = {
+          'miou': _json_float(np.mean(iou[present])),
+          'iou': {name: _json_float(v) for name, v in zip(self.class_names, iou)},
+      }
+      gt_counts = self._confusion.sum(1)
+      baselines['majority_class_miou'] = _json_float(
+          gt_counts.max() / gt_counts.sum() / np.count_nonzero(gt_counts))
+    out['baselines'] = baselines
+    return out
+
+
+class ReferenceAccumulator:
+  """The reference's validation protocol from `reference_frame_stats` outputs.
+
+  Frames are taken in update order (padding dropped) and cut into consecutive batches of
+  `batch_size`, the last one possibly smaller (the reference's val loader: no shuffle,
+  drop_last=False). Per batch: RMSE over gt > 0 pooled over the batch (0.0 for a batch without a
+  valid pixel, as the reference appends it), mIoU over the classes whose union is non-empty (0.0
+  when none is). Both are then averaged over batches with equal weight.
+
+  Where ours differs: frame means / split-pooled values instead of batch means (a batch mean
+  depends on the batch size and order), a [min, max] depth window instead of gt > 0, and
+  pixels labelled 255 ignored rather than counted as false positives. The inputs are the
+  caller's (eval.py): the reference used bilinearly resized GT depth and the SAM2 teacher labels.
+  """
+
+  def __init__(self, batch_size: int = 16, class_names: Sequence[str] = CLASS_NAMES):
+    self.batch_size = batch_size
+    self.class_names = tuple(class_names)
+    self._chunks: list[dict[str, np.ndarray]] = []
+
+  def update(self, stats: Mapping[str, Any]) -> None:
+    """Adds one batch of `reference_frame_stats` output (device or numpy arrays)."""
+    host = {k: _to_numpy(v) for k, v in stats.items()}
+    keep = host.pop('frame_mask').astype(bool)
+    self._chunks.append({k: v[keep] for k, v in host.items()})
+
+  def result(self) -> dict[str, Any]:
+    """{`num_frames`, `num_batches`, `batch_size`, `depth`: {`rmse`}, `seg`: {`miou`}} (`seg`
+    absent when no segmentation statistics were given; None values when there are no frames)."""
+    s = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]} if self._chunks else {}
+    num_frames = len(s['ref_n_valid']) if s else 0
+    starts = np.arange(0, num_frames, self.batch_size)
+    out: dict[str, Any] = {'num_frames': num_frames, 'num_batches': len(starts), 'batch_size': self.batch_size}
+    if not num_frames:
+      out['depth'] = {'rmse': None}
+      return out
+
+    def batch_sum(x: np.ndarray) -> np.ndarray:  # [F, ...] -> [num_batches, ...]
+      return np.add.reduceat(x.astype(np.float64), starts, axis=0)
+
+    rmse = np.nan_to_num(np.sqrt(_ratio(batch_sum(s['ref_sum_sq_err']), batch_sum(s['ref_n_valid']))))
+    out['depth'] = {'rmse': _json_float(np.mean(rmse))}
+    if 'ref_tp' in s:
+      tp = batch_sum(s['ref_tp'])
+      iou = _ratio(tp, batch_sum(s['ref_n_pred']) + batch_sum(s['ref_n_gt']) - tp)  # [B, C]
+      present = ~np.isnan(iou)
+      per_batch = np.where(present.any(1), np.nansum(iou, 1) / np.maximum(present.sum(1), 1), 0.0)
+      out['seg'] = {'miou': _json_float(np.mean(per_batch))}
+    return out

@@ -1,0 +1,98 @@
+"""Pictures of predictions: coloured depth with a scale, coloured classes with a legend.
+
+Used by `predict.py` (RGB | depth | classes) and `eval.py` (RGB | GT | prediction | error | labels).
+matplotlib with the Agg backend only; numpy in, PNG out.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from matplotlib import colors as mcolors  # pylint: disable=wrong-import-position
+from matplotlib.patches import Patch  # pylint: disable=wrong-import-position
+
+CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
+PALETTE = np.array([
+    [128, 64, 128],   # floor
+    [70, 130, 180],   # wall
+    [220, 20, 60],    # person
+    [190, 153, 53],   # furniture
+    [0, 220, 220],    # glass
+    [152, 251, 152],  # other
+], np.uint8)
+IGNORE_COLOUR = np.array([0, 0, 0], np.uint8)
+
+
+def colorize_seg(labels: np.ndarray) -> np.ndarray:
+  """[H, W] class ids (255 = ignore) -> [H, W, 3] uint8."""
+  labels = np.asarray(labels)
+  out = np.broadcast_to(IGNORE_COLOUR, (*labels.shape, 3)).copy()
+  known = labels < len(PALETTE)
+  out[known] = PALETTE[labels[known]]
+  return out
+
+
+def _legend(ax, labels_list: list[np.ndarray]) -> None:
+  present = sorted({int(c) for labels in labels_list for c in np.unique(labels) if c < len(CLASS_NAMES)})
+  handles = [Patch(color=PALETTE[c] / 255.0, label=CLASS_NAMES[c]) for c in present]
+  if handles:
+    ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+
+
+def _depth_axes(fig, ax, depth: np.ndarray, vmax: float, title: str, cmap: str = 'turbo') -> None:
+  masked = np.ma.masked_where(~(depth > 0), depth)
+  cm = plt.get_cmap(cmap).with_extremes(bad='black')
+  im = ax.imshow(masked, cmap=cm, norm=mcolors.Normalize(0.0, vmax))
+  fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label='m')
+  ax.set_title(title, fontsize=9)
+
+
+def prediction_panel(path: str | os.PathLike, rgb: np.ndarray, depth: np.ndarray, seg: np.ndarray) -> None:
+  """RGB | coloured depth with a scale | coloured classes with a legend, as one PNG."""
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  axes[0].imshow(rgb)
+  axes[0].set_title('RGB', fontsize=9)
+  _depth_axes(fig, axes[1], depth, float(max(np.percentile(depth, 99), 1e-3)), 'depth')
+  axes[2].imshow(colorize_seg(seg))
+  axes[2].set_title('classes', fontsize=9)
+  _legend(axes[2], [seg])
+  for ax in axes:
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def evaluation_panel(path: str | os.PathLike, rgb: np.ndarray, gt_depth: np.ndarray, depth: np.ndarray,
+                     seg: np.ndarray, gt_seg: np.ndarray | None) -> None:
+  """RGB | GT depth | predicted depth | |error| on valid GT | labels (GT over prediction)."""
+  n = 5 if gt_seg is not None else 4
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8))
+  valid = gt_depth > 0
+  vmax = float(max(np.percentile(gt_depth[valid], 99) if valid.any() else np.percentile(depth, 99), 1e-3))
+  axes[0].imshow(rgb)
+  axes[0].set_title('RGB', fontsize=9)
+  _depth_axes(fig, axes[1], gt_depth, vmax, 'ground truth')
+  _depth_axes(fig, axes[2], depth, vmax, 'prediction')
+  error = np.where(valid, np.abs(depth - gt_depth), 0.0)
+  rmse = float(np.sqrt(np.mean(np.square(error[valid])))) if valid.any() else float('nan')
+  _depth_axes(fig, axes[3], np.where(valid, error + 1e-9, 0.0),
+              float(max(np.percentile(error[valid], 99) if valid.any() else 1.0, 1e-3)),
+              f'|error| (RMSE {rmse:.3f} m)', cmap='magma')
+  if gt_seg is not None:
+    h = seg.shape[0]
+    stacked = np.concatenate([colorize_seg(gt_seg)[: h // 2], colorize_seg(seg)[h // 2:]], axis=0)
+    axes[4].imshow(stacked)
+    axes[4].axhline(h // 2, color='white', lw=1)
+    axes[4].set_title('labels: GT (top) / prediction (bottom)', fontsize=9)
+    _legend(axes[4], [gt_seg, seg])
+  for ax in axes:
+    ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

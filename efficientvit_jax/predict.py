@@ -1,0 +1,161 @@
+"""Depth and classes for images, from any checkpoint source.
+
+  python -m efficientvit_jax.predict --checkpoint SRC --out DIR [--size HxW] [--native-size]
+      [--save-logits] IMAGE...
+
+Per image: `<stem>_depth.npy` [H, W] float32 metres, `<stem>_seg.png` class ids (uint8),
+`<stem>_seg_logits.npy` [H, W, 6] (with --save-logits) and `<stem>_panel.png`. Outputs are at the
+model's input size (default 240x320), or at the image's own size with --native-size. Pixels are
+uint8 / 255 as in training; an image of another size is resized bilinearly first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from efficientvit_jax import checkpointing
+from efficientvit_jax import model as model_lib
+from efficientvit_jax import ops
+from efficientvit_jax import panels
+
+
+class ImageError(Exception):
+  """An input image that cannot be used; the message names the file."""
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+  """An image file -> [H, W, 3] uint8 RGB. Greyscale, palette and RGBA become RGB; 16-bit is refused."""
+  try:
+    with Image.open(path) as img:
+      img.load()
+      mode = img.mode
+      if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I', 'F') or img.getbands() == ('I',):
+        raise ImageError(f'{path}: {mode} image (16/32-bit); predict takes 8-bit RGB images '
+                         '(a depth PNG is not an input)')
+      if mode not in ('RGB', 'L', 'LA', 'P', 'PA', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', '1'):
+        raise ImageError(f'{path}: unsupported image mode {mode}')
+      return np.asarray(img.convert('RGB'), np.uint8)
+  except ImageError:
+    raise
+  except FileNotFoundError:
+    raise ImageError(f'{path}: no such file') from None
+  except Exception as e:  # PIL raises several types for corrupt data
+    raise ImageError(f'{path}: cannot be decoded as an image ({e})') from None
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """[h, w, 3] uint8 -> [H, W, 3] uint8, bilinear (Pillow); unchanged when already that size."""
+  if rgb.shape[:2] == tuple(size):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR), np.uint8)
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A jitted eval-mode forward over a fixed input size, batched."""
+
+  model: model_lib.DepthSegNet
+  size: tuple[int, int]
+  batch_size: int = 8
+
+  def __post_init__(self):
+    graphdef, state = nnx.split(self.model)
+
+    @jax.jit
+    def forward(state, images):
+      return nnx.merge(graphdef, state)(images, train=False)
+
+    self._forward = functools.partial(forward, state)
+
+  def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """images [N, H, W, 3] float32 in [0, 1] at `size` -> depth [N, H, W], seg_logits [N, H, W, C]."""
+    outs = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      pad = self.batch_size - len(chunk)  # one compiled shape for every batch
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+      out = jax.device_get(self._forward(jnp.asarray(chunk)))
+      outs.append({k: v[:len(chunk) - pad] for k, v in out.items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def load_model(src: str, *, step: int | None = None, dtype=jnp.float32, allow_pickle: bool = False):
+  ckpt = checkpointing.load_any(src, step, allow_pickle=allow_pickle)
+  model = model_lib.create(dtype=dtype)
+  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
+  return model, ckpt
+
+
+def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+  """Bilinear resize of depth [H, W] and logits [H, W, C] to `size` (as the model's own resizes)."""
+  depth = ops.resize_bilinear(jnp.asarray(out['depth'])[None, ..., None], size)[0, ..., 0]
+  logits = ops.resize_bilinear(jnp.asarray(out['seg_logits'])[None], size)[0]
+  return {'depth': np.asarray(depth), 'seg_logits': np.asarray(logits)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+  try:
+    h, w = (int(v) for v in text.lower().split('x'))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'--size must be HxW, e.g. 240x320, got {text!r}') from None
+  if h < 32 or w < 32:
+    raise argparse.ArgumentTypeError(f'--size {text}: both sides must be >= 32')
+  return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.predict', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--size', type=parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
+  parser.add_argument('--native-size', action='store_true', help="outputs at each image's own size")
+  parser.add_argument('--save-logits', action='store_true', help='also write <stem>_seg_logits.npy')
+  parser.add_argument('--batch-size', type=int, default=8)
+  parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
+  parser.add_argument('images', nargs='+', metavar='IMAGE')
+  args = parser.parse_args(argv)
+  try:
+    rgbs = [read_rgb(p) for p in args.images]
+    stems = [pathlib.Path(p).stem for p in args.images]
+    if len(set(stems)) != len(stems):
+      raise ImageError('two input images share a file name stem; their outputs would overwrite each other')
+    model, _ = load_model(args.checkpoint, step=args.step, allow_pickle=args.allow_pickle)
+  except (ImageError, checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  out_dir = pathlib.Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  predictor = Predictor(model, args.size, args.batch_size)
+  resized = [resize_rgb(rgb, args.size) for rgb in rgbs]
+  outputs = predictor(np.stack(resized).astype(np.float32) / 255.0)
+  for i, (stem, rgb) in enumerate(zip(stems, rgbs)):
+    out = {k: v[i] for k, v in outputs.items()}
+    shown = resized[i]
+    if args.native_size:
+      out = to_native(out, rgb.shape[:2])
+      shown = rgb
+    seg = np.argmax(out['seg_logits'], axis=-1).astype(np.uint8)
+    np.save(out_dir / f'{stem}_depth.npy', out['depth'].astype(np.float32))
+    Image.fromarray(seg).save(out_dir / f'{stem}_seg.png')
+    if args.save_logits:
+      np.save(out_dir / f'{stem}_seg_logits.npy', out['seg_logits'].astype(np.float32))
+    panels.prediction_panel(out_dir / f'{stem}_panel.png', shown, out['depth'], seg)
+  print(f'wrote predictions for {len(stems)} image(s) to {out_dir}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

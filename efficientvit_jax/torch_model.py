@@ -1,0 +1,259 @@
+"""PyTorch twin of the reference network, without timm.
+
+EfficientViT-B1 encoder (timm `efficientvit_b1`, `features_only=True`) plus the reference's
+neck, two skip-connected decoders and heads (`models/student.py`). Module attribute names are
+chosen so that `DepthSegNet().state_dict()` has exactly the reference's 358 keys, e.g.
+`encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`, `depth_d1.fuse.1.running_var`.
+
+It serves as the oracle for the JAX model in tests, as the target layout of `orbax-to-torch` and
+as the baseline of `benchmarks/train_step.py --torch`. Only torch and numpy are imported here;
+the rest of the package imports this module lazily.
+
+Usage:
+  model = load_reference('student.pt')  # eval mode
+  depth, seg_logits = model(image)  # image [N, 3, H, W] float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WIDTHS = (16, 32, 64, 128, 256)
+DEPTHS = (1, 2, 3, 3, 4)
+HEAD_DIM = 16
+EXPAND_RATIO = 4
+
+
+class ConvNormAct(nn.Module):
+  """Conv (padding k//2, also at stride 2) -> optional BatchNorm -> optional activation."""
+
+  def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+               bias: bool = False, norm: bool = True, act: type[nn.Module] | None = None):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=bias)
+    self.norm = nn.BatchNorm2d(cout) if norm else nn.Identity()
+    self.act = act() if act is not None else nn.Identity()
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.act(self.norm(self.conv(x)))
+
+
+class DSConv(nn.Module):
+  """Depthwise 3x3 +BN +Hardswish, then pointwise 1x1 +BN."""
+
+  def __init__(self, cin: int, cout: int):
+    super().__init__()
+    self.depth_conv = ConvNormAct(cin, cin, 3, groups=cin, act=nn.Hardswish)
+    self.point_conv = ConvNormAct(cin, cout, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.point_conv(self.depth_conv(x))
+
+
+class MBConv(nn.Module):
+  """Inverted bottleneck: 1x1 expand, depthwise 3x3 (stride), 1x1 project +BN.
+
+  `fewer_norm` (stages 2-3): the first two convs have a bias and no BatchNorm.
+  """
+
+  def __init__(self, cin: int, cout: int, stride: int = 1, expand_ratio: int = EXPAND_RATIO,
+               fewer_norm: bool = False):
+    super().__init__()
+    mid = cin * expand_ratio
+    self.inverted_conv = ConvNormAct(cin, mid, 1, bias=fewer_norm, norm=not fewer_norm,
+                                     act=nn.Hardswish)
+    self.depth_conv = ConvNormAct(mid, mid, 3, stride, groups=mid, bias=fewer_norm,
+                                  norm=not fewer_norm, act=nn.Hardswish)
+    self.point_conv = ConvNormAct(mid, cout, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.point_conv(self.depth_conv(self.inverted_conv(x)))
+
+
+class LiteMLA(nn.Module):
+  """Multi-scale ReLU linear attention (heads of `dim` channels, one 5x5 aggregation scale)."""
+
+  def __init__(self, channels: int, dim: int = HEAD_DIM, eps: float = 1e-5):
+    super().__init__()
+    heads = channels // dim
+    total = heads * dim
+    self.dim, self.eps = dim, eps
+    self.qkv = ConvNormAct(channels, 3 * total, 1, norm=False)
+    self.aggreg = nn.ModuleList([nn.Sequential(
+        nn.Conv2d(3 * total, 3 * total, 5, padding=2, groups=3 * total, bias=False),
+        nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
+    )])
+    self.proj = ConvNormAct(2 * total, channels, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, H, W]."""
+    b, _, h, w = x.shape
+    qkv = self.qkv(x)
+    qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
+    # [B, groups, H*W, 3*dim]; within a group: q, k, v of `dim` channels each.
+    qkv = qkv.reshape(b, -1, 3 * self.dim, h * w).transpose(-1, -2)
+    q, k, v = qkv.chunk(3, dim=-1)
+    q, k = F.relu(q), F.relu(k)
+    # The column of ones makes the last output column the normaliser q . sum_m k_m.
+    v = F.pad(v, (0, 1), mode='constant', value=1.0)
+    dtype = v.dtype
+    with torch.autocast(device_type=v.device.type, enabled=False):
+      q, k, v = q.float(), k.float(), v.float()
+      out = q @ (k.transpose(-1, -2) @ v)
+      out = (out[..., :-1] / (out[..., -1:] + self.eps)).to(dtype)
+    return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+class ResidualBlock(nn.Module):
+  """`main(x) + x`, or just `main(x)` without a shortcut."""
+
+  def __init__(self, main: nn.Module, shortcut: bool = True):
+    super().__init__()
+    self.main = main
+    self.shortcut = shortcut
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.main(x) + x if self.shortcut else self.main(x)
+
+
+class EfficientVitBlock(nn.Module):
+  """`x + LiteMLA(x)`, then `x + MBConv(x)` (fewer-norm MBConv)."""
+
+  def __init__(self, channels: int):
+    super().__init__()
+    self.context_module = ResidualBlock(LiteMLA(channels))
+    self.local_module = ResidualBlock(MBConv(channels, channels, fewer_norm=True))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.local_module(self.context_module(x))
+
+
+class EfficientVitStage(nn.Module):
+  """Stride-2 MBConv without residual, then residual MBConvs or EfficientViT blocks."""
+
+  def __init__(self, cin: int, cout: int, depth: int, vit_stage: bool):
+    super().__init__()
+    blocks = [ResidualBlock(MBConv(cin, cout, stride=2, fewer_norm=vit_stage), shortcut=False)]
+    if vit_stage:
+      blocks += [EfficientVitBlock(cout) for _ in range(depth)]
+    else:
+      blocks += [ResidualBlock(MBConv(cout, cout)) for _ in range(depth - 1)]
+    self.blocks = nn.Sequential(*blocks)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.blocks(x)
+
+
+class EfficientVitB1Encoder(nn.Module):
+  """timm `efficientvit_b1` as `features_only`: stem, then 4 stages whose outputs are returned."""
+
+  def __init__(self):
+    super().__init__()
+    self.stem_in_conv = ConvNormAct(3, WIDTHS[0], 3, stride=2, act=nn.Hardswish)
+    self.stem_res0 = ResidualBlock(DSConv(WIDTHS[0], WIDTHS[0]))
+    for i, (cin, cout, depth) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], DEPTHS[1:])):
+      self.add_module(f'stages_{i}', EfficientVitStage(cin, cout, depth, vit_stage=i >= 2))
+
+  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    """[N, 3, H, W] normalised -> 4 maps of 32/64/128/256 channels at strides 4/8/16/32."""
+    x = self.stem_res0(self.stem_in_conv(x))
+    features = []
+    for i in range(4):
+      x = getattr(self, f'stages_{i}')(x)
+      features.append(x)
+    return features
+
+
+class DecoderBlock(nn.Module):
+  """ConvTranspose x2 +BN +ReLU, resize to the skip if needed, concat [x, skip], 3x3 +BN +ReLU."""
+
+  def __init__(self, cin: int, cskip: int, cout: int):
+    super().__init__()
+    self.up = nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1)
+    self.bn = nn.BatchNorm2d(cout)
+    self.fuse = nn.Sequential(
+        nn.Conv2d(cout + cskip, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+  def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    x = F.relu(self.bn(self.up(x)))
+    if x.shape[2:] != skip.shape[2:]:
+      # e.g. 16x20 -> 15x20 when the stride-2 convs rounded up.
+      x = F.interpolate(x, size=skip.shape[2:], mode='bilinear', align_corners=False)
+    return self.fuse(torch.cat([x, skip], dim=1))
+
+
+class DepthSegNet(nn.Module):
+  """EfficientViT-B1 encoder, neck, depth and segmentation decoders (reference layout)."""
+
+  def __init__(self, num_classes: int = 6):
+    super().__init__()
+    self.register_buffer('img_mean', torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
+    self.register_buffer('img_std', torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
+    self.encoder = EfficientVitB1Encoder()
+    self.neck = nn.Sequential(nn.Conv2d(256, 128, 1), nn.BatchNorm2d(128), nn.ReLU())
+    for task in ('depth', 'seg'):
+      self.add_module(f'{task}_d1', DecoderBlock(128, 128, 64))
+      self.add_module(f'{task}_d2', DecoderBlock(64, 64, 32))
+      self.add_module(f'{task}_d3', DecoderBlock(32, 32, 16))
+    self.depth_head = nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU())
+    self.seg_head = nn.Conv2d(16, num_classes, 1)
+
+  def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    """[N, 3, H, W] in [0, 1] -> the 4 encoder maps [N, C_i, ceil(H/s_i), ceil(W/s_i)]."""
+    return self.encoder((x - self.img_mean) / self.img_std)
+
+  def _decode(self, task: str, feat: torch.Tensor, skips: list[torch.Tensor],
+              size: tuple[int, int]) -> torch.Tensor:
+    for i in (1, 2, 3):
+      feat = getattr(self, f'{task}_d{i}')(feat, skips[3 - i])
+    return F.interpolate(feat, size=size, mode='bilinear', align_corners=False)
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 3, H, W] RGB in [0, 1] -> depth [N, 1, H, W] metres, seg_logits [N, C, H, W]."""
+    size = tuple(x.shape[2:])
+    *skips, bottleneck = self.forward_features(x)
+    feat = self.neck(bottleneck)
+    depth = self.depth_head(self._decode('depth', feat, skips, size))
+    seg_logits = self.seg_head(self._decode('seg', feat, skips, size))
+    return depth, seg_logits
+
+
+def state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+  """The model state dict of a training checkpoint (`model` / `model_state_dict`) or a bare one."""
+  for key in ('model', 'model_state_dict'):
+    if key in checkpoint and isinstance(checkpoint[key], Mapping):
+      return checkpoint[key]
+  return checkpoint
+
+
+def load_reference(path_or_state_dict: str | os.PathLike | Mapping[str, Any], strict: bool = True,
+                   allow_pickle: bool = False, num_classes: int = 6) -> DepthSegNet:
+  """Builds a `DepthSegNet` and loads reference weights into it; returned in eval mode.
+
+  Args:
+    path_or_state_dict: a reference `.pt` file, its loaded dict, or a bare state dict.
+    strict: passed to `load_state_dict`.
+    allow_pickle: load the file with full unpickling (`weights_only=False`); only for trusted
+      files whose `config` holds objects that `weights_only=True` refuses.
+    num_classes: segmentation classes.
+  """
+  checkpoint = path_or_state_dict
+  if isinstance(checkpoint, (str, os.PathLike)):
+    try:
+      checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+      if allow_pickle:
+        raise
+      raise RuntimeError(f'{os.fspath(path_or_state_dict)}: torch.load(weights_only=True) failed; '
+                         'if the file is trusted, pass allow_pickle=True') from e
+  model = DepthSegNet(num_classes)
+  model.load_state_dict(state_dict_of(checkpoint), strict=strict)
+  return model.eval()

@@ -1,0 +1,172 @@
+"""PyTorch <-> orbax conversion: strict, bit-exact round trip, clear refusals, timm encoder weights."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import model as model_lib
+from efficientvit_jax import torch_model
+
+from conftest import DATA
+
+FIXTURE = DATA / 'student_random.pt'
+
+
+def _fixture():
+  return torch.load(FIXTURE, weights_only=True)
+
+
+def _refused(tmp_path, capsys, obj_or_bytes, expect, *extra):
+  src = tmp_path / 'bad.pt'
+  if isinstance(obj_or_bytes, bytes):
+    src.write_bytes(obj_or_bytes)
+  else:
+    torch.save(obj_or_bytes, src)
+  dst = tmp_path / 'out'
+  assert convert.main(['torch-to-orbax', str(src), str(dst), *extra]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and len(err.strip().splitlines()) == 1, err
+  assert expect in err, err
+  assert not dst.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['bad.pt']  # no temporary left behind
+  return err
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+  folder, back = tmp_path / 'ckpt', tmp_path / 'back.pt'
+  assert convert.main(['torch-to-orbax', str(FIXTURE), str(folder)]) == 0
+  assert convert.main(['orbax-to-torch', str(folder), str(back)]) == 0
+  original, result = _fixture(), torch.load(back, weights_only=True)
+  assert list(result['model']) == list(original['model'])  # all 358 keys, reference order
+  assert len(result['model']) == 358
+  for key, value in original['model'].items():
+    assert result['model'][key].dtype == value.dtype, key
+    assert torch.equal(result['model'][key], value), key
+  for key in ('log_sigma_d', 'log_sigma_s'):
+    assert torch.equal(result['criterion'][key], original['criterion'][key])
+  assert result['epoch'] == original['epoch'] == 42
+  twin = torch_model.DepthSegNet()
+  twin.load_state_dict(result['model'], strict=True)
+
+
+def test_converted_folder_keeps_metadata(reference_folder):
+  ckpt = checkpointing.load_any(reference_folder)
+  assert ckpt.meta['epoch'] == 42
+  assert len(ckpt.meta['num_batches_tracked']) == 47
+  assert set(ckpt.meta['num_batches_tracked'].values()) == {1000}
+  assert ckpt.meta['metrics']['val_depth_rmse'] == pytest.approx(0.572)
+  assert ckpt.meta['dropped'] == []
+  np.testing.assert_array_equal(ckpt.kendall['log_sigma_d'], [0.25])
+
+
+@pytest.mark.parametrize('form', ['model_state_dict', 'bare'])
+def test_accepts_other_file_forms(tmp_path, form):
+  original = _fixture()
+  obj = {'model_state_dict': original['model'], 'epoch': 3} if form != 'bare' else original['model']
+  torch.save(obj, tmp_path / 'in.pt')
+  ckpt = convert.checkpoint_from_torch_file(tmp_path / 'in.pt')
+  assert ckpt.meta['epoch'] == (3 if form != 'bare' else 0)
+  ref = convert.checkpoint_from_torch_file(FIXTURE)
+  for a, b in zip(jax.tree.leaves(ckpt.params), jax.tree.leaves(ref.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_shape_is_refused(tmp_path, capsys):
+  obj = _fixture()
+  obj['model']['neck.0.weight'] = torch.zeros(128, 255, 1, 1)
+  err = _refused(tmp_path, capsys, obj, 'neck.0.weight')
+  assert '(128, 255, 1, 1)' in err and '(128, 256, 1, 1)' in err
+
+
+def test_missing_key_is_refused(tmp_path, capsys):
+  obj = _fixture()
+  del obj['model']['depth_d2.fuse.1.running_var']
+  _refused(tmp_path, capsys, obj, 'missing key depth_d2.fuse.1.running_var')
+
+
+def test_unexpected_key_is_refused(tmp_path, capsys):
+  obj = _fixture()
+  obj['model']['depth_head.1.weight'] = torch.zeros(1)
+  _refused(tmp_path, capsys, obj, 'unexpected key depth_head.1.weight')
+
+
+def test_junk_bytes_are_refused(tmp_path, capsys):
+  _refused(tmp_path, capsys, np.random.default_rng(0).bytes(4096), 'not a PyTorch checkpoint')
+  # A zip that is not a torch file.
+  import zipfile
+
+  import io
+
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, 'w') as z:
+    z.writestr('x.txt', 'hello')
+  _refused(tmp_path, capsys, buffer.getvalue(), 'not a readable PyTorch checkpoint')
+
+
+def test_non_imagenet_normalisation_is_refused(tmp_path, capsys):
+  obj = _fixture()
+  obj['model']['img_mean'] = torch.full((1, 3, 1, 1), 0.5)
+  _refused(tmp_path, capsys, obj, 'img_mean')
+
+
+def test_pickled_objects_need_allow_pickle(tmp_path, capsys):
+  obj = _fixture()
+  obj['config'] = {'DATA_ROOT': pathlib.PurePosixPath('/data')}
+  _refused(tmp_path, capsys, obj, '--allow-pickle')
+  dst = tmp_path / 'ok'
+  assert convert.main(['torch-to-orbax', str(tmp_path / 'bad.pt'), str(dst), '--allow-pickle']) == 0
+  assert checkpointing.load_any(dst).meta['config']['DATA_ROOT'] == "PurePosixPath('/data')"
+
+
+def test_existing_destination_is_refused(tmp_path, capsys, reference_folder):
+  assert convert.main(['torch-to-orbax', str(FIXTURE), str(reference_folder)]) == 2
+  assert 'already exists' in capsys.readouterr().err
+
+
+def _timm_state_dict():
+  """The fixture's encoder under timm's plain names, plus a classifier head."""
+  out = {}
+  for key, value in _fixture()['model'].items():
+    if not key.startswith('encoder.'):
+      continue
+    name = key[len('encoder.'):]
+    name = name.replace('stem_in_conv.', 'stem.in_conv.').replace('stem_res0.', 'stem.res0.')
+    for i in range(4):
+      name = name.replace(f'stages_{i}.', f'stages.{i}.')
+    out[name] = value
+  out['head.in_conv.conv.weight'] = torch.zeros(2304, 256, 1, 1)
+  out['head.classifier.4.weight'] = torch.zeros(1000, 2560)
+  return out
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
+def test_timm_encoder(tmp_path, reference_io, fmt):
+  sd = _timm_state_dict()
+  src = tmp_path / f'timm.{fmt}'
+  if fmt == 'pth':
+    torch.save(sd, src)
+  else:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, src)
+  dst = tmp_path / 'encoder'
+  assert convert.main(['timm-encoder', str(src), str(dst)]) == 0
+  ckpt = checkpointing.load_any(dst)
+  assert set(ckpt.params) == {'encoder'}
+  model = model_lib.create(seed=1)
+  copied = checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, partial=True)
+  assert len(copied) == len(checkpointing.flatten(ckpt.params)) + len(checkpointing.flatten(ckpt.batch_stats))
+  graphdef, state = nnx.split(model)
+  feats = jax.jit(lambda s, x: nnx.merge(graphdef, s).features(x))(state, jnp.asarray(reference_io['image']))
+  for i in range(4):
+    np.testing.assert_allclose(feats[i], reference_io[f'features_{i}'], atol=1e-4, rtol=0)
+  # An encoder-only checkpoint cannot become a full reference .pt.
+  with pytest.raises(checkpointing.CheckpointError, match='encoder-only'):
+    convert.save_torch(ckpt, tmp_path / 'x.pt')

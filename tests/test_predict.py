@@ -1,0 +1,87 @@
+"""The prediction CLI, end to end from a reference .pt, against the PyTorch twin."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientvit_jax import predict
+from efficientvit_jax import torch_model
+
+
+@pytest.fixture(scope='module')
+def random_pt(tmp_path_factory):
+  """A different random reference checkpoint (random weights and BN statistics)."""
+  torch.manual_seed(123)
+  twin = torch_model.DepthSegNet()
+  with torch.no_grad():
+    for name, buf in twin.named_buffers():
+      if name.endswith('running_mean'):
+        buf.normal_(0, 0.1)
+      elif name.endswith('running_var'):
+        buf.uniform_(0.5, 1.5)
+    for name, p in twin.named_parameters():
+      if name.endswith('norm.weight') or name.endswith('bn.weight') or name.endswith('.1.weight') and p.ndim == 1:
+        p.uniform_(0.5, 1.5)
+  path = tmp_path_factory.mktemp('pt') / 'random.pt'
+  torch.save({'model': twin.state_dict(), 'criterion': {'log_sigma_d': torch.zeros(1), 'log_sigma_s': torch.zeros(1)},
+              'epoch': 1}, path)
+  return path, twin.eval()
+
+
+def _twin_outputs(twin, rgb_uint8):
+  x = torch.from_numpy(rgb_uint8.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+  with torch.no_grad():
+    depth, seg = twin(x)
+  return depth[0, 0].numpy(), seg[0].permute(1, 2, 0).numpy()
+
+
+def test_cli_matches_twin_at_another_size(tmp_path, random_pt):
+  path, twin = random_pt
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (96, 160, 3), np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'frame.png')
+  out = tmp_path / 'out'
+  assert predict.main(['--checkpoint', str(path), '--out', str(out), '--size', '96x160', '--save-logits',
+                       str(tmp_path / 'frame.png')]) == 0
+  depth, logits = _twin_outputs(twin, rgb)
+  np.testing.assert_allclose(np.load(out / 'frame_depth.npy'), depth, atol=1e-3, rtol=0)
+  np.testing.assert_allclose(np.load(out / 'frame_seg_logits.npy'), logits, atol=1e-3, rtol=0)
+  seg = np.asarray(Image.open(out / 'frame_seg.png'))
+  assert seg.shape == (96, 160) and seg.max() < 6
+  assert (out / 'frame_panel.png').stat().st_size > 0
+
+
+def test_resize_native_size_and_modes(tmp_path, random_pt):
+  path, _ = random_pt
+  rng = np.random.default_rng(1)
+  rgb = rng.integers(0, 256, (70, 90, 3), np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'rgb.png')
+  Image.fromarray(rgb).convert('L').save(tmp_path / 'grey.png')
+  Image.fromarray(rgb).convert('RGBA').save(tmp_path / 'rgba.png')
+  out = tmp_path / 'out'
+  images = [str(tmp_path / n) for n in ('rgb.png', 'grey.png', 'rgba.png')]
+  assert predict.main(['--checkpoint', str(path), '--out', str(out), '--size', '64x96', *images]) == 0
+  assert np.load(out / 'rgb_depth.npy').shape == (64, 96)
+  # RGBA drops alpha: the same pixels as the RGB file.
+  np.testing.assert_array_equal(np.load(out / 'rgb_depth.npy'), np.load(out / 'rgba_depth.npy'))
+  native = tmp_path / 'native'
+  assert predict.main(['--checkpoint', str(path), '--out', str(native), '--size', '64x96', '--native-size',
+                       images[0]]) == 0
+  assert np.load(native / 'rgb_depth.npy').shape == (70, 90)
+  assert np.asarray(Image.open(native / 'rgb_seg.png')).shape == (70, 90)
+
+
+def test_bad_images_are_refused(tmp_path, capsys, random_pt):
+  path, _ = random_pt
+  Image.fromarray(np.zeros((40, 50), np.uint16)).save(tmp_path / 'depth16.png')
+  (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
+  for name, expect in (('depth16.png', '16/32-bit'), ('broken.png', 'cannot be decoded'), ('none.png', 'no such file')):
+    assert predict.main(['--checkpoint', str(path), '--out', str(tmp_path / 'o'), str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and expect in err, err
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / 'ok.png')
+  assert predict.main(['--checkpoint', str(tmp_path / 'nothing.pt'), '--out', str(tmp_path / 'o'),
+                       str(tmp_path / 'ok.png')]) == 2
+  assert 'nothing.pt' in capsys.readouterr().err
+  assert not (tmp_path / 'o').exists()
