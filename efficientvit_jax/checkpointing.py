@@ -71,10 +71,18 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
+def to_host(x: Any) -> np.ndarray:
+  """A (possibly multi-process, replicated) array -> numpy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError('to_host takes replicated arrays; this one is sharded across processes')
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(jax.device_get(x))
+
+
 def state_to_tree(state: nnx.State) -> dict[str, Any]:
   """An `nnx.State` -> nested dict with string keys and numpy leaves (what orbax stores)."""
-  return unflatten({'.'.join(str(p) for p in path): np.asarray(jax.device_get(v[...]))
-                    for path, v in nnx.to_flat_state(state)})
+  return unflatten({'.'.join(str(p) for p in path): to_host(v[...]) for path, v in nnx.to_flat_state(state)})
 
 
 def model_trees(model: nnx.Module) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -224,3 +232,104 @@ def load_any(src: str | os.PathLike, step: int | None = None, *, allow_pickle: b
       kendall={k: np.asarray(v, np.float32) for k, v in kendall.items()},
       meta=meta,
   )
+
+
+# --------------------------------------------------------------------------------------------------
+# Training workdirs
+
+
+def lower_is_better(metric: str) -> bool:
+  """rmse, mae, abs_rel and losses improve downwards; delta*, miou upwards."""
+  name = metric.rsplit('/', 1)[-1]
+  if name.startswith('delta') or name == 'miou':
+    return False
+  if name in ('rmse', 'mae', 'abs_rel', 'loss', 'depth', 'seg', 'edge'):
+    return True
+  raise ValueError(f'best_metric {metric!r}: unknown direction; use a val/<set>/<metric> with metric one of '
+                   'rmse, mae, abs_rel (lower is better), delta1, delta2, delta3, miou (higher is better)')
+
+
+class TrainCheckpointer:
+  """A workdir's checkpoints: the latest `keep` steps with every item at `W/checkpoints/`, and the
+  best step by `best_metric` (model items only) at `W/best/`, both asynchronous orbax managers.
+
+  Two managers because orbax 0.12.8's `best_fn` together with `max_to_keep` may delete the newest
+  step, which resuming needs. `opt_state` is stored as its list of leaves (`'0'`, `'1'`, ...) and
+  restored into the structure of the live optimiser state; `data_state` is JSON.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int, best_metric: str = '',
+               async_save: bool = True):
+    workdir = pathlib.Path(workdir).absolute()
+    if keep < 1:
+      raise ValueError(f'keep_checkpoints must be >= 1, got {keep}')
+    options = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True,
+                                                     enable_async_checkpointing=async_save)
+    self.latest = ocp.CheckpointManager(workdir / 'checkpoints', options=options(keep),
+                                        item_names=MODEL_ITEMS + TRAIN_ITEMS)
+    self.best_metric = best_metric
+    self.best = None
+    self.best_value = None
+    if best_metric:
+      self._lower = lower_is_better(best_metric)
+      self.best = ocp.CheckpointManager(workdir / 'best', options=options(1), item_names=MODEL_ITEMS)
+      if self.best.latest_step() is not None:
+        _, items = restore_items(workdir / 'best', None, ('meta',))
+        self.best_value = (items.get('meta') or {}).get('metrics', {}).get(best_metric)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, ckpt: Checkpoint, opt_state: Any, data_state: dict[str, Any], *,
+           force: bool = False) -> None:
+    leaves = {str(i): to_host(x) for i, x in enumerate(jax.tree.leaves(opt_state))}
+    self.latest.save(step, args=_save_args(ckpt, {'opt_state': leaves, 'data_state': data_state}), force=force)
+
+  def maybe_save_best(self, step: int, ckpt: Checkpoint) -> bool:
+    """Saves `ckpt` under W/best when its `meta['metrics'][best_metric]` beats the best so far."""
+    if self.best is None:
+      return False
+    value = (ckpt.meta.get('metrics') or {}).get(self.best_metric)
+    if value is None:
+      return False
+    better = self.best_value is None or (value < self.best_value if self._lower else value > self.best_value)
+    if better:
+      if self.best.latest_step() == step:  # the same step evaluated again after a resume
+        return False
+      self.best.save(step, args=_save_args(ckpt), force=True)
+      self.best_value = value
+    return better
+
+  def restore(self, step: int, opt_state_like: Any) -> tuple[Checkpoint, Any, dict[str, Any]]:
+    """(model checkpoint, opt_state in the structure of `opt_state_like`, data_state) of `step`."""
+    root = pathlib.Path(self.latest.directory)
+    _, items = restore_items(root, step, MODEL_ITEMS + TRAIN_ITEMS)
+    leaves, treedef = jax.tree.flatten(opt_state_like)
+    saved = items.get('opt_state') or {}
+    if len(saved) != len(leaves):
+      raise CheckpointError(f'{root}/{step}: opt_state has {len(saved)} leaves, this optimiser {len(leaves)}; '
+                            'was the checkpoint written with another optimiser configuration?')
+    restored = []
+    for i, like in enumerate(leaves):
+      value = np.asarray(saved[str(i)])
+      if value.shape != tuple(like.shape):
+        raise CheckpointError(f'{root}/{step}: opt_state leaf {i} has shape {value.shape}, expected {tuple(like.shape)}')
+      restored.append(value.astype(like.dtype))
+    meta = dict(items.get('meta') or {})
+    ckpt = Checkpoint(params=items['params'], batch_stats=items.get('batch_stats') or {},
+                      kendall={k: np.asarray(v, np.float32) for k, v in (items.get('kendall') or default_kendall()).items()},
+                      meta=meta)
+    return ckpt, jax.tree.unflatten(treedef, restored), dict(items.get('data_state') or {})
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.latest.reached_preemption(step)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()

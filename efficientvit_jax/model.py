@@ -291,10 +291,13 @@ class DepthSegNet(nnx.Module):
     x = (image.astype(jnp.float32) - mean) / std
     return self.encoder(x.astype(self.dtype), train)
 
-  def __call__(self, image: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(self, image: jax.Array, *, train: bool = False,
+               encoder_train: bool | None = None) -> dict[str, jax.Array]:
+    """`encoder_train` (default: `train`) sets the encoder's and neck's BatchNorm mode alone."""
     size = image.shape[1:3]
-    skips = self.features(image, train)
-    feat = self.neck(skips[3], train)
+    encoder_train = train if encoder_train is None else encoder_train
+    skips = self.features(image, encoder_train)
+    feat = self.neck(skips[3], encoder_train)
     outputs = {}
     for task in ('depth', 'seg'):
       x = feat

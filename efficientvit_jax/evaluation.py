@@ -1,0 +1,88 @@
+"""Evaluation of a model over batches of a split: a jitted eval-mode step + metric accumulation.
+
+Used by `eval.py` and by `train.py`'s periodic validation. Batches come from the caller (the data
+pipeline's padded eval iterator: the data element plus a `frame_mask` [B] bool that is False on
+padding frames); each process passes its slice of every global batch, and the numbers come from
+global sums (metrics.MetricAccumulator), so any device or process count gives the same JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from efficientvit_jax import metrics as metrics_lib
+from efficientvit_jax import training
+
+# Valid ground-truth window per evaluation set (SPEC §6), metres.
+DEPTH_WINDOWS = {'nyu': (0.1, 10.0), 'lilocbench': (0.1, 15.0), 'corridor': (0.1, 5.0)}
+PROTOCOLS = ('ours', 'reference')
+REFERENCE_BATCH_SIZE = 16  # the reference averaged its metrics over validation batches of 16
+
+
+def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ours',
+                   with_seg: bool = True) -> Callable:
+  """`(params, batch_stats, batch) -> (per-frame statistics, predictions)`, eval mode.
+
+  Predictions: `depth` [B, H, W] metres and `seg` [B, H, W] int32 class ids.
+  """
+  if protocol not in PROTOCOLS:
+    raise ValueError(f'protocol must be one of {PROTOCOLS}, got {protocol!r}')
+  min_depth, max_depth = DEPTH_WINDOWS[set_name]
+
+  def eval_step(params, batch_stats, batch):
+    out = nnx.merge(graphdef, params, batch_stats)(batch['image'], train=False)
+    seg = jnp.argmax(out['seg_logits'], axis=-1).astype(jnp.int32)
+    gt_seg = batch['gt_seg'] if with_seg else None
+    pred_seg = seg if with_seg else None
+    if protocol == 'reference':
+      stats = metrics_lib.reference_frame_stats(out['depth'], batch['gt_depth'], pred_seg, gt_seg,
+                                                batch['frame_mask'])
+    else:
+      stats = metrics_lib.frame_stats(out['depth'], batch['gt_depth'], pred_seg, gt_seg, batch['frame_mask'],
+                                      min_depth=min_depth, max_depth=max_depth)
+    return stats, {'depth': out['depth'], 'seg': seg}
+
+  return eval_step
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded on its leading axis, in order."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = {}
+  for shard in x.addressable_shards:
+    shards.setdefault(shard.index[0].start or 0, shard.data)
+  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def has_seg_labels(batch: dict[str, np.ndarray]) -> bool:
+  return 'gt_seg' in batch
+
+
+def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Iterable[dict[str, np.ndarray]],
+             mesh: Mesh, *, set_name: str, protocol: str = 'ours', with_seg: bool = True,
+             on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
+  """Metrics of one split (the `depth`/`seg`/`baselines` parts of eval.py's JSON).
+
+  params, batch_stats: replicated over `mesh`. batches: this process's slices of padded global
+  batches. with_seg: whether the split has ground-truth labels (`gt_seg`). on_batch(local batch,
+  local predictions) sees every batch (e.g. to save predictions); padding rows included.
+  """
+  keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
+  step = jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg))
+  if protocol == 'reference':
+    accumulator = metrics_lib.ReferenceAccumulator(batch_size=REFERENCE_BATCH_SIZE)
+  else:
+    accumulator = metrics_lib.MetricAccumulator()
+  for local in batches:
+    stats, preds = step(params, batch_stats, training.global_batch(local, mesh, keys))
+    accumulator.update(stats)
+    if on_batch is not None:
+      on_batch(local, {k: local_rows(v) for k, v in preds.items()})
+  return accumulator.result()
