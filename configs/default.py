@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.root = 'data'  # ROOT of INTERFACES: nyu/, lilocbench/, lilocbench_raw/, corridor/
   c.data.nyu = ml_collections.ConfigDict()
   c.data.nyu.root = ''  # '' = ROOT/nyu (holds nyu_cache/)
-  c.data.nyu.teacher_manifest = ''  # '' = ROOT/nyu/teacher/manifest.jsonl; 'none' = no teacher
+  c.data.nyu.teacher_manifest = ''  # '' = <nyu.root>/teacher/manifest.jsonl if present; 'none' = no teacher
   c.data.nyu.class_mapping = ''  # path to classMapping40.mat, needed for raw 894-class labels
   c.data.lilocbench = ml_collections.ConfigDict()
   c.data.lilocbench.manifest = ''  # '' = ROOT/lilocbench/manifest.jsonl
@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.color_jitter = ml_collections.ConfigDict({'nyu': True, 'lilocbench': False})
   c.data.eval_sets = ('nyu',)  # validation sets evaluated during training: nyu, lilocbench, corridor
   c.data.num_threads = 8  # grain ReadOptions.num_threads per process
+  c.data.num_workers = 0  # > 0: grain worker processes (mp_prefetch), each with num_threads threads
   c.data.prefetch_buffer_size = 32
   c.data.skip_bad_frames = False  # True: skip (and count) unreadable frames instead of failing
 

@@ -1,0 +1,91 @@
+"""Input-pipeline throughput: training images/s per `data.mode` and thread count, as a table.
+
+  python benchmarks/input_pipeline.py [--root ROOT] [--modes joint,nyu] [--threads 1,2,4]
+      [--batches 20] [--batch-size 16] [--size 240x320] [--format files|tfds] [--json F]
+
+Without `--root` it generates synthetic data (`data_pipelines.synthetic`, size `--synthetic-size`)
+into a temporary folder. The first batch of every run (thread start-up, first reads) is not timed.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
+            size: tuple[int, int], fmt: str, workers: int = 0) -> float:
+  """Training images/s over `batches` batches after one warm-up batch."""
+  config = default.get_config()
+  config.data.root, config.data.mode, config.data.format = root, mode, fmt
+  config.data.input_size = size
+  config.data.num_threads, config.data.num_workers = threads, workers
+  config.data.color_jitter = {'nyu': True, 'lilocbench': True}
+  config.batch_size, config.num_train_steps = batch_size, batches + 1
+  it = datasets.train_iterator(config)
+  next(it)
+  start = time.perf_counter()
+  n = sum(len(batch['image']) for batch in it)
+  seconds = time.perf_counter() - start
+  it.close()
+  return n / seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--root', default='', help='data root; default: synthetic data in a temp dir')
+  parser.add_argument('--synthetic-size', default='default', choices=('tiny', 'small', 'default'))
+  parser.add_argument('--modes', default='nyu,lilocbench,joint,downsample,concat')
+  parser.add_argument('--threads', default='1,2,4,8')
+  parser.add_argument('--batches', type=int, default=20)
+  parser.add_argument('--batch-size', type=int, default=16)
+  parser.add_argument('--size', default='240x320', help='input size HxW')
+  parser.add_argument('--format', default='files', choices=('files', 'tfds'))
+  parser.add_argument('--json', default='', help='also write the results as JSON here')
+  args = parser.parse_args(argv)
+  size = tuple(int(s) for s in args.size.split('x'))
+  with tempfile.TemporaryDirectory() as tmp:
+    root = args.root
+    if not root:
+      from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+
+      root = os.path.join(tmp, 'data')
+      t = time.perf_counter()
+      synthetic.generate(root, seed=0, size=args.synthetic_size)
+      print(f'synthetic data ({args.synthetic_size}) in {time.perf_counter() - t:.1f} s')
+    if args.format == 'tfds' and not os.path.isdir(os.path.join(root, 'tfds')):
+      from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+
+      tfds_builders.main(['--root', root, '--sets', 'nyu,lilocbench'])
+    threads = [int(t) for t in args.threads.split(',')]
+    modes = args.modes.split(',')
+    results = []
+    print(f'\ntraining images/s, batch {args.batch_size}, {size[0]}x{size[1]}, {args.format}, '
+          f'{os.cpu_count()} CPUs')
+    print(f'{"mode":12s}' + ''.join(f'{f"{t} thr":>10s}' for t in threads))
+    for mode in modes:
+      row = []
+      for t in threads:
+        try:
+          ips = measure(root, mode, t, args.batches, args.batch_size, size, args.format)
+        except ValueError as e:  # a set too small for one batch of this mode
+          print(f'{mode}: {e}')
+          ips = float('nan')
+        row.append(ips)
+        results.append({'mode': mode, 'threads': t, 'images_per_s': ips})
+      print(f'{mode:12s}' + ''.join(f'{r:10.1f}' for r in row), flush=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'batch_size': args.batch_size, 'size': list(size), 'format': args.format,
+                 'results': results}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

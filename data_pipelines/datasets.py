@@ -1,0 +1,347 @@
+"""grain input pipelines: per-process training batches of every `data.mode`, padded eval batches.
+
+Training: the global batch at step t is `mixing.global_batch(mode, sizes, B, t, seed, weights)`
+and sample j of it is transformed with `transforms.frame_rng(seed, t, j)`; process p of P loads
+only positions [p * B / P, (p + 1) * B / P) of every global batch. The whole data state a
+checkpoint needs is therefore the step (any process count can resume from it).
+
+grain does the loading: `MapDataset.range(first element, last element).map(load one sample)`
+`.to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size)).batch(B / P)`: frames are read
+and transformed by `data.num_threads` threads, in order. With `data.num_workers > 0` whole batches
+are made in grain worker processes instead (`mp_prefetch`; call it from an absl app, whose parsed
+flags grain's workers need).
+
+Example::
+
+  it = train_iterator(config, start_step=0, process_index=0, process_count=1)
+  batch = next(it)            # dict of numpy arrays, leading dim batch_size / process_count
+  state = {'step': it.step}   # what a checkpoint stores
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from absl import logging
+
+from data_pipelines import mixing, readers, transforms
+
+EVAL_SETS = ('nyu', 'lilocbench', 'corridor')
+
+
+def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, str | None]:
+  """Every data path of `config.data`, with empty ones derived from `data.root`.
+
+  Returns keys nyu_root (ROOT/nyu), nyu_teacher_manifest (<nyu_root>/teacher/manifest.jsonl, None
+  for 'none' or when the derived file does not exist), nyu_class_mapping (None when empty),
+  lilocbench_manifest (ROOT/lilocbench/manifest.jsonl), corridor_manifest
+  (ROOT/corridor/manifest.jsonl), tfds_dir (ROOT/tfds), format.
+  """
+  root = data.root
+  nyu_root = data.nyu.root or os.path.join(root, 'nyu')
+  teacher = data.nyu.teacher_manifest
+  if teacher.lower() == 'none':
+    teacher = None
+  elif not teacher:
+    teacher = os.path.join(nyu_root, 'teacher', 'manifest.jsonl')
+    if not os.path.isfile(teacher):
+      logging.warning('no NYU teacher manifest at %s: training targets are the NYU depth and '
+                      'labels (set data.nyu.teacher_manifest)', teacher)
+      teacher = None
+  return {
+      'nyu_root': nyu_root,
+      'nyu_teacher_manifest': teacher,
+      'nyu_class_mapping': data.nyu.class_mapping or None,
+      'lilocbench_manifest': data.lilocbench.manifest or os.path.join(root, 'lilocbench', 'manifest.jsonl'),
+      'corridor_manifest': data.corridor.manifest or os.path.join(root, 'corridor', 'manifest.jsonl'),
+      'tfds_dir': data.tfds_dir or os.path.join(root, 'tfds'),
+      'format': data.format,
+  }
+
+
+def make_reader(paths: Mapping[str, Any], set_name: str, split: str,
+                skip_bad_frames: bool = False) -> readers.Reader:
+  """The reader of one split of one set from `resolve_paths` output (its `format` picks files or
+  the TFDS data sources under `tfds_dir`)."""
+  fmt = paths.get('format', 'files')
+  if fmt == 'files':
+    return readers.make_file_reader(set_name, split, paths, skip_bad_frames)
+  if fmt == 'tfds':
+    from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+
+    return tfds_builders.TfdsReader(paths['tfds_dir'], set_name, split,
+                                    class_mapping=paths.get('nyu_class_mapping'))
+  raise ValueError(f'data.format must be files or tfds, got {fmt!r}')
+
+
+class SkipLog:
+  """Thread-safe count of frames skipped under `data.skip_bad_frames`."""
+
+  def __init__(self):
+    self.count = 0
+    self.messages: list[str] = []
+    self._lock = threading.Lock()
+
+  def add(self, message: str) -> None:
+    with self._lock:
+      self.count += 1
+      if len(self.messages) < 100:
+        self.messages.append(message)
+    logging.log_first_n(logging.WARNING, 'skipping bad frame: %s', 20, message)
+
+  def __getstate__(self):  # grain worker processes get a copy (their skips are logged there)
+    return {'count': self.count, 'messages': list(self.messages)}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+def _read_or_skip(reader: readers.Reader, i: int, skip: SkipLog | None) -> dict[str, Any] | None:
+  """reader.read(i); with `skip`, a bad frame is counted and None returned."""
+  try:
+    return reader.read(i)
+  except readers.BadFrameError as e:
+    if skip is None:
+      raise
+    skip.add(str(e))
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _global_batch(mode: str, sizes: tuple[tuple[str, int], ...], batch_size: int, step: int,
+                  seed: int, weights: tuple[tuple[str, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+  return mixing.global_batch(mode, dict(sizes), batch_size, step, seed, dict(weights))
+
+
+@dataclasses.dataclass
+class _TrainSample:
+  """grain map: global element number k -> the transformed sample (picklable for mp_prefetch)."""
+  sets: dict[int, readers.Reader]  # domain id -> reader of its training split
+  mode: str
+  sizes: tuple[tuple[str, int], ...]
+  weights: tuple[tuple[str, float], ...]
+  batch_size: int
+  local_batch_size: int
+  process_index: int
+  seed: int
+  input_size: tuple[int, int]
+  jitter: dict[int, bool]
+  skip: SkipLog | None
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    step, r = divmod(int(k), self.local_batch_size)
+    position = self.process_index * self.local_batch_size + r
+    domain, index = _global_batch(self.mode, self.sizes, self.batch_size, step, self.seed, self.weights)
+    reader = self.sets[int(domain[position])]
+    i = int(index[position])
+    frame = _read_or_skip(reader, i, self.skip)
+    # A skipped frame is replaced by the next readable one of the same set: the batch keeps its
+    # composition and shape.
+    n = 1
+    while frame is None:
+      if n == len(reader):
+        raise readers.BadFrameError(f'every frame of the {reader.name} training set is unreadable')
+      frame = _read_or_skip(reader, (i + n) % len(reader), self.skip)
+      n += 1
+    rng = transforms.frame_rng(self.seed, step, position)
+    return transforms.train_transform(frame, rng, self.input_size, self.jitter[frame['domain']])
+
+
+def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]:
+  paths = resolve_paths(data)
+  out = {}
+  for name in mixing.mode_sets(data.mode):
+    reader = make_reader(paths, name, 'train', data.skip_bad_frames)
+    for message in reader.skipped:
+      logging.warning('skipped manifest line: %s', message)
+    out[mixing.SETS.index(name)] = reader
+  return out
+
+
+def _weights(data: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
+  return tuple((k, float(data.weights[k])) for k in sorted(data.weights.keys()))
+
+
+def schedule(config: ml_collections.ConfigDict,
+             train_readers: Mapping[int, readers.Reader] | None = None) -> dict[str, Any]:
+  """{'sizes': {set: frames}, 'steps_per_epoch', 'num_steps'} of a training config
+  (`num_train_steps` > 0 overrides `num_epochs * steps_per_epoch`)."""
+  data = config.data
+  train_readers = train_readers or _train_readers(data)
+  sizes = {mixing.SETS[d]: len(r) for d, r in train_readers.items()}
+  spe = mixing.steps_per_epoch(data.mode, sizes, config.batch_size, dict(_weights(data)))
+  steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
+  return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f'batch_size={batch_size} is not divisible by the process count {process_count}')
+  return batch_size // process_count
+
+
+class TrainIterator(Iterator[dict[str, np.ndarray]]):
+  """Per-process training batches for steps `start_step` .. `num_steps - 1`.
+
+  Each batch: the element keys of INTERFACES stacked, leading dim batch_size / process_count.
+  `step` is the step of the next batch (the data state to checkpoint); `skipped` counts bad
+  frames replaced under `data.skip_bad_frames`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, start_step: int = 0,
+               process_index: int = 0, process_count: int = 1):
+    data = config.data
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index {process_index} out of range for {process_count} processes')
+    if config.seed < 0:
+      raise ValueError(f'seed must be >= 0, got {config.seed}')
+    local = _local_batch_size(config.batch_size, process_count)
+    train_readers = _train_readers(data)
+    sched = schedule(config, train_readers)
+    self.sizes, self.steps_per_epoch, self.num_steps = (
+        sched['sizes'], sched['steps_per_epoch'], sched['num_steps'])
+    self.local_batch_size = local
+    self.step = start_step
+    self.skipped = SkipLog()
+    sample = _TrainSample(
+        sets=train_readers, mode=data.mode, sizes=tuple(sorted(self.sizes.items())),
+        weights=_weights(data), batch_size=config.batch_size, local_batch_size=local,
+        process_index=process_index, seed=config.seed,
+        input_size=tuple(int(s) for s in data.input_size),
+        jitter={d: bool(data.color_jitter.get(mixing.SETS[d], False)) for d in train_readers},
+        skip=self.skipped if data.skip_bad_frames else None)
+    ds = grain.MapDataset.range(start_step * local, max(start_step, self.num_steps) * local).map(sample)
+    workers = data.num_workers
+    if workers > 0:
+      ds = ds.batch(local, drop_remainder=True).to_iter_dataset(grain.ReadOptions(
+          num_threads=data.num_threads, prefetch_buffer_size=max(1, data.prefetch_buffer_size // local)))
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    else:
+      ds = ds.to_iter_dataset(grain.ReadOptions(
+          num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size))
+      ds = ds.batch(local, drop_remainder=True)
+    self._it = iter(ds)
+
+  @property
+  def epoch(self) -> int:
+    return self.step // self.steps_per_epoch
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._it)
+    self.step += 1
+    return batch
+
+  def close(self) -> None:
+    close = getattr(self._it, 'close', None)
+    if close:
+      close()
+    if self.skipped.count:
+      logging.warning('skipped %d bad training frames', self.skipped.count)
+
+
+def train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> TrainIterator:
+  """Per-process training batches from `start_step` on (see `TrainIterator`)."""
+  return TrainIterator(config, start_step, process_index, process_count)
+
+
+@dataclasses.dataclass
+class _EvalSample:
+  """grain map: process-local element number k -> transformed frame + `frame_mask`."""
+  reader: readers.Reader
+  batch_size: int
+  local_batch_size: int
+  process_index: int
+  input_size: tuple[int, int]
+  skip: SkipLog | None
+  protocol: str = 'ours'
+
+  def padding(self) -> dict[str, np.ndarray]:
+    h, w = self.input_size
+    return {'image': np.zeros((h, w, 3), np.float32), 'depth': np.zeros((h, w), np.float32),
+            'depth_valid': np.zeros((h, w), bool), 'gt_depth': np.zeros((h, w), np.float32),
+            'seg': np.full((h, w), readers.IGNORE, np.int32),
+            'gt_seg': np.full((h, w), readers.IGNORE, np.int32),
+            'domain': np.int32(self.reader.domain), 'index': np.int32(-1), 'frame_mask': np.bool_(False)}
+
+  def __call__(self, k: int) -> dict[str, np.ndarray]:
+    b, r = divmod(int(k), self.local_batch_size)
+    g = b * self.batch_size + self.process_index * self.local_batch_size + r
+    if g >= len(self.reader):
+      return self.padding()
+    frame = _read_or_skip(self.reader, g, self.skip)
+    if frame is None:
+      return self.padding()
+    element = transforms.eval_transform(frame, self.input_size, self.protocol)
+    element['frame_mask'] = np.bool_(True)
+    return element
+
+
+class EvalIterator(Iterator[dict[str, np.ndarray]]):
+  """Fixed-size padded batches over one split of one set, in reader order.
+
+  Global batch b holds frames b * B .. b * B + B - 1 of the split; positions past the end (and
+  skipped bad frames) are zero padding with `frame_mask` False, `index` -1. Process p of P gets
+  positions [p * B / P, (p + 1) * B / P) of each global batch; every process yields `len()` batches.
+  """
+
+  def __init__(self, reader: readers.Reader, batch_size: int, process_index: int = 0,
+               process_count: int = 1, input_size: tuple[int, int] = (240, 320),
+               num_threads: int = 8, prefetch_buffer_size: int = 32, skip_bad_frames: bool = False,
+               protocol: str = 'ours'):
+    local = _local_batch_size(batch_size, process_count)
+    self.reader = reader
+    self.num_frames = len(reader)
+    self.num_batches = math.ceil(self.num_frames / batch_size)
+    self.skipped = SkipLog()
+    sample = _EvalSample(reader, batch_size, local, process_index,
+                         tuple(int(s) for s in input_size), self.skipped if skip_bad_frames else None,
+                         protocol)
+    ds = grain.MapDataset.range(self.num_batches * local).map(sample)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=prefetch_buffer_size))
+    self._it = iter(ds.batch(local, drop_remainder=True))
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+  def close(self) -> None:
+    close = getattr(self._it, 'close', None)
+    if close:
+      close()
+
+
+def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_name: str,
+                  split: str = 'val', batch_size: int = 16, process_index: int = 0,
+                  process_count: int = 1, **overrides: Any) -> EvalIterator:
+  """Padded evaluation batches of `set_name` (nyu | lilocbench | corridor) and `split`.
+
+  `source`: a full config (uses `config.data`), its `data` part, or a `resolve_paths`-style dict
+  of paths (for eval.py). Keyword overrides: input_size, num_threads, prefetch_buffer_size,
+  skip_bad_frames (defaults from the config, else (240, 320), 8, 32, False) and protocol ('ours',
+  or 'reference': the reference's NYU validation targets, see `transforms.eval_transform`).
+  """
+  if set_name not in EVAL_SETS:
+    raise ValueError(f'unknown evaluation set {set_name!r}: expected one of {EVAL_SETS}')
+  if isinstance(source, ml_collections.ConfigDict):
+    data = source.data if 'data' in source else source
+    paths = resolve_paths(data)
+    options = {'input_size': tuple(data.input_size), 'num_threads': data.num_threads,
+               'prefetch_buffer_size': data.prefetch_buffer_size,
+               'skip_bad_frames': data.skip_bad_frames}
+  else:
+    paths, options = dict(source), {}
+  options.update(overrides)
+  reader = make_reader(paths, set_name, split, options.get('skip_bad_frames', False))
+  return EvalIterator(reader, batch_size, process_index, process_count, **options)

@@ -1,0 +1,126 @@
+"""Look at what training would see: `python -m data_pipelines.inspect --config CFG [--config.k=v]
+--batches N --out F.jsonl [--grid PNG] [--start_step S]`.
+
+Writes one JSON line per global batch, `{"step", "domain": [...], "index": [...]}`, prints a
+summary (domain shares, repeats per set, target-depth percentiles per domain, class frequencies)
+and with `--grid` draws the first batch (RGB as augmented, depth target, training labels).
+"""
+
+import collections
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from data_pipelines import datasets, mixing, readers
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+_BATCHES = flags.DEFINE_integer('batches', 10, 'Number of global batches to read.')
+_OUT = flags.DEFINE_string('out', None, 'Output JSONL, one line per global batch.')
+_GRID = flags.DEFINE_string('grid', None, 'Optional PNG drawing the first batch.')
+_START = flags.DEFINE_integer('start_step', 0, 'First step to read.')
+
+CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
+# Colours of the 6 classes (255 = ignore, black).
+PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 20, 60], [190, 153, 153], [0, 200, 255],
+                    [107, 142, 35]], np.uint8)
+
+
+def colorize(seg: np.ndarray) -> np.ndarray:
+  """int [H, W] class ids -> uint8 [H, W, 3]; 255 -> black."""
+  out = np.zeros(seg.shape + (3,), np.uint8)
+  known = seg < len(PALETTE)
+  out[known] = PALETTE[seg[known]]
+  return out
+
+
+def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> None:
+  """One row per frame: RGB, depth target (invalid black), training labels, human labels."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  n = min(len(batch['image']), max_frames)
+  fig, axes = plt.subplots(n, 4, figsize=(10, 2.0 * n), squeeze=False)
+  for r in range(n):
+    depth = np.where(batch['depth_valid'][r], batch['depth'][r], np.nan)
+    panels = [(batch['image'][r], {}), (depth, {'cmap': 'turbo'}),
+              (colorize(batch['seg'][r]), {}), (colorize(batch['gt_seg'][r]), {})]
+    for c, (img, kw) in enumerate(panels):
+      ax = axes[r, c]
+      ax.imshow(img, interpolation='nearest', **kw)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    domain = mixing.SETS[int(batch['domain'][r])] if batch['domain'][r] < 2 else 'corridor'
+    axes[r, 0].set_ylabel(f'{domain} {int(batch["index"][r])}', fontsize=8)
+    if batch['depth_valid'][r].any():
+      valid = batch['depth'][r][batch['depth_valid'][r]]
+      axes[r, 1].set_xlabel(f'{valid.min():.1f}-{valid.max():.1f} m', fontsize=7)
+  for c, title in enumerate(('image', 'depth target', 'seg (train)', 'gt_seg')):
+    axes[0, c].set_title(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
+              class_counts: np.ndarray, sizes: dict[str, int]) -> str:
+  """The printed summary of `inspect` (see module docstring)."""
+  domains = np.concatenate([l['domain'] for l in lines]) if lines else np.zeros(0, int)
+  out = [f'{len(lines)} global batches, {len(domains)} frames']
+  for d, name in enumerate(mixing.SETS):
+    share = float(np.mean(domains == d)) if len(domains) else 0.0
+    seen = collections.Counter(i for l in lines for dd, i in zip(l['domain'], l['index']) if dd == d)
+    repeated = sum(1 for c in seen.values() if c > 1)
+    out.append(f'{name:11s} share {share:6.1%}  distinct {len(seen):6d} of {sizes.get(name, 0):6d}'
+               f'  repeated {repeated:6d}  max repeats {max(seen.values(), default=0)}')
+  for d, chunks in sorted(depth_samples.items()):
+    v = np.concatenate(chunks) if chunks else np.zeros(0)
+    if v.size:
+      p = np.percentile(v, [1, 5, 25, 50, 75, 95, 99])
+      out.append(f'{mixing.SETS[d]:11s} target depth m p1/5/25/50/75/95/99: '
+                 + ' '.join(f'{x:.2f}' for x in p))
+  total = class_counts.sum()
+  if total:
+    out.append('classes (training labels): ' + '  '.join(
+        f'{n} {c / total:.1%}' for n, c in zip(CLASS_NAMES, class_counts)))
+  return '\n'.join(out)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  it = datasets.train_iterator(config, start_step=_START.value)
+  lines, depth_samples = [], collections.defaultdict(list)
+  class_counts = np.zeros(readers.NUM_CLASSES, np.int64)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    for _ in range(_BATCHES.value):
+      step = it.step
+      try:
+        batch = next(it)
+      except StopIteration:
+        break
+      line = {'step': step, 'domain': batch['domain'].tolist(), 'index': batch['index'].tolist()}
+      f.write(json.dumps(line) + '\n')
+      lines.append(line)
+      for j, d in enumerate(batch['domain']):
+        depth_samples[int(d)].append(batch['depth'][j][batch['depth_valid'][j]][::7])
+      seg = batch['seg']
+      class_counts += np.bincount(seg[seg < readers.NUM_CLASSES].ravel(), minlength=readers.NUM_CLASSES)
+      if _GRID.value and len(lines) == 1:
+        draw_grid(batch, _GRID.value)
+  it.close()
+  print(summarize(lines, depth_samples, class_counts, it.sizes))
+  if it.skipped.count:
+    print(f'skipped {it.skipped.count} bad frames')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'out'])
+  app.run(main)

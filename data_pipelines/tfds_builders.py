@@ -1,0 +1,181 @@
+"""TFDS datasets (ArrayRecord) of the three layouts, built and read without TensorFlow.
+
+Many small files are slow on cloud storage; TPU pods read these instead (`data.format = 'tfds'`,
+`data.tfds_dir`, any path etils understands, e.g. gs://...).
+
+One example = one frame's *record* of `readers.FIELDS`: the undecoded bytes of its files (PNG,
+.npy; b'' = absent), plus `index` and `where` (its origin, for error messages). Reading decodes
+them with the same `readers.assemble` as the file readers, so both give identical raw frames
+(tfds's own Image feature cannot encode without TensorFlow, and raw bytes keep the decoding
+identical). Examples keep the file readers' split order (`disable_shuffling`).
+
+| builder | name | splits |
+|---|---|---|
+| `EvitNyu` | `evit_nyu` | train, val (the reader's split rule) |
+| `EvitLilocbench` | `evit_lilocbench` | train, val (the manifest's time-span rule) |
+| `EvitCorridor` | `evit_corridor` | test (= the reader's all) |
+
+Build: `python -m data_pipelines.tfds_builders --root ROOT --out DIR [--sets nyu,lilocbench,corridor]`.
+Read: `TfdsReader(DIR, 'nyu', 'train')`, through `builder.as_data_source(split)` (never `tfds.load`).
+"""
+
+import argparse
+import inspect
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from etils import epath
+import tensorflow_datasets as tfds
+
+from data_pipelines import readers
+
+VERSION = '1.0.0'
+
+
+class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A dataset of frame records of one set, written from its file readers."""
+
+  VERSION = tfds.core.Version(VERSION)
+  SET = ''
+  SPLITS: tuple[str, ...] = ()
+
+  # tfds's own lookup of this file needs `importlib_resources`, absent without TensorFlow's deps.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, paths: Mapping[str, Any] | None = None, **kwargs):
+    self._paths = paths
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = {f: tfds.features.Tensor(shape=(), dtype=np.object_) for f in readers.FIELDS}
+    features['index'] = tfds.features.Scalar(dtype=np.int64)
+    features['where'] = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self, description=f'{self.SET} frame records (efficientvit-jax data_pipelines)',
+        features=tfds.features.FeaturesDict(features), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    if self._paths is None:
+      raise ValueError(f'{self.name}: building needs the source paths (paths=...)')
+    return {split: self._generate_examples(split) for split in self.SPLITS}
+
+  def _generate_examples(self, split: str):
+    reader = readers.make_file_reader(self.SET, 'all' if split == 'test' else split, self._paths)
+    for i in range(len(reader)):
+      record, _ = reader._record(i)  # pylint: disable=protected-access
+      example = {f: record.get(f, b'') for f in readers.FIELDS}
+      example.update(index=reader.frame_index(i), where=reader.describe(i))
+      yield i, example
+
+
+class EvitNyu(_LayoutBuilder, skip_registration=True):
+  SET, SPLITS = 'nyu', ('train', 'val')
+
+
+class EvitLilocbench(_LayoutBuilder, skip_registration=True):
+  SET, SPLITS = 'lilocbench', ('train', 'val')
+
+
+class EvitCorridor(_LayoutBuilder, skip_registration=True):
+  SET, SPLITS = 'corridor', ('test',)  # TFDS reserves the name 'all'
+
+
+BUILDERS = {'nyu': EvitNyu, 'lilocbench': EvitLilocbench, 'corridor': EvitCorridor}
+
+
+def build(set_name: str, paths: Mapping[str, Any], out: str) -> str:
+  """Writes the TFDS dataset of `set_name` under `out`; returns its folder."""
+  builder = BUILDERS[set_name](paths=paths, data_dir=out, file_format='array_record')
+  with tempfile.TemporaryDirectory() as downloads:
+    builder.download_and_prepare(download_dir=downloads)
+  return str(builder.data_dir)
+
+
+def dataset_dir(tfds_dir: str, set_name: str) -> str:
+  return os.path.join(tfds_dir, BUILDERS[set_name].name, VERSION)
+
+
+class TfdsReader(readers.Reader):
+  """A reader over the TFDS data source of one split; same raw frames as the file readers.
+
+  Splits: nyu/lilocbench train, val, all (= train then val, as the file readers); corridor all."""
+
+  def __init__(self, tfds_dir: str, set_name: str, split: str, class_mapping: str | None = None):
+    super().__init__()
+    if set_name not in BUILDERS:
+      raise ValueError(f'unknown data set {set_name!r}: expected one of {tuple(BUILDERS)}')
+    self.name, self.domain = set_name, readers.DOMAINS[set_name]
+    splits = BUILDERS[set_name].SPLITS
+    if set_name == 'corridor' and split in ('all', 'val'):
+      split = 'test'
+    elif split == 'all':
+      split = '+'.join(splits)
+    elif split not in splits:
+      raise ValueError(f'{set_name} split must be one of {splits} or all, got {split!r}')
+    path = dataset_dir(tfds_dir, set_name)
+    try:
+      builder = tfds.builder_from_directory(path)
+    except Exception as e:
+      raise FileNotFoundError(f'no TFDS dataset at {path} (data.tfds_dir): build it with '
+                              '`python -m data_pipelines.tfds_builders`') from e
+    self.source = builder.as_data_source(split=split)
+    self.split = split
+    self.labels_to_6 = readers.NyuLabels(class_mapping) if set_name == 'nyu' else None
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def frame_index(self, i: int) -> int:
+    return int(self.source[i]['index'])
+
+  def describe(self, i: int) -> str:
+    return f'{self.name} tfds {self.split}[{i}]'
+
+  def _record(self, i: int) -> tuple[dict[str, bytes], dict[str, str]]:
+    return self._record_of(self.source[i], i)
+
+  def _record_of(self, ex: Mapping[str, Any], i: int) -> tuple[dict[str, bytes], dict[str, str]]:
+    where = ex['where'].decode() if isinstance(ex['where'], bytes) else str(ex['where'])
+    names = {f: f'{where} ({f}, from TFDS {self.name} {self.split}[{i}])' for f in readers.FIELDS}
+    return {f: bytes(ex[f]) for f in readers.FIELDS}, names
+
+  def read(self, i: int) -> dict[str, Any]:
+    if not 0 <= i < len(self):
+      raise IndexError(f'{self.name}: frame {i} out of range 0..{len(self) - 1}')
+    ex = self.source[i]  # one read for record and index
+    record, names = self._record_of(ex, i)
+    return readers.assemble(record, names, self.domain, int(ex['index']), self.labels_to_6)
+
+
+def main(argv: list[str] | None = None) -> None:
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--root', required=True, help='data root (ROOT of INTERFACES)')
+  parser.add_argument('--out', default='', help='TFDS folder (default ROOT/tfds)')
+  parser.add_argument('--sets', default='nyu,lilocbench,corridor')
+  parser.add_argument('--nyu-root', default='')
+  parser.add_argument('--teacher-manifest', default='', help="NYU teacher manifest ('none': none)")
+  parser.add_argument('--lilocbench-manifest', default='')
+  parser.add_argument('--corridor-manifest', default='')
+  args = parser.parse_args(argv)
+  data = default.get_config().data
+  data.root, data.tfds_dir = args.root, args.out
+  data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest
+  data.lilocbench.manifest, data.corridor.manifest = args.lilocbench_manifest, args.corridor_manifest
+  paths = datasets.resolve_paths(data)
+  for set_name in args.sets.split(','):
+    folder = build(set_name, paths, paths['tfds_dir'])
+    print(f'{set_name}: {folder}')
+
+
+if __name__ == '__main__':
+  main()

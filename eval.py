@@ -1,0 +1,185 @@
+"""Evaluates checkpoints on NYU, LILocBench or the corridor set; writes a JSON and a Markdown table.
+
+  python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
+      --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
+      [--protocol ours|reference] [--save-predictions DIR]
+
+SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
+PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
+or of the corridor set. `--protocol ours` (default) uses SPEC §6's definitions (nearest-neighbour
+ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
+reference's NYU validation (per-batch averages over batches of 16, gt > 0, bilinear ground-truth
+depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+
+SETS = ('nyu', 'lilocbench', 'corridor')
+PANELS_PER_CHECKPOINT = 6
+
+
+def data_paths(args: argparse.Namespace) -> dict[str, Any]:
+  """The `datasets.resolve_paths`-style dict for one evaluation set given on the command line."""
+  data = pathlib.Path(args.data)
+  paths: dict[str, Any] = {'format': args.format, 'tfds_dir': str(data) if args.format == 'tfds' else None,
+                           'nyu_class_mapping': args.class_mapping}
+  if args.dataset == 'nyu':
+    paths['nyu_root'] = str(data)
+    teacher = args.teacher_manifest
+    if teacher is None and (data / 'teacher' / 'manifest.jsonl').is_file():
+      teacher = str(data / 'teacher' / 'manifest.jsonl')
+    paths['nyu_teacher_manifest'] = None if teacher in (None, 'none') else teacher
+  else:
+    manifest = data if data.suffix == '.jsonl' else data / 'manifest.jsonl'
+    paths[f'{args.dataset}_manifest'] = str(manifest)
+  return paths
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+  """One row per checkpoint, like SPEC §6's table, plus the split's baselines."""
+  rows = ['| checkpoint | dataset | split | protocol | frames | RMSE | MAE | AbsRel | δ1 | RMSE (median-scaled) | mIoU |',
+          '|---|---|---|---|---|---|---|---|---|---|---|']
+  fmt = lambda v, pct=False: '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
+  for r in results:
+    depth = r.get('depth', {})
+    fm = depth.get('frame_mean', depth)  # the reference protocol has one flat depth block
+    ms = depth.get('median_scaled', {}).get('frame_mean', {})
+    seg = r.get('seg') or {}
+    rows.append(f"| {r['checkpoint']} | {r['dataset']} | {r['split']} | {r['protocol']} | {r['num_frames']} | "
+                f"{fmt(fm.get('rmse'))} | {fmt(fm.get('mae'))} | {fmt(fm.get('abs_rel'))} | "
+                f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(seg.get('miou'), True)} |")
+  base = results[0].get('baselines')
+  if base:
+    rows.append(f"| baseline: mean depth / majority class | {results[0]['dataset']} | {results[0]['split']} | "
+                f"{results[0]['protocol']} | {results[0]['num_frames']} | {fmt(base.get('mean_depth_rmse'))} "
+                f"(pooled) | | | | | {fmt(base.get('majority_class_miou'), True)} |")
+  notes = ['', 'Metres; δ1 and mIoU in percent. RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels.']
+  if results[0]['protocol'] == 'reference':
+    notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, bilinear '
+                 'ground truth) and mIoU against the SAM2 labels; not comparable with the default protocol.')
+  return '\n'.join(rows + notes) + '\n'
+
+
+class PredictionWriter:
+  """Writes what is needed to recompute every number: per frame `<stem>_depth.npy`, `<stem>_gt_depth.npy`
+  (as used: excluded pixels 0), `<stem>_seg.png`, `<stem>_gt_seg.png`, and a few `<stem>_panel.png`."""
+
+  def __init__(self, out: pathlib.Path, dataset: str, min_depth: float, max_depth: float):
+    self.out, self.dataset = out, dataset
+    self.window = (min_depth, max_depth)
+    self.panels = 0
+    out.mkdir(parents=True, exist_ok=True)
+
+  def __call__(self, batch: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> None:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    from efficientvit_jax import panels  # pylint: disable=g-import-not-at-top
+
+    lo, hi = self.window
+    for i in np.flatnonzero(batch['frame_mask']):
+      stem = f"{self.dataset}_{int(batch['index'][i]):05d}"
+      gt = batch['gt_depth'][i]
+      gt = np.where((gt >= lo) & (gt <= hi), gt, 0.0).astype(np.float32)
+      np.save(self.out / f'{stem}_depth.npy', preds['depth'][i].astype(np.float32))
+      np.save(self.out / f'{stem}_gt_depth.npy', gt)
+      Image.fromarray(preds['seg'][i].astype(np.uint8)).save(self.out / f'{stem}_seg.png')
+      Image.fromarray(batch['gt_seg'][i].astype(np.uint8)).save(self.out / f'{stem}_gt_seg.png')
+      if self.panels < PANELS_PER_CHECKPOINT:
+        rgb = (batch['image'][i] * 255).round().astype(np.uint8)
+        has_labels = bool((batch['gt_seg'][i] != 255).any())
+        panels.evaluation_panel(self.out / f'{stem}_panel.png', rgb, gt, preds['depth'][i], preds['seg'][i],
+                                batch['gt_seg'][i] if has_labels else None)
+        self.panels += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python eval.py', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--checkpoint', action='append', required=True, help='checkpoint folder, workdir or .pt (repeatable)')
+  parser.add_argument('--step', type=int, default=None, help='step of a checkpoint folder / workdir (default: latest)')
+  parser.add_argument('--dataset', required=True, choices=SETS)
+  parser.add_argument('--data', required=True, help='NYU root, or LILocBench / corridor folder or manifest.jsonl')
+  parser.add_argument('--teacher-manifest', default=None, help="NYU teacher manifest (default: <data>/teacher/manifest.jsonl if present; 'none')")
+  parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
+  parser.add_argument('--format', default='files', choices=('files', 'tfds'), help='tfds: --data is the TFDS data dir')
+  parser.add_argument('--split', default='val', choices=('val', 'train', 'all'))
+  parser.add_argument('--protocol', default='ours', choices=('ours', 'reference'))
+  parser.add_argument('--out', required=True, help='metrics JSON; the Markdown table goes beside it (.md)')
+  parser.add_argument('--save-predictions', default=None, metavar='DIR')
+  parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
+  parser.add_argument('--size', default='240x320', help='model input size HxW (default 240x320)')
+  parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
+  parser.add_argument('--coordinator-address', default='', help='host:port of process 0 (multi-process evaluation)')
+  parser.add_argument('--num-processes', type=int, default=None)
+  parser.add_argument('--process-id', type=int, default=None)
+  args = parser.parse_args(argv)
+  try:
+    size = tuple(int(v) for v in args.size.lower().split('x'))
+    assert len(size) == 2 and min(size) >= 32
+  except (ValueError, AssertionError):
+    parser.error(f'--size must be HxW with both sides >= 32, got {args.size!r}')
+  if args.protocol == 'reference' and args.dataset != 'nyu':
+    parser.error('--protocol reference reproduces the reference\'s NYU validation; use it with --dataset nyu')
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  training.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  process, num_processes = jax.process_index(), jax.process_count()
+  mesh = training.make_mesh()
+  if args.batch_size % jax.device_count():
+    parser.error(f'--batch-size {args.batch_size} is not divisible by the {jax.device_count()} devices')
+  paths = data_paths(args)
+  min_depth, max_depth = evaluation.DEPTH_WINDOWS[args.dataset]
+  results = []
+  try:
+    for src in args.checkpoint:
+      ckpt = checkpointing.load_any(src, args.step, allow_pickle=args.allow_pickle)
+      model = model_lib.create()
+      checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
+      graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+      params, batch_stats = training.put_replicated((params, batch_stats), mesh)
+      batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
+                                       process_index=process, process_count=num_processes, input_size=size,
+                                       protocol=args.protocol)
+      writer = None
+      if args.save_predictions:
+        name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
+        writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, min_depth, max_depth)
+      try:
+        metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
+                                      protocol=args.protocol, on_batch=writer)
+      finally:
+        batches.close()
+      result = {'dataset': args.dataset, 'split': args.split, 'checkpoint': src, 'step': ckpt.step,
+                'protocol': args.protocol, **metrics}
+      results.append(result)
+  except (checkpointing.CheckpointError, FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if process == 0:
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
+    table = markdown_table(results)
+    out.with_suffix('.md').write_text(table)
+    print(table, end='')
+    print(f'wrote {out} and {out.with_suffix(".md")}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,71 @@
+"""TFDS ArrayRecord datasets, built and read without TensorFlow, equal the file readers."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from configs import quickstart
+from data_pipelines import datasets, readers, synthetic, tfds_builders
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  """The tiny synthetic data set, generated once per test session."""
+  path = tmp_path_factory.getbasetemp() / 'synthetic_tiny'
+  if not (path / '.complete').exists():
+    synthetic.generate(str(path), seed=0, size='tiny')
+    (path / '.complete').touch()
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def built(root, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('tfds'))
+  tfds_builders.main(['--root', root, '--out', out])
+  return out
+
+
+def config_for(root, fmt, tfds_dir=''):
+  c = quickstart.get_config()
+  c.data.root, c.data.format, c.data.tfds_dir = root, fmt, tfds_dir
+  c.data.input_size = (48, 64)
+  c.data.num_threads = 2
+  c.batch_size, c.num_train_steps = 4, 2
+  return c
+
+
+def test_built_without_tensorflow(built):
+  del built
+  assert 'tensorflow' not in sys.modules
+
+
+@pytest.mark.parametrize('set_name,split', [('nyu', 'train'), ('nyu', 'val'), ('nyu', 'all'),
+                                            ('lilocbench', 'train'), ('lilocbench', 'val'),
+                                            ('corridor', 'all')])
+def test_tfds_frames_equal_file_frames(root, built, set_name, split):
+  paths = datasets.resolve_paths(config_for(root, 'files').data)
+  files = readers.make_file_reader(set_name, split, paths)
+  tfds = datasets.make_reader(dict(paths, format='tfds', tfds_dir=built), set_name, split)
+  assert len(files) == len(tfds) > 0
+  for i in range(len(files)):
+    a, b = files.read(i), tfds.read(i)
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=f'{set_name} {split} {i} {k}')
+
+
+def test_tfds_pipeline_equals_files(root, built):
+  a = list(datasets.train_iterator(config_for(root, 'files')))
+  b = list(datasets.train_iterator(config_for(root, 'tfds', built)))
+  assert len(a) == len(b) == 2
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+  ev = list(datasets.eval_iterator(config_for(root, 'tfds', built), 'corridor', 'all', 2))
+  assert ev[0]['frame_mask'].tolist() == [True, False]
+
+
+def test_missing_tfds_dir_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='data.tfds_dir'):
+    tfds_builders.TfdsReader(str(tmp_path), 'nyu', 'train')
