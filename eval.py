@@ -72,9 +72,9 @@ class PredictionWriter:
   """Writes what is needed to recompute every number: per frame `<stem>_depth.npy`, `<stem>_gt_depth.npy`
   (as used: excluded pixels 0), `<stem>_seg.png`, `<stem>_gt_seg.png`, and a few `<stem>_panel.png`."""
 
-  def __init__(self, out: pathlib.Path, dataset: str, min_depth: float, max_depth: float):
+  def __init__(self, out: pathlib.Path, dataset: str, window: tuple[float, float]):
     self.out, self.dataset = out, dataset
-    self.window = (min_depth, max_depth)
+    self.window = window
     self.panels = 0
     out.mkdir(parents=True, exist_ok=True)
 
@@ -143,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
   if args.batch_size % jax.device_count():
     parser.error(f'--batch-size {args.batch_size} is not divisible by the {jax.device_count()} devices')
   paths = data_paths(args)
-  min_depth, max_depth = evaluation.DEPTH_WINDOWS[args.dataset]
   results = []
   try:
     for src in args.checkpoint:
@@ -158,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
       writer = None
       if args.save_predictions:
         name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
-        writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, min_depth, max_depth)
+        # The reference protocol uses every pixel with gt > 0.
+        window = (1e-12, float('inf')) if args.protocol == 'reference' else evaluation.DEPTH_WINDOWS[args.dataset]
+        writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
       try:
         metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
                                       protocol=args.protocol, on_batch=writer)

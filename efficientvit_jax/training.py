@@ -97,7 +97,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
   `depth_valid`, `seg`). While `step < freeze_steps` and `freeze_bn_when_frozen`, the encoder and
   neck BatchNorm statistics are kept (and with `encoder_bn_train=False` they also normalise with
   their running statistics, i.e. eval mode; train.py compiles that variant for the frozen phase).
-  A non-finite loss leaves the state unchanged and records its step in `nonfinite_step`.
+  A non-finite loss (or update) leaves the state unchanged and records its step in `nonfinite_step`.
   """
 
   def loss_fn(trainable, batch_stats, batch):
@@ -116,7 +116,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
         batch_stats[part] = _select(frozen, state['batch_stats'][part], batch_stats[part])
     updates, opt_state = tx.update(grads, state['opt_state'], trainable)
     trainable = optax.apply_updates(trainable, updates)
-    finite = jnp.isfinite(total)
+    # A non-finite loss, gradient or updated parameter discards the whole update.
+    finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(updates)) & jnp.isfinite(
+        optax.global_norm(trainable))
     new = {
         'params': trainable['model'],
         'batch_stats': batch_stats,

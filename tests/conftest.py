@@ -57,3 +57,15 @@ def reference_folder(tmp_path_factory, reference_ckpt):
   from efficientvit_jax import checkpointing
 
   return checkpointing.write_folder(tmp_path_factory.mktemp('ckpt') / 'student', reference_ckpt)
+
+
+@pytest.fixture(scope='session')
+def synthetic_tiny(tmp_path_factory):
+  """The tiny synthetic data set (`data_pipelines.synthetic`, seed 0), generated once per session."""
+  from data_pipelines import synthetic
+
+  path = tmp_path_factory.getbasetemp() / 'synthetic_tiny'
+  if not (path / '.complete').exists():
+    synthetic.generate(str(path), seed=0, size='tiny')
+    (path / '.complete').touch()
+  return path

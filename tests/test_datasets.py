@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 
 from configs import v8
-from data_pipelines import datasets, mixing, readers, synthetic
+from data_pipelines import datasets, mixing, readers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  """The tiny synthetic data set, generated once per test session."""
-  path = tmp_path_factory.getbasetemp() / 'synthetic_tiny'
-  if not (path / '.complete').exists():
-    synthetic.generate(str(path), seed=0, size='tiny')
-    (path / '.complete').touch()
-  return str(path)
+def root(synthetic_tiny):
+  return str(synthetic_tiny)
 
 
 @pytest.fixture(scope='module')

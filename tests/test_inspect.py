@@ -7,19 +7,12 @@ import sys
 
 import pytest
 
-from data_pipelines import synthetic
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  """The tiny synthetic data set, generated once per test session."""
-  path = tmp_path_factory.getbasetemp() / 'synthetic_tiny'
-  if not (path / '.complete').exists():
-    synthetic.generate(str(path), seed=0, size='tiny')
-    (path / '.complete').touch()
-  return str(path)
+def root(synthetic_tiny):
+  return str(synthetic_tiny)
 
 
 def test_inspect_writes_jsonl_summary_and_grid(root, tmp_path):

@@ -9,17 +9,12 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from data_pipelines import readers, synthetic
+from data_pipelines import readers
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  """The tiny synthetic data set, generated once per test session."""
-  path = tmp_path_factory.getbasetemp() / 'synthetic_tiny'
-  if not (path / '.complete').exists():
-    synthetic.generate(str(path), seed=0, size='tiny')
-    (path / '.complete').touch()
-  return str(path)
+def root(synthetic_tiny):
+  return str(synthetic_tiny)
 
 
 def paths(root):

@@ -1,0 +1,170 @@
+"""train.py end to end, in real subprocesses: learning, SIGTERM + resume == uninterrupted,
+8 simulated devices == 1, init_from, non-finite stop, conversion of a trained checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, ROOT
+from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import torch_model
+
+PT = str(DATA / 'student_random.pt')
+
+
+def _args(workdir, data, *overrides):
+  return [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
+          f'--config.data.root={data}', '--config.batch_size=4', '--config.data.input_size=(48,64)',
+          "--config.data.eval_sets=('nyu',)", '--config.log_every_steps=1', '--config.checkpoint_every_steps=4',
+          '--config.eval_every_steps=0', '--config.data.num_threads=2', *overrides]
+
+
+def _env(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
+  if devices > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def _train(workdir, data, *overrides, devices=1, expect=0):
+  proc = subprocess.run(_args(workdir, data, *overrides), cwd=ROOT, env=_env(devices), capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == expect, proc.stderr[-3000:]
+  return proc
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _params(src):
+  ckpt = checkpointing.load_any(src)
+  return {**checkpointing.flatten(ckpt.params), **{f'stats.{k}': v for k, v in checkpointing.flatten(ckpt.batch_stats).items()},
+          **{f'kendall.{k}': v for k, v in ckpt.kendall.items()}}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, synthetic_tiny):
+  workdir = tmp_path_factory.mktemp('train') / 'full'
+  _train(workdir, synthetic_tiny, '--config.num_train_steps=16')
+  return workdir
+
+
+def test_short_run_learns(uninterrupted):
+  lines = [m for m in _metrics(uninterrupted) if 'train/loss' in m]
+  assert [m['step'] for m in lines] == list(range(1, 17))
+  first, last = lines[:4], lines[-4:]
+  for key in ('train/depth', 'train/seg'):
+    assert np.mean([m[key] for m in last]) < np.mean([m[key] for m in first]), key
+  for key in ('lr/encoder', 'lr/decoder', 'lr/kendall', 'train/images_per_s', 'train/edge',
+              'train/log_sigma_d', 'train/log_sigma_s'):
+    assert key in lines[0]
+  val = [m for m in _metrics(uninterrupted) if 'val/nyu/rmse' in m]
+  assert val and val[-1]['step'] == 16
+  assert json.loads((uninterrupted / 'config.json').read_text())['batch_size'] == 4
+  assert os.listdir(uninterrupted / 'tb')
+  assert checkpointing.steps(uninterrupted) == [12, 16] or checkpointing.steps(uninterrupted)[-1] == 16
+  meta = checkpointing.load_any(uninterrupted).meta
+  assert meta['step'] == 16 and set(meta['num_batches_tracked'].values()) == {16}
+
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, synthetic_tiny, uninterrupted):
+  workdir = tmp_path / 'resumed'
+  proc = subprocess.Popen(_args(workdir, synthetic_tiny, '--config.num_train_steps=16'), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  try:
+    while time.time() < deadline:
+      if (workdir / 'metrics.jsonl').exists() and any(m['step'] >= 5 for m in _metrics(workdir)):
+        break
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert 'preempted: saved step' in out
+  stopped = checkpointing.steps(workdir)[-1]
+  assert 5 <= stopped < 16
+  _train(workdir, synthetic_tiny, '--config.num_train_steps=16')
+  a, b = _params(uninterrupted), _params(workdir)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # The resumed steps log the same losses as the uninterrupted run.
+  full = {m['step']: m['train/loss'] for m in _metrics(uninterrupted) if 'train/loss' in m}
+  for m in _metrics(workdir):
+    if 'train/loss' in m and m['step'] > stopped:
+      assert m['train/loss'] == full[m['step']]
+
+
+def test_eight_devices_give_the_losses_of_one(tmp_path, synthetic_tiny, uninterrupted):
+  one = [m['train/loss'] for m in _metrics(uninterrupted) if 'train/loss' in m][:4]
+  workdir = tmp_path / 'eight'
+  _train(workdir, synthetic_tiny, '--config.num_train_steps=4', '--config.batch_size=8', devices=8)
+  # A different global batch (8): compare 8 devices with 1 device on the same batch size.
+  eight = [m['train/loss'] for m in _metrics(workdir) if 'train/loss' in m]
+  single = tmp_path / 'single'
+  _train(single, synthetic_tiny, '--config.num_train_steps=4', '--config.batch_size=8')
+  ref = [m['train/loss'] for m in _metrics(single) if 'train/loss' in m]
+  np.testing.assert_allclose(eight, ref, rtol=1e-4)
+  assert len(one) == 4
+
+
+def test_trained_checkpoint_converts_to_pt_and_back(tmp_path, uninterrupted):
+  pt = tmp_path / 'trained.pt'
+  assert convert.main(['orbax-to-torch', str(uninterrupted), str(pt)]) == 0
+  obj = torch.load(pt, weights_only=True)
+  assert obj['epoch'] == checkpointing.load_any(uninterrupted).meta['epoch']
+  torch_model.DepthSegNet().load_state_dict(obj['model'], strict=True)
+  assert int(obj['model']['neck.1.num_batches_tracked']) == 16
+  back = tmp_path / 'back'
+  assert convert.main(['torch-to-orbax', str(pt), str(back)]) == 0
+  a, b = _params(uninterrupted), _params(back)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_init_from_copies_weights(tmp_path, synthetic_tiny):
+  workdir = tmp_path / 'init'
+  _train(workdir, synthetic_tiny, '--config.num_train_steps=1', f'--config.init_from={PT}',
+         '--config.optimizer.encoder_lr=0', '--config.optimizer.decoder_lr=0', '--config.optimizer.kendall_lr=0',
+         '--config.optimizer.weight_decay=0')
+  trained, init = checkpointing.load_any(workdir), checkpointing.load_any(PT)
+  for k, v in checkpointing.flatten(init.params).items():
+    np.testing.assert_array_equal(checkpointing.flatten(trained.params)[k], v, err_msg=k)
+  np.testing.assert_array_equal(trained.kendall['log_sigma_d'], init.kendall['log_sigma_d'])
+  assert trained.meta['num_batches_tracked']['neck.1'] == 1001  # the fixture's 1000 + one step
+
+
+def test_preset_without_init_from_fails_naming_the_key(tmp_path):
+  proc = subprocess.run([sys.executable, 'train.py', '--config', 'configs/v8.py', '--workdir', str(tmp_path / 'w')],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'init_from' in proc.stderr
+  proc = subprocess.run([sys.executable, 'train.py', '--config', 'configs/v8.py', '--workdir', str(tmp_path / 'w'),
+                         '--config.optimiser.encoder_lr=1'], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and 'optimiser' in proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_tiny, uninterrupted):
+  workdir = tmp_path / 'nan'
+  import shutil
+
+  shutil.copytree(uninterrupted, workdir)
+  proc = _train(workdir, synthetic_tiny, '--config.num_train_steps=20', '--config.optimizer.decoder_lr=inf', expect=1)
+  assert 'non-finite loss at step 17' in proc.stderr
+  assert checkpointing.steps(workdir)[-1] == 16
+  a, b = _params(uninterrupted), _params(workdir)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
