@@ -45,23 +45,26 @@ def data_paths(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
   """One row per checkpoint, like SPEC §6's table, plus the split's baselines."""
-  rows = ['| checkpoint | dataset | split | protocol | frames | RMSE | MAE | AbsRel | δ1 | RMSE (median-scaled) | mIoU |',
-          '|---|---|---|---|---|---|---|---|---|---|---|']
+  rows = ['| checkpoint | dataset | split | protocol | frames | RMSE | MAE | AbsRel | δ1 | RMSE (median-scaled) | RMSE (pooled) | mIoU |',
+          '|---|---|---|---|---|---|---|---|---|---|---|---|']
   fmt = lambda v, pct=False: '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
   for r in results:
     depth = r.get('depth', {})
     fm = depth.get('frame_mean', depth)  # the reference protocol has one flat depth block
     ms = depth.get('median_scaled', {}).get('frame_mean', {})
+    pooled = depth.get('pooled', {})
     seg = r.get('seg') or {}
     rows.append(f"| {r['checkpoint']} | {r['dataset']} | {r['split']} | {r['protocol']} | {r['num_frames']} | "
                 f"{fmt(fm.get('rmse'))} | {fmt(fm.get('mae'))} | {fmt(fm.get('abs_rel'))} | "
-                f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(seg.get('miou'), True)} |")
+                f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(pooled.get('rmse'))} | "
+                f"{fmt(seg.get('miou'), True)} |")
   base = results[0].get('baselines')
   if base:
     rows.append(f"| baseline: mean depth / majority class | {results[0]['dataset']} | {results[0]['split']} | "
-                f"{results[0]['protocol']} | {results[0]['num_frames']} | {fmt(base.get('mean_depth_rmse'))} "
-                f"(pooled) | | | | | {fmt(base.get('majority_class_miou'), True)} |")
-  notes = ['', 'Metres; δ1 and mIoU in percent. RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels.']
+                f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
+                f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |")
+  notes = ['', 'Metres; δ1 and mIoU in percent. RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels; '
+           'RMSE (pooled): over all valid pixels of the split, the measure of the mean-depth baseline.']
   if results[0]['protocol'] == 'reference':
     notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, bilinear '
                  'ground truth) and mIoU against the SAM2 labels; not comparable with the default protocol.')

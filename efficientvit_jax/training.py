@@ -117,8 +117,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     updates, opt_state = tx.update(grads, state['opt_state'], trainable)
     trainable = optax.apply_updates(trainable, updates)
     # A non-finite loss, gradient or updated parameter discards the whole update.
-    finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(updates)) & jnp.isfinite(
-        optax.global_norm(trainable))
+    finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(updates)) & jnp.isfinite(
+        optax.tree.norm(trainable))
     new = {
         'params': trainable['model'],
         'batch_stats': batch_stats,
@@ -132,7 +132,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     new['nonfinite_step'] = jnp.where((state['nonfinite_step'] < 0) & ~finite, state['step'],
                                       state['nonfinite_step'])
     metrics = {'train/loss': total, **{f'train/{k}': v for k, v in aux.items()},
-               'train/grad_norm': optax.global_norm(grads['model']),
+               'train/grad_norm': optax.tree.norm(grads['model']),
                **optimizer_lib.learning_rates(opt_state)}
     return new, metrics
 
