@@ -27,6 +27,7 @@ import io
 import json
 import os
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -120,10 +121,17 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
   return rgb
 
 
+# np.load parses the .npy header with ast.literal_eval, which is not thread-safe in the CPython 3.11
+# this project runs (gh-106905): grain's reader threads then fail at random with "SystemError: AST
+# constructor recursion depth mismatch". One np.load at a time avoids it (the copy is cheap).
+_NPY_LOCK = threading.Lock()
+
+
 def decode_npy(data: bytes, name: str, kind: str) -> np.ndarray:
   """.npy bytes -> [h, w] array; kind 'float' or 'int' is the dtype family required."""
   try:
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    with _NPY_LOCK:
+      arr = np.load(io.BytesIO(data), allow_pickle=False)
   except Exception as e:
     raise BadFrameError(f'{name}: cannot read .npy ({type(e).__name__}: {e})') from e
   if arr.ndim == 3 and arr.shape[0] == 1:  # [1, h, w] and [h, w, 1] as some tools write them

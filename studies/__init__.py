@@ -1,0 +1,1 @@
+"""Studies built from ordinary `train.py` / `eval.py` runs."""
