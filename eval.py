@@ -186,4 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+
+  host_memory.retain_freed_memory_on_cpu_hosts()
   sys.exit(main())

@@ -311,4 +311,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+
+  host_memory.retain_freed_memory_on_cpu_hosts()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.weights = ml_collections.ConfigDict({'nyu': 0.5, 'lilocbench': 0.5})
   c.data.input_size = (240, 320)
   c.data.format = 'files'  # files | tfds
-  c.data.tfds_dir = ''  # '' = ROOT/tfds; any path tfds/etils understands (gs://... on TPU pods)
+  c.data.tfds_dir = ''  # '' = ROOT/tfds; a file system path (a gcsfuse mount for a bucket, not gs://)
   c.data.color_jitter = ml_collections.ConfigDict({'nyu': True, 'lilocbench': False})
   c.data.eval_sets = ('nyu',)  # validation sets evaluated during training: nyu, lilocbench, corridor
   c.data.num_threads = 8  # grain ReadOptions.num_threads per process

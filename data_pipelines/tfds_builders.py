@@ -1,7 +1,9 @@
 """TFDS datasets (ArrayRecord) of the three layouts, built and read without TensorFlow.
 
 Many small files are slow on cloud storage; TPU pods read these instead (`data.format = 'tfds'`,
-`data.tfds_dir`, any path etils understands, e.g. gs://...).
+`data.tfds_dir`). The directory must be a file system path: array_record opens shards with plain
+`open()` and cannot read `gs://` URLs (google/array_record#120), so copy the datasets from a bucket
+to local disk or mount the bucket with gcsfuse.
 
 One example = one frame's *record* of `readers.FIELDS`: the undecoded bytes of its files (PNG,
 .npy; b'' = absent), plus `index` and `where` (its origin, for error messages). Reading decodes
@@ -119,6 +121,10 @@ class TfdsReader(readers.Reader):
       split = '+'.join(splits)
     elif split not in splits:
       raise ValueError(f'{set_name} split must be one of {splits} or all, got {split!r}')
+    if '://' in tfds_dir:
+      raise ValueError(f'data.tfds_dir={tfds_dir!r}: ArrayRecord shards cannot be read from a URL '
+                       '(google/array_record#120); copy the datasets to local disk or mount the '
+                       'bucket with gcsfuse and give that path')
     path = dataset_dir(tfds_dir, set_name)
     try:
       builder = tfds.builder_from_directory(path)

@@ -263,16 +263,19 @@ class TrainCheckpointer:
     workdir = pathlib.Path(workdir).absolute()
     if keep < 1:
       raise ValueError(f'keep_checkpoints must be >= 1, got {keep}')
-    options = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True,
-                                                     enable_async_checkpointing=async_save)
-    self.latest = ocp.CheckpointManager(workdir / 'checkpoints', options=options(keep),
+    # Each manager needs its own barrier names: with several processes, the two finalising the
+    # same step at once would otherwise meet at one barrier and fail.
+    options = lambda n, name: ocp.CheckpointManagerOptions(
+        max_to_keep=n, create=True, enable_async_checkpointing=async_save,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+    self.latest = ocp.CheckpointManager(workdir / 'checkpoints', options=options(keep, 'latest'),
                                         item_names=MODEL_ITEMS + TRAIN_ITEMS)
     self.best_metric = best_metric
     self.best = None
     self.best_value = None
     if best_metric:
       self._lower = lower_is_better(best_metric)
-      self.best = ocp.CheckpointManager(workdir / 'best', options=options(1), item_names=MODEL_ITEMS)
+      self.best = ocp.CheckpointManager(workdir / 'best', options=options(1, 'best'), item_names=MODEL_ITEMS)
       if self.best.latest_step() is not None:
         _, items = restore_items(workdir / 'best', None, ('meta',))
         self.best_value = (items.get('meta') or {}).get('metrics', {}).get(best_metric)

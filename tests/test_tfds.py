@@ -64,3 +64,8 @@ def test_tfds_pipeline_equals_files(root, built):
 def test_missing_tfds_dir_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='data.tfds_dir'):
     tfds_builders.TfdsReader(str(tmp_path), 'nyu', 'train')
+
+
+def test_a_bucket_url_is_refused_with_the_workaround():
+  with pytest.raises(ValueError, match='gcsfuse'):
+    tfds_builders.TfdsReader('gs://bucket/evit_tfds', 'nyu', 'train')

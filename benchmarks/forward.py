@@ -1,0 +1,159 @@
+"""Inference speed: images/s of the eval-mode jitted forward at several batch sizes, and compile time.
+
+  python benchmarks/forward.py [--batch-sizes 1,16,64] [--steps N] [--dtype float32|bfloat16]
+      [--size HxW] [--threads T] [--impl auto|native|cpu] [--torch] [--json F]
+
+Ours: `nnx.split` once, a jitted pure function of (params, batch statistics, image) returning depth
+and logits (what `predict.py` runs). `--torch` times the PyTorch twin in eval mode under
+`torch.inference_mode` (fp16 autocast on CUDA unless `--dtype float32`), interleaved with ours.
+Prints a table; `--json F` writes one entry per batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class JaxForward:
+  """Our eval-mode forward, compiled for one batch shape."""
+
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+    self._jax = jax
+    model = model_lib.create(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    graphdef, self.state = nnx.split(model)
+
+    def forward(state, image):
+      return nnx.merge(graphdef, state)(image, train=False)
+
+    image = np.random.default_rng(0).uniform(size=(batch_size, *size, 3)).astype(np.float32)
+    self.image = jax.device_put(image)
+    start = time.perf_counter()
+    self.compiled = jax.jit(forward).lower(self.state, self.image).compile()
+    self.compile_s = time.perf_counter() - start
+    self.device = jax.devices()[0]
+
+  def run(self) -> float:
+    start = time.perf_counter()
+    self._jax.block_until_ready(self.compiled(self.state, self.image))
+    return time.perf_counter() - start
+
+
+class TorchForward:
+  """The twin's eval-mode forward (inference mode; fp16 autocast on CUDA unless float32)."""
+
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+    import torch  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+
+    self._torch = torch
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    self.cuda = self.device.type == 'cuda'
+    self.amp = self.cuda and dtype != 'float32'
+    self.model = torch_model.DepthSegNet().to(self.device).eval()
+    self.image = torch.rand(batch_size, 3, *size, device=self.device)
+    if self.cuda:
+      self.model = self.model.to(memory_format=torch.channels_last)
+      self.image = self.image.contiguous(memory_format=torch.channels_last)
+
+  def run(self) -> float:
+    torch = self._torch
+    start = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+      self.model(self.image)
+    if self.cuda:
+      torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
+  ours = JaxForward(batch_size, args.size, args.dtype)
+  runners: dict[str, Callable[[], float]] = {'ours': ours.run}
+  if args.torch:
+    runners['torch'] = TorchForward(batch_size, args.size, args.dtype).run
+  times, _ = train_step.interleaved(runners, args.warmup, args.steps)
+  step_s = statistics.median(times['ours'])
+  row: dict[str, Any] = {
+      'batch_size': batch_size,
+      'images_per_s': batch_size / step_s,
+      'step_s': step_s,
+      'compile_s': ours.compile_s,
+      'dtype': args.dtype,
+      'device': f'{ours.device.platform}:{ours.device.device_kind}',
+      'size': list(args.size),
+      'threads': args.threads,
+      'ops_impl': args.impl,
+  }
+  if args.torch:
+    torch_s = statistics.median(times['torch'])
+    row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s)
+  return row
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+  cols = [('batch', 'batch_size', 'd'), ('ms/batch', 'step_s', None), ('img/s', 'images_per_s', '.1f'),
+          ('compile s', 'compile_s', '.1f'), ('torch img/s', 'torch_images_per_s', '.1f'),
+          ('ours/torch', 'speedup', '.2f')]
+  cols = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
+  print('| ' + ' | '.join(c[0] for c in cols) + ' |')
+  print('|' + '|'.join('---' for _ in cols) + '|')
+  for r in rows:
+    cells = []
+    for _, key, spec in cols:
+      value = r.get(key)
+      if key == 'step_s':
+        cells.append(f'{1e3 * value:.1f}')
+      else:
+        cells.append('-' if value is None else format(value, spec))
+    print('| ' + ' | '.join(cells) + ' |')
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch-sizes', default='1,16,64')
+  parser.add_argument('--steps', type=int, default=20, help='timed forwards per batch size')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--size', default='240x320', help='input HxW')
+  parser.add_argument('--threads', type=int, default=0, help='CPU cores (0: all schedulable)')
+  parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'))
+  parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
+  parser.add_argument('--release-memory', action='store_true',
+                      help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
+  parser.add_argument('--json', default='')
+  args = parser.parse_args(argv)
+  try:
+    args.size = tuple(int(s) for s in args.size.lower().split('x'))
+    batches = [int(b) for b in args.batch_sizes.split(',')]
+    assert len(args.size) == 2 and min(args.size) >= 32 and min(batches) >= 1
+  except (ValueError, AssertionError):
+    parser.error(f'bad --size {args.size!r} or --batch-sizes {args.batch_sizes!r}')
+  args.threads = train_step.setup_process(args.threads, args.torch, args.impl, args.release_memory)
+  rows = [bench_one(b, args) for b in batches]
+  print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, {args.dtype}, '
+        f'ops {args.impl}, eval-mode forward, median of {args.steps}')
+  print_table(rows)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=2)
+  return rows
+
+
+if __name__ == '__main__':
+  main()

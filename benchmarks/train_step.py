@@ -1,0 +1,414 @@
+"""Training-step speed: our jitted step against the PyTorch twin's, in one run, interleaved.
+
+  python benchmarks/train_step.py [--batch-size B] [--steps N] [--dtype float32|bfloat16] [--torch]
+      [--torch-compile] [--json F] [--sweep 1,4,16,64] [--size HxW] [--threads T] [--impl auto|native|cpu]
+
+Ours: `training.make_train_step` (forward, the V5 loss, backward, the real three-group AdamW with
+clipping) under `training.jit_train_step`, on a synthetic batch in the data-element format.
+Theirs (`--torch`): `torch_model.DepthSegNet` with the same loss terms (written below in torch),
+AdamW in the same three groups and global-norm clipping; on CUDA with fp16 autocast + GradScaler
+(the reference's recipe; `--dtype float32` turns autocast off), `--torch-compile` adds a
+`torch.compile`d model as a third contestant. Steps alternate (ours, theirs, ours, theirs, ...)
+after `--warmup` untimed steps each, so load from other processes hits both alike; every step is
+synchronised (`block_until_ready`, `cuda.synchronize`) and the median is reported.
+
+`--threads T` pins the process to T cores before JAX and torch start (XLA:CPU sizes its thread
+pool from the schedulable cores) and sets `torch.set_num_threads(T)`: both use the same cores.
+MFU counts 2.1 GFLOP per 240x320 image forward (scaled by pixels), 3x that per training image,
+against the peak of the device's compute dtype (table below; None where unknown, e.g. CPUs).
+
+`--json F` writes `{"images_per_s", "step_s", "compile_s", "batch_size", "dtype", "device",
+"torch_images_per_s", "speedup"}` (the last two with `--torch`) plus extras (`mfu`, memory,
+`torch_compile_images_per_s`); with `--sweep` the top level is the largest batch's entry and
+`"sweep"` lists every batch size's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FORWARD_GFLOP = 2.1  # per 240x320 image
+TRAIN_FACTOR = 3.0  # forward + backward ~ 3x forward
+REFERENCE_PIXELS = 240 * 320
+
+# Dense peak TFLOP/s per chip: (bfloat16/float16 tensor cores, float32). float32 is the non-tensor
+# rate (XLA and torch may use TF32 for matmuls and convolutions on Ampere and later, so fp32 MFU
+# can exceed what these suggest). Matched as substrings of `device_kind`, first match wins.
+PEAK_TFLOPS: list[tuple[str, float, float]] = [
+    ('H200', 989.0, 67.0),
+    ('H100 PCIe', 756.0, 51.0),
+    ('H100', 989.0, 67.0),
+    ('GH200', 989.0, 67.0),
+    ('B200', 2250.0, 80.0),
+    ('A100', 312.0, 19.5),
+    ('L40S', 362.0, 91.6),
+    ('L4', 121.0, 30.3),
+    ('A10G', 70.0, 31.2),
+    ('A10', 125.0, 31.2),
+    ('RTX 4090', 165.0, 82.6),
+    ('RTX 3090', 71.0, 35.6),
+    ('V100', 125.0, 15.7),
+    ('T4', 65.0, 8.1),
+    ('TPU v4', 275.0, 275.0),  # TPUs run f32 matmuls as bf16 passes by default
+    ('TPU v5 lite', 197.0, 197.0),
+    ('TPU v5e', 197.0, 197.0),
+    ('TPU v5p', 459.0, 459.0),
+    ('TPU v5', 459.0, 459.0),
+    ('TPU v6', 918.0, 918.0),
+]
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  """The device's dense peak for `dtype`, or None when unknown (CPUs)."""
+  for name, half, single in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return half if dtype == 'bfloat16' else single
+  return None
+
+
+def train_flop_per_image(size: tuple[int, int]) -> float:
+  return TRAIN_FACTOR * FORWARD_GFLOP * 1e9 * size[0] * size[1] / REFERENCE_PIXELS
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+  """A training batch in the data-element format (INTERFACES), numpy."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  h, w = size
+  depth = rng.uniform(0.5, 8.0, (batch_size, h, w)).astype(np.float32)
+  valid = rng.uniform(size=(batch_size, h, w)) < 0.8
+  seg = rng.integers(0, 6, (batch_size, h, w)).astype(np.int32)
+  seg[rng.uniform(size=seg.shape) < 0.1] = 255
+  return {
+      'image': rng.uniform(size=(batch_size, h, w, 3)).astype(np.float32),
+      'depth': np.where(valid, depth, 0.0).astype(np.float32),
+      'depth_valid': valid,
+      'seg': seg,
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours.
+
+class JaxStep:
+  """Our jitted train step on one fixed batch; `run()` does one synchronised step."""
+
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from configs import default  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import checkpointing, training  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+
+    self._jax = jax
+    config = default.get_config()
+    config.batch_size = batch_size
+    config.freeze_encoder_epochs = 0
+    mesh = training.make_mesh()
+    model = model_lib.create(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
+    graphdef, self.state = training.create_state(model, checkpointing.default_kendall(), tx, mesh)
+    self.batch = training.global_batch(random_batch(batch_size, size), mesh)
+    jitted = training.jit_train_step(training.make_train_step(graphdef, tx, config.loss), mesh, self.state)
+    start = time.perf_counter()
+    self.compiled = jitted.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.device = jax.devices()[0]
+
+  def run(self) -> float:
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch)
+    self._jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start
+
+  def memory(self) -> dict[str, float | None]:
+    """Device peak (GPU/TPU memory stats) and XLA's own estimate of the step's temporaries."""
+    out: dict[str, float | None] = {'device_peak_mb': None, 'xla_temp_mb': None}
+    try:
+      stats = self.device.memory_stats() or {}
+      if 'peak_bytes_in_use' in stats:
+        out['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
+    except Exception:  # pylint: disable=broad-except
+      pass  # CPU clients have no memory stats
+    try:
+      out['xla_temp_mb'] = self.compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # pylint: disable=broad-except
+      pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Theirs: the PyTorch twin with the same loss terms and optimiser.
+
+def torch_loss(depth, seg_logits, batch, log_sigma_d, log_sigma_s, lambda_edge: float = 0.1):
+  """The V5 objective in torch (SPEC section 4), float32; depth [N, 1, H, W], logits [N, C, H, W]."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  depth, seg_logits = depth[:, 0].float(), seg_logits.float()
+  target, valid = batch['depth'], batch['depth_valid'] & (batch['depth'] > 0)
+  e = torch.where(valid, (depth - target).abs(), torch.zeros_like(depth))
+  c = 0.2 * e.max().detach()
+  berhu = torch.where(e <= c, e, (e * e + c * c) / (2 * c + 1e-8))
+  l_depth = (berhu * valid).sum() / valid.sum().clamp(min=1)
+  l_seg = F.cross_entropy(seg_logits, batch['seg'], ignore_index=255)
+  image = batch['image_nchw']
+  i_dx = (image[..., :-1] - image[..., 1:]).abs().mean(1)
+  i_dy = (image[..., :-1, :] - image[..., 1:, :]).abs().mean(1)
+  l_edge = ((depth[..., :-1] - depth[..., 1:]).abs() * torch.exp(-i_dx)).mean() + \
+      ((depth[..., :-1, :] - depth[..., 1:, :]).abs() * torch.exp(-i_dy)).mean()
+  s_d, s_s = log_sigma_d.clamp(-2, 2), log_sigma_s.clamp(-2, 2)
+  total = 0.5 * torch.exp(-s_d) * l_depth + 0.5 * s_d + torch.exp(-s_s) * l_seg + 0.5 * s_s
+  return (total + lambda_edge * l_edge).sum()
+
+
+class TorchStep:
+  """The twin's train step (AdamW in three groups, clipping 1.0; fp16 AMP on CUDA unless float32)."""
+
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, compile_model: bool = False):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+
+    self._torch = torch
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    self.cuda = self.device.type == 'cuda'
+    self.amp = self.cuda and dtype != 'float32'
+    torch.manual_seed(0)
+    model = torch_model.DepthSegNet().to(self.device).train()
+    if self.cuda:
+      model = model.to(memory_format=torch.channels_last)
+      torch.backends.cudnn.benchmark = True
+    self.log_sigma_d = torch.zeros(1, device=self.device, requires_grad=True)
+    self.log_sigma_s = torch.zeros(1, device=self.device, requires_grad=True)
+    encoder = [p for n, p in model.named_parameters() if n.startswith(('encoder.', 'neck.'))]
+    decoder = [p for n, p in model.named_parameters() if not n.startswith(('encoder.', 'neck.'))]
+    self.params = encoder + decoder + [self.log_sigma_d, self.log_sigma_s]
+    self.optimizer = torch.optim.AdamW([
+        {'params': encoder, 'lr': 3e-5},
+        {'params': decoder, 'lr': 3e-4},
+        {'params': [self.log_sigma_d, self.log_sigma_s], 'lr': 1e-4},
+    ], betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+    self.model = model
+    start = time.perf_counter()
+    self.forward = torch.compile(model) if compile_model else model
+    batch = random_batch(batch_size, size)
+    image = torch.from_numpy(np.ascontiguousarray(batch['image'].transpose(0, 3, 1, 2))).to(self.device)
+    if self.cuda:
+      image = image.contiguous(memory_format=torch.channels_last)
+    self.batch = {
+        'image_nchw': image,
+        'depth': torch.from_numpy(batch['depth']).to(self.device),
+        'depth_valid': torch.from_numpy(batch['depth_valid']).to(self.device),
+        'seg': torch.from_numpy(batch['seg'].astype(np.int64)).to(self.device),
+    }
+    self.run()  # the first step compiles under --torch-compile
+    self.compile_s = time.perf_counter() - start
+
+  def run(self) -> float:
+    torch = self._torch
+    start = time.perf_counter()
+    self.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+      depth, seg_logits = self.forward(self.batch['image_nchw'])
+    loss = torch_loss(depth, seg_logits, self.batch, self.log_sigma_d, self.log_sigma_s)
+    self.scaler.scale(loss).backward()
+    self.scaler.unscale_(self.optimizer)
+    torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+    self.scaler.step(self.optimizer)
+    self.scaler.update()
+    if self.cuda:
+      torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+  def peak_mb(self) -> float | None:
+    return self._torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement.
+
+def _cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def interleaved(runners: dict[str, Callable[[], float]], warmup: int,
+                steps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """`warmup` untimed then `steps` timed calls of each runner, alternating runners every step.
+
+  Returns wall seconds and process CPU seconds (user + system, all threads) per call; on a
+  shared machine CPU time moves less with other processes' load than wall time does.
+  """
+  for _ in range(warmup):
+    for run in runners.values():
+      run()
+  wall: dict[str, list[float]] = {name: [] for name in runners}
+  cpu: dict[str, list[float]] = {name: [] for name in runners}
+  for _ in range(steps):
+    for name, run in runners.items():
+      start = _cpu_s()
+      wall[name].append(run())
+      cpu[name].append(_cpu_s() - start)
+  return wall, cpu
+
+
+def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
+  """One batch size: ours (and theirs), interleaved; the INTERFACES JSON fields plus extras."""
+  size = args.size
+  ours = JaxStep(batch_size, size, args.dtype)
+  rss_after_ours = peak_rss_mb()
+  runners: dict[str, Callable[[], float]] = {'ours': ours.run}
+  theirs = theirs_compiled = None
+  if args.torch:
+    theirs = TorchStep(batch_size, size, args.dtype)
+    runners['torch'] = theirs.run
+  if args.torch_compile:
+    theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True)
+    runners['torch_compile'] = theirs_compiled.run
+  times, cpu = interleaved(runners, args.warmup, args.steps)
+  step_s = statistics.median(times['ours'])
+  device = f'{ours.device.platform}:{ours.device.device_kind}'
+  peak = peak_tflops(ours.device.device_kind, args.dtype)
+  row: dict[str, Any] = {
+      'images_per_s': batch_size / step_s,
+      'step_s': step_s,
+      'compile_s': ours.compile_s,
+      'batch_size': batch_size,
+      'dtype': args.dtype,
+      'device': device,
+      'size': list(size),
+      'threads': args.threads,
+      'ops_impl': args.impl,
+      'retain_freed_memory': not args.release_memory,
+      'steps': args.steps,
+      'step_s_min': min(times['ours']),
+      'cpu_s_per_step': statistics.median(cpu['ours']),
+      'mfu': batch_size / step_s * train_flop_per_image(size) / (peak * 1e12) if peak else None,
+      'host_peak_rss_mb': rss_after_ours,
+      **ours.memory(),
+  }
+  if theirs is not None:
+    torch_s = statistics.median(times['torch'])
+    row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s,
+               torch_step_s=torch_s, torch_device_peak_mb=theirs.peak_mb(),
+               torch_cpu_s_per_step=statistics.median(cpu['torch']),
+               torch_amp=theirs.amp)
+  if theirs_compiled is not None:
+    compiled_s = statistics.median(times['torch_compile'])
+    row.update(torch_compile_images_per_s=batch_size / compiled_s,
+               speedup_vs_compile=compiled_s / step_s, torch_compile_s=theirs_compiled.compile_s)
+  return row
+
+
+def _fmt(x: Any, spec: str) -> str:
+  return '-' if x is None else format(x, spec)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+  cols = [('batch', 'batch_size', 'd'), ('step s', 'step_s', '.4f'), ('img/s', 'images_per_s', '.2f'),
+          ('compile s', 'compile_s', '.1f'), ('CPU s/step', 'cpu_s_per_step', '.2f'),
+          ('torch CPU s/step', 'torch_cpu_s_per_step', '.2f'), ('MFU', 'mfu', '.1%'), ('torch img/s', 'torch_images_per_s', '.2f'),
+          ('ours/torch', 'speedup', '.2f'), ('compiled img/s', 'torch_compile_images_per_s', '.2f'),
+          ('ours/compiled', 'speedup_vs_compile', '.2f'), ('XLA temp MB', 'xla_temp_mb', '.0f'),
+          ('dev peak MB', 'device_peak_mb', '.0f'), ('torch peak MB', 'torch_device_peak_mb', '.0f')]
+  cols = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
+  print('| ' + ' | '.join(c[0] for c in cols) + ' |')
+  print('|' + '|'.join('---' for _ in cols) + '|')
+  for r in rows:
+    print('| ' + ' | '.join(_fmt(r.get(key), spec) for _, key, spec in cols) + ' |')
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch-size', type=int, default=16)
+  parser.add_argument('--steps', type=int, default=20, help='timed steps (each contestant)')
+  parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compilation')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='our compute dtype; torch: fp16 autocast on CUDA unless float32')
+  parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
+  parser.add_argument('--torch-compile', action='store_true', help='also time a torch.compile twin')
+  parser.add_argument('--json', default='', help='write the results here')
+  parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
+  parser.add_argument('--size', default='240x320', help='input HxW')
+  parser.add_argument('--threads', type=int, default=0, help='CPU cores for both (0: all schedulable)')
+  parser.add_argument('--release-memory', action='store_true',
+                      help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
+  parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
+                      help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
+  args = parser.parse_args(argv)
+  try:
+    args.size = tuple(int(s) for s in args.size.lower().split('x'))
+    assert len(args.size) == 2 and min(args.size) >= 32
+  except (ValueError, AssertionError):
+    parser.error(f'--size must be HxW with H, W >= 32, got {args.size!r}')
+  args.batches = [int(b) for b in args.sweep.split(',')] if args.sweep else [args.batch_size]
+  return args
+
+
+def setup_process(threads: int, with_torch: bool, impl: str, release_memory: bool = False) -> int:
+  """Process-wide settings shared by both contestants; call before JAX or torch start threads.
+
+  Keeps freed memory (`efficientvit_jax.host_memory`, unless `release_memory`), pins the process
+  to `threads` cores (0: all schedulable) so that XLA:CPU sizes its pool to them, gives torch the
+  same count, and selects the ops formulations. Returns the thread count.
+  """
+  if not release_memory:
+    from efficientvit_jax import host_memory  # pylint: disable=g-import-not-at-top
+
+    host_memory.retain_freed_memory()
+  cores = sorted(os.sched_getaffinity(0))
+  if threads > len(cores):
+    raise SystemExit(f'--threads {threads}: only {len(cores)} cores are schedulable')
+  if threads:
+    os.sched_setaffinity(0, cores[:threads])
+  threads = threads or len(cores)
+  if with_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    torch.set_num_threads(threads)
+  from efficientvit_jax import ops  # pylint: disable=g-import-not-at-top
+
+  ops.set_impl(None if impl == 'auto' else impl)
+  return threads
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  args = parse_args(argv)
+  args.threads = setup_process(args.threads, args.torch or args.torch_compile, args.impl, args.release_memory)
+  rows = []
+  for batch_size in args.batches:
+    rows.append(bench_one(batch_size, args))
+    if len(args.batches) > 1:
+      print(f'batch {batch_size}: {rows[-1]["images_per_s"]:.2f} img/s', file=sys.stderr, flush=True)
+  print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
+        f'{args.dtype}, ops {args.impl}, median of {args.steps} interleaved steps')
+  print_table(rows)
+  result = dict(max(rows, key=lambda r: r['batch_size']))
+  if len(rows) > 1:
+    result['sweep'] = rows
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+if __name__ == '__main__':
+  main()
