@@ -93,6 +93,7 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
       'batch_size': batch_size,
       'images_per_s': batch_size / step_s,
       'step_s': step_s,
+      'ms_per_batch': 1e3 * step_s,
       'compile_s': ours.compile_s,
       'dtype': args.dtype,
       'device': f'{ours.device.platform}:{ours.device.device_kind}',
@@ -106,22 +107,9 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   return row
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-  cols = [('batch', 'batch_size', 'd'), ('ms/batch', 'step_s', None), ('img/s', 'images_per_s', '.1f'),
-          ('compile s', 'compile_s', '.1f'), ('torch img/s', 'torch_images_per_s', '.1f'),
-          ('ours/torch', 'speedup', '.2f')]
-  cols = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
-  print('| ' + ' | '.join(c[0] for c in cols) + ' |')
-  print('|' + '|'.join('---' for _ in cols) + '|')
-  for r in rows:
-    cells = []
-    for _, key, spec in cols:
-      value = r.get(key)
-      if key == 'step_s':
-        cells.append(f'{1e3 * value:.1f}')
-      else:
-        cells.append('-' if value is None else format(value, spec))
-    print('| ' + ' | '.join(cells) + ' |')
+TABLE = [('batch', 'batch_size', 'd'), ('ms/batch', 'ms_per_batch', '.1f'), ('img/s', 'images_per_s', '.1f'),
+         ('compile s', 'compile_s', '.1f'), ('torch img/s', 'torch_images_per_s', '.1f'),
+         ('ours/torch', 'speedup', '.2f')]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -148,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   rows = [bench_one(b, args) for b in batches]
   print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, {args.dtype}, '
         f'ops {args.impl}, eval-mode forward, median of {args.steps}')
-  print_table(rows)
+  train_step.print_table(rows, TABLE)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=2)

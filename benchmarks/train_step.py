@@ -318,22 +318,22 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   return row
 
 
-def _fmt(x: Any, spec: str) -> str:
-  return '-' if x is None else format(x, spec)
+TABLE = [('batch', 'batch_size', 'd'), ('step s', 'step_s', '.4f'), ('img/s', 'images_per_s', '.2f'),
+         ('compile s', 'compile_s', '.1f'), ('CPU s/step', 'cpu_s_per_step', '.2f'),
+         ('torch CPU s/step', 'torch_cpu_s_per_step', '.2f'), ('MFU', 'mfu', '.1%'),
+         ('torch img/s', 'torch_images_per_s', '.2f'), ('ours/torch', 'speedup', '.2f'),
+         ('compiled img/s', 'torch_compile_images_per_s', '.2f'), ('ours/compiled', 'speedup_vs_compile', '.2f'),
+         ('XLA temp MB', 'xla_temp_mb', '.0f'), ('dev peak MB', 'device_peak_mb', '.0f'),
+         ('torch peak MB', 'torch_device_peak_mb', '.0f')]
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-  cols = [('batch', 'batch_size', 'd'), ('step s', 'step_s', '.4f'), ('img/s', 'images_per_s', '.2f'),
-          ('compile s', 'compile_s', '.1f'), ('CPU s/step', 'cpu_s_per_step', '.2f'),
-          ('torch CPU s/step', 'torch_cpu_s_per_step', '.2f'), ('MFU', 'mfu', '.1%'), ('torch img/s', 'torch_images_per_s', '.2f'),
-          ('ours/torch', 'speedup', '.2f'), ('compiled img/s', 'torch_compile_images_per_s', '.2f'),
-          ('ours/compiled', 'speedup_vs_compile', '.2f'), ('XLA temp MB', 'xla_temp_mb', '.0f'),
-          ('dev peak MB', 'device_peak_mb', '.0f'), ('torch peak MB', 'torch_device_peak_mb', '.0f')]
+def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = TABLE) -> None:
+  """A markdown table of `rows`: one column per (title, key, format spec) that some row has."""
   cols = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
   print('| ' + ' | '.join(c[0] for c in cols) + ' |')
   print('|' + '|'.join('---' for _ in cols) + '|')
   for r in rows:
-    print('| ' + ' | '.join(_fmt(r.get(key), spec) for _, key, spec in cols) + ' |')
+    print('| ' + ' | '.join('-' if r.get(key) is None else format(r[key], spec) for _, key, spec in cols) + ' |')
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
