@@ -95,12 +95,16 @@ def main(argv):
 
   # ---------------------------------------------------------------------------------------------
   # Input.
-  sched = datasets.schedule(config)
+  try:  # the readers' errors name the file or config key at fault: print them, not a traceback
+    sched = datasets.schedule(config)
+    paths = datasets.resolve_paths(config.data)
+    eval_sets = tuple(config.data.eval_sets)
+    for name in eval_sets:  # fail now, not after hours of training
+      datasets.make_reader(paths, name, 'val')
+  except (OSError, ValueError) as e:
+    print(f'error: data: {e}', file=sys.stderr)
+    return 2
   steps_per_epoch, total_steps = sched['steps_per_epoch'], sched['num_steps']
-  paths = datasets.resolve_paths(config.data)
-  eval_sets = tuple(config.data.eval_sets)
-  for name in eval_sets:  # fail now, not after hours of training
-    datasets.make_reader(paths, name, 'val')
   freeze_steps = int(config.freeze_encoder_epochs) * steps_per_epoch
   plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
           f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; eval on {list(eval_sets)}')

@@ -167,3 +167,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
   a, b = _params(uninterrupted), _params(workdir)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_missing_or_unreadable_data_is_one_line_naming_it(tmp_path):
+  for override, named in ((f'--config.data.root={tmp_path / "nowhere"}', 'nowhere'),
+                          ('--config.data.tfds_dir=gs://bucket/tfds', 'data.tfds_dir')):
+    proc = _train(tmp_path / 'w', tmp_path / 'nowhere', '--config.data.format=tfds', override, '--dry_run', expect=2)
+    assert 'error: data:' in proc.stderr and named in proc.stderr and 'Traceback' not in proc.stderr
