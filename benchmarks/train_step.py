@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py [--batch-size B] [--steps N] [--dtype float32|bfloat16] [--torch]
       [--torch-compile] [--json F] [--sweep 1,4,16,64] [--size HxW] [--threads T] [--impl auto|native|cpu]
+      [--profile DIR]
 
 Ours: `training.make_train_step` (forward, the V5 loss, backward, the real three-group AdamW with
 clipping) under `training.jit_train_step`, on a synthetic batch in the data-element format.
@@ -270,6 +271,42 @@ def interleaved(runners: dict[str, Callable[[], float]], warmup: int,
   return wall, cpu
 
 
+def profile_ops(step: JaxStep, steps: int, trace_dir: str, top: int = 15) -> dict[str, Any]:
+  """Traces `steps` of our step with jax.profiler and sums the XLA op events per op kind.
+
+  Kind = the HLO name without its number (`dot.118` -> `dot`; `ynn_fusion` = YNNPACK-fused ops,
+  `add_slice_fusion` = our shifted-slice depthwise convolutions). Returns the per-step busy time of
+  the compute threads (summed over threads), the step's wall time and the `top` kinds. XLA:CPU
+  only (on GPUs and TPUs open the trace in xprof/TensorBoard instead): elsewhere the table is empty.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.profiler.start_trace(trace_dir)
+  wall = sum(step.run() for _ in range(steps)) / steps
+  jax.profiler.stop_trace()
+  traces = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True), key=os.path.getmtime)
+  kinds: collections.Counter[str] = collections.Counter()
+  for plane in jax.profiler.ProfileData.from_file(traces[-1]).planes:
+    # XLA:CPU's compute threads; the Python and client threads only wait for them.
+    for line in (l for l in plane.lines if plane.name == '/host:CPU' and l.name.startswith('tf_XLAEigen')):
+      for event in line.events:
+        if not event.name.startswith(('ThunkExecutor', 'Slinky', 'end:')):
+          kinds[re.sub(r'\.\d+$', '', event.name)] += event.duration_ns / 1e9 / steps
+  busy = sum(kinds.values())
+  return {'trace': traces[-1], 'step_s': wall, 'busy_s': busy,
+          'kinds': [{'kind': k, 's_per_step': v, 'share': v / busy} for k, v in kinds.most_common(top)]}
+
+
+def print_profile(prof: dict[str, Any], threads: int) -> None:
+  print(f'profile ({prof["trace"]}): op time {prof["busy_s"]:.2f} s per step summed over threads, '
+        f'step {prof["step_s"]:.2f} s x {threads} threads = {prof["step_s"] * threads:.2f} thread-s')
+  print_table(prof['kinds'], [('op kind', 'kind', 's'), ('s/step', 's_per_step', '.3f'), ('share', 'share', '.1%')])
+
+
 def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   """One batch size: ours (and theirs), interleaved; the INTERFACES JSON fields plus extras."""
   size = args.size
@@ -315,6 +352,8 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     compiled_s = statistics.median(times['torch_compile'])
     row.update(torch_compile_images_per_s=batch_size / compiled_s,
                speedup_vs_compile=compiled_s / step_s, torch_compile_s=theirs_compiled.compile_s)
+  if args.profile:
+    row['profile'] = profile_ops(ours, 3, os.path.join(args.profile, f'batch_{batch_size}'))
   return row
 
 
@@ -351,6 +390,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for both (0: all schedulable)')
   parser.add_argument('--release-memory', action='store_true',
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
+  parser.add_argument('--profile', default='', metavar='DIR',
+                      help='also trace 3 of our steps into DIR and print the op time per XLA op kind')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
                       help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
   args = parser.parse_args(argv)
@@ -401,6 +442,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
         f'{args.dtype}, ops {args.impl}, median of {args.steps} interleaved steps')
   print_table(rows)
+  for row in rows:
+    if 'profile' in row:
+      print(f'\nbatch {row["batch_size"]}', end=' ')
+      print_profile(row['profile'], args.threads)
   result = dict(max(rows, key=lambda r: r['batch_size']))
   if len(rows) > 1:
     result['sweep'] = rows

@@ -70,3 +70,13 @@ def test_freed_memory_is_retained_only_when_jax_runs_on_cpu(monkeypatch, platfor
   assert host_memory.jax_runs_on_cpu() is on_cpu
   monkeypatch.setattr(host_memory, 'retain_freed_memory', lambda: True)
   assert host_memory.retain_freed_memory_on_cpu_hosts() is on_cpu
+
+
+def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
+  result = _load('train_step').main(['--batch-size', '2', '--steps', '2', '--warmup', '1', '--size', '64x64',
+                                     '--release-memory', '--profile', str(tmp_path)])
+  prof = result['profile']
+  assert prof['trace'].startswith(str(tmp_path)) and prof['kinds'] and prof['busy_s'] > 0
+  assert sum(k['s_per_step'] for k in prof['kinds']) <= prof['busy_s'] * (1 + 1e-9)
+  assert any(k['kind'].startswith(('dot', 'ynn_fusion', 'convolution')) for k in prof['kinds'])
+  assert '| op kind | s/step | share |' in capsys.readouterr().out
