@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class JaxForward:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--steps', type=int, default=20, help='timed forwards per batch size')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--size', default='240x320', help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
   parser.add_argument('--threads', type=int, default=0, help='CPU cores (0: all schedulable)')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'))
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
@@ -127,11 +128,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
   try:
-    args.size = tuple(int(s) for s in args.size.lower().split('x'))
     batches = [int(b) for b in args.batch_sizes.split(',')]
-    assert len(args.size) == 2 and min(args.size) >= 32 and min(batches) >= 1
+    assert min(batches) >= 1
   except (ValueError, AssertionError):
-    parser.error(f'bad --size {args.size!r} or --batch-sizes {args.batch_sizes!r}')
+    parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
   args.threads = train_step.setup_process(args.threads, args.torch, args.impl, args.release_memory)
   rows = [bench_one(b, args) for b in batches]
   print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, {args.dtype}, '

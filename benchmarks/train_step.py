@@ -376,6 +376,8 @@ def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-size', type=int, default=16)
   parser.add_argument('--steps', type=int, default=20, help='timed steps (each contestant)')
@@ -386,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--torch-compile', action='store_true', help='also time a torch.compile twin')
   parser.add_argument('--json', default='', help='write the results here')
   parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
-  parser.add_argument('--size', default='240x320', help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for both (0: all schedulable)')
   parser.add_argument('--release-memory', action='store_true',
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
@@ -395,11 +397,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
                       help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
   args = parser.parse_args(argv)
-  try:
-    args.size = tuple(int(s) for s in args.size.lower().split('x'))
-    assert len(args.size) == 2 and min(args.size) >= 32
-  except (ValueError, AssertionError):
-    parser.error(f'--size must be HxW with H, W >= 32, got {args.size!r}')
   args.batches = [int(b) for b in args.sweep.split(',')] if args.sweep else [args.batch_size]
   return args
 
