@@ -21,12 +21,14 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q --run-slow $(PYTEST_ARGS)
 
-# Synthetic data -> quickstart training -> evaluation report. Rerunning resumes / skips what is done.
+# Synthetic data -> decode once -> quickstart training -> evaluation report. Rerunning resumes / skips what is done.
 DEMO ?= demo
 DEMO_SIZE := 96x128
 demo: setup
 	test -f $(DEMO)/data/synthetic_info.json || $(PY) -m data_pipelines.synthetic --out $(DEMO)/data
-	$(PY) train.py --config configs/quickstart.py --workdir $(DEMO)/run --config.data.root=$(DEMO)/data
+	test -f $(DEMO)/data/decoded/decoded.json || $(PY) -m data_pipelines.decoded --root $(DEMO)/data --input-size $(DEMO_SIZE)
+	$(PY) train.py --config configs/quickstart.py --workdir $(DEMO)/run --config.data.root=$(DEMO)/data \
+	  --config.data.format=decoded
 	for set in nyu lilocbench corridor; do \
 	  $(PY) eval.py --checkpoint $(DEMO)/run --dataset $$set --data $(DEMO)/data/$$set --size $(DEMO_SIZE) \
 	    --out $(DEMO)/report/$$set.json --save-predictions $(DEMO)/report/predictions/$$set || exit 1; \

@@ -96,7 +96,7 @@ class PredictionWriter:
       Image.fromarray(preds['seg'][i].astype(np.uint8)).save(self.out / f'{stem}_seg.png')
       Image.fromarray(batch['gt_seg'][i].astype(np.uint8)).save(self.out / f'{stem}_gt_seg.png')
       if self.panels < PANELS_PER_CHECKPOINT:
-        rgb = (batch['image'][i] * 255).round().astype(np.uint8)
+        rgb = batch['image'][i]
         has_labels = bool((batch['gt_seg'][i] != 255).any())
         panels.evaluation_panel(self.out / f'{stem}_panel.png', rgb, gt, preds['depth'][i], preds['seg'][i],
                                 batch['gt_seg'][i] if has_labels else None)
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
   parser.add_argument('--size', default='240x320', help='model input size HxW (default 240x320)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
+  parser.add_argument('--compilation-cache', default='', metavar='DIR',
+                      help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('--coordinator-address', default='', help='host:port of process 0 (multi-process evaluation)')
   parser.add_argument('--num-processes', type=int, default=None)
   parser.add_argument('--process-id', type=int, default=None)
@@ -137,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   training.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  runtime.enable_compilation_cache(args.compilation_cache)
   process, num_processes = jax.process_index(), jax.process_count()
   mesh = training.make_mesh()
   if args.batch_size % jax.device_count():

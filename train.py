@@ -69,6 +69,7 @@ def main(argv):
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -83,6 +84,8 @@ def main(argv):
   # ---------------------------------------------------------------------------------------------
   # Processes and devices.
   training.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  cache = runtime.enable_compilation_cache(config.compilation_cache_dir)
+  logging.info('compilation cache: %s', cache or 'off')
   process, num_processes = jax.process_index(), jax.process_count()
   is_main = process == 0
   mesh = training.make_mesh()
@@ -159,7 +162,9 @@ def main(argv):
   # Steps.
   def compile_step(encoder_bn_train):
     return training.jit_train_step(
-        training.make_train_step(graphdef, tx, config.loss, freeze_steps=freeze_steps,
+        training.make_train_step(graphdef, tx, config.loss, seed=config.seed,
+                                 color_jitter=datasets.color_jitter_flags(config.data),
+                                 freeze_steps=freeze_steps,
                                  freeze_bn_when_frozen=config.freeze_bn_when_frozen,
                                  encoder_bn_train=encoder_bn_train),
         mesh, state)
@@ -249,8 +254,14 @@ def main(argv):
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
 
   # ---------------------------------------------------------------------------------------------
-  # Loop.
+  # Loop. The next global batch is read and its transfer to the devices started while the current
+  # step runs (the step is dispatched asynchronously); `train/input_wait` is the fraction of wall
+  # time the loop spent waiting for the host pipeline.
   data = datasets.train_iterator(config, start_step, process, num_processes)
+
+  def next_batch():
+    return training.global_batch(next(data), mesh, training.TRAIN_KEYS)
+
   progress = None
   if is_main and sys.stderr.isatty():
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -261,11 +272,16 @@ def main(argv):
   step = start_step
   exit_code = 0
   try:
+    batch = next_batch()
+    input_wait = time.perf_counter() - tick
     while step < total_steps:
-      batch = training.global_batch(next(data), mesh, training.TRAIN_KEYS)
       step_fn = frozen_step if step < freeze_steps else train_step
       state, metrics = step_fn(state, batch)
       step += 1
+      if step < total_steps:
+        wait_start = time.perf_counter()
+        batch = next_batch()
+        input_wait += time.perf_counter() - wait_start
       pending.append(metrics)
       if progress is not None:
         progress.update(1)
@@ -276,7 +292,8 @@ def main(argv):
         now = time.perf_counter()
         values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         values['train/images_per_s'] = (step - tick_step) * config.batch_size / (now - tick)
-        tick, tick_step = now, step
+        values['train/input_wait'] = input_wait / (now - tick)
+        tick, tick_step, input_wait = now, step, 0.0
         write_metrics(step, values)
         summary = (f"step {step}/{total_steps} loss {values['train/loss']:.4f} depth {values['train/depth']:.4f} "
                    f"seg {values['train/seg']:.4f} {values['train/images_per_s']:.1f} img/s")
@@ -291,7 +308,8 @@ def main(argv):
       if step % config.checkpoint_every_steps == 0 or step == total_steps or evaluated:
         save(step, last_metrics if evaluated else {})
       if evaluated or step % config.checkpoint_every_steps == 0:
-        tick, tick_step = time.perf_counter(), step  # images/s measures training steps only
+        # images/s and input_wait measure training steps only
+        tick, tick_step, input_wait = time.perf_counter(), step, 0.0
       preempted = stop['signal'] or (num_processes > 1 and ckptr.reached_preemption(step))
       if preempted and step < total_steps:
         save(step, {}, force=True)

@@ -1,10 +1,15 @@
-"""Input-pipeline throughput: training images/s per `data.mode` and thread count, as a table.
+"""Input-pipeline throughput: training images/s per format, `data.mode` and thread count, as a table.
 
   python benchmarks/input_pipeline.py [--root ROOT] [--modes joint,nyu] [--threads 1,2,4]
-      [--batches 20] [--batch-size 16] [--size 240x320] [--format files|tfds] [--json F]
+      [--batches 20] [--batch-size 16] [--size 240x320] [--format files,decoded,tfds] [--json F]
 
 Without `--root` it generates synthetic data (`data_pipelines.synthetic`, size `--synthetic-size`)
-into a temporary folder. The first batch of every run (thread start-up, first reads) is not timed.
+into a temporary folder; the decode-once folder (`data_pipelines.decoded`) and the TFDS datasets
+are written there when asked for (their write time is printed). The first batch of every run
+(thread start-up, first reads) is not timed. What is timed is the whole host side of training: the
+batches train.py transfers (uint8 images, geometry done; flip and jitter run on the device).
+Also printed: how fast one thread merely decodes the RGB PNGs of the training frames (PIL), the
+floor of any pipeline that decodes per sample.
 """
 
 import argparse
@@ -17,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import datasets, readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -28,7 +33,6 @@ def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
   config.data.root, config.data.mode, config.data.format = root, mode, fmt
   config.data.input_size = size
   config.data.num_threads, config.data.num_workers = threads, workers
-  config.data.color_jitter = {'nyu': True, 'lilocbench': True}
   config.batch_size, config.num_train_steps = batch_size, batches + 1
   it = datasets.train_iterator(config)
   next(it)
@@ -37,6 +41,22 @@ def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
   seconds = time.perf_counter() - start
   it.close()
   return n / seconds
+
+
+def png_decode_rate(root: str, frames: int = 40) -> float:
+  """RGB frames/s of one thread decoding the training PNGs (NYU and LILocBench, alternating)."""
+  config = default.get_config()
+  config.data.root = root
+  paths = datasets.resolve_paths(config.data)
+  files = []
+  for name in ('nyu', 'lilocbench'):
+    reader = readers.make_file_reader(name, 'train', paths)
+    files.append([reader.refs[i].files['rgb'] for i in range(min(len(reader), frames // 2))])
+  blobs = [open(p, 'rb').read() for pair in zip(*files) for p in pair]
+  start = time.perf_counter()
+  for b in blobs:
+    readers.decode_rgb(b, 'png')
+  return len(blobs) / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--batches', type=int, default=20)
   parser.add_argument('--batch-size', type=int, default=16)
   parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input size HxW')
-  parser.add_argument('--format', default='files', choices=('files', 'tfds'))
+  parser.add_argument('--format', default='files,decoded', help='comma-separated: files, decoded, tfds')
   parser.add_argument('--json', default='', help='also write the results as JSON here')
   args = parser.parse_args(argv)
   size = args.size
@@ -61,31 +81,44 @@ def main(argv: list[str] | None = None) -> None:
       t = time.perf_counter()
       synthetic.generate(root, seed=0, size=args.synthetic_size)
       print(f'synthetic data ({args.synthetic_size}) in {time.perf_counter() - t:.1f} s')
-    if args.format == 'tfds' and not os.path.isdir(os.path.join(root, 'tfds')):
+    formats = args.format.split(',')
+    for fmt in formats:
+      if fmt not in ('files', 'decoded', 'tfds'):
+        parser.error(f'--format: unknown format {fmt!r}')
+    if 'tfds' in formats and not os.path.isdir(os.path.join(root, 'tfds')):
       from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
 
       tfds_builders.main(['--root', root, '--sets', 'nyu,lilocbench'])
+    if 'decoded' in formats and not os.path.isdir(os.path.join(root, 'decoded')):
+      from data_pipelines import decoded  # pylint: disable=g-import-not-at-top
+
+      t = time.perf_counter()
+      decoded.main(['--root', root, '--sets', 'nyu,lilocbench', '--input-size', f'{size[0]}x{size[1]}'])
+      print(f'decode-once folder written in {time.perf_counter() - t:.1f} s')
+    decode_rate = png_decode_rate(root)
+    print(f'\none thread decoding the training RGB PNGs alone: {decode_rate:.1f} frames/s')
     threads = [int(t) for t in args.threads.split(',')]
     modes = args.modes.split(',')
     results = []
-    print(f'\ntraining images/s, batch {args.batch_size}, {size[0]}x{size[1]}, {args.format}, '
-          f'{os.cpu_count()} CPUs')
-    print(f'{"mode":12s}' + ''.join(f'{f"{t} thr":>10s}' for t in threads))
-    for mode in modes:
-      row = []
-      for t in threads:
-        try:
-          ips = measure(root, mode, t, args.batches, args.batch_size, size, args.format)
-        except ValueError as e:  # a set too small for one batch of this mode
-          print(f'{mode}: {e}')
-          ips = float('nan')
-        row.append(ips)
-        results.append({'mode': mode, 'threads': t, 'images_per_s': ips})
-      print(f'{mode:12s}' + ''.join(f'{r:10.1f}' for r in row), flush=True)
+    print(f'\ntraining images/s, batch {args.batch_size}, {size[0]}x{size[1]}, {os.cpu_count()} CPUs')
+    print('| format | mode |' + ''.join(f' {t} thr |' for t in threads))
+    print('|---|---|' + '---|' * len(threads))
+    for fmt in formats:
+      for mode in modes:
+        row = []
+        for t in threads:
+          try:
+            ips = measure(root, mode, t, args.batches, args.batch_size, size, fmt)
+          except ValueError as e:  # a set too small for one batch of this mode
+            print(f'{mode}: {e}')
+            ips = float('nan')
+          row.append(ips)
+          results.append({'format': fmt, 'mode': mode, 'threads': t, 'images_per_s': ips})
+        print(f'| {fmt} | {mode} |' + ''.join(f' {r:.1f} |' for r in row), flush=True)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'batch_size': args.batch_size, 'size': list(size), 'format': args.format,
-                 'results': results}, f, indent=1)
+      json.dump({'batch_size': args.batch_size, 'size': list(size), 'formats': formats,
+                 'png_decode_frames_per_s': decode_rate, 'results': results}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -2,10 +2,13 @@
 
   python benchmarks/train_step.py [--batch-size B] [--steps N] [--dtype float32|bfloat16] [--torch]
       [--torch-compile] [--json F] [--sweep 1,4,16,64] [--size HxW] [--threads T] [--impl auto|native|cpu]
-      [--profile DIR]
+      [--profile DIR] [--compare-augment]
 
-Ours: `training.make_train_step` (forward, the V5 loss, backward, the real three-group AdamW with
-clipping) under `training.jit_train_step`, on a synthetic batch in the data-element format.
+Ours: `training.make_train_step` (the device-side augmentation of V8, flip and colour jitter on both
+domains; forward, the V5 loss, backward, the real three-group AdamW with clipping) under
+`training.jit_train_step`, on a synthetic batch as the host pipeline ships it (uint8 images).
+`--compare-augment` adds our step without the augmentation (image conversion only) as a contestant,
+to measure what the augmentation costs inside the step.
 Theirs (`--torch`): `torch_model.DepthSegNet` with the same loss terms (written below in torch),
 AdamW in the same three groups and global-norm clipping; on CUDA with fp16 autocast + GradScaler
 (the reference's recipe; `--dtype float32` turns autocast off), `--torch-compile` adds a
@@ -96,10 +99,11 @@ def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[
   seg = rng.integers(0, 6, (batch_size, h, w)).astype(np.int32)
   seg[rng.uniform(size=seg.shape) < 0.1] = 255
   return {
-      'image': rng.uniform(size=(batch_size, h, w, 3)).astype(np.float32),
+      'image': rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8),
       'depth': np.where(valid, depth, 0.0).astype(np.float32),
       'depth_valid': valid,
       'seg': seg,
+      'domain': (np.arange(batch_size) % 2).astype(np.int32),  # NYU and LILocBench, as V8
   }
 
 
@@ -109,7 +113,7 @@ def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[
 class JaxStep:
   """Our jitted train step on one fixed batch; `run()` does one synchronised step."""
 
-  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, augment: bool = True):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from configs import default  # pylint: disable=g-import-not-at-top
@@ -126,7 +130,9 @@ class JaxStep:
     tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
     graphdef, self.state = training.create_state(model, checkpointing.default_kendall(), tx, mesh)
     self.batch = training.global_batch(random_batch(batch_size, size), mesh)
-    jitted = training.jit_train_step(training.make_train_step(graphdef, tx, config.loss), mesh, self.state)
+    step = training.make_train_step(graphdef, tx, config.loss, seed=0, color_jitter=(True, True, False),
+                                    augment=augment)
+    jitted = training.jit_train_step(step, mesh, self.state)
     start = time.perf_counter()
     self.compiled = jitted.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -211,7 +217,8 @@ class TorchStep:
     start = time.perf_counter()
     self.forward = torch.compile(model) if compile_model else model
     batch = random_batch(batch_size, size)
-    image = torch.from_numpy(np.ascontiguousarray(batch['image'].transpose(0, 3, 1, 2))).to(self.device)
+    image = batch['image'].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    image = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
     if self.cuda:
       image = image.contiguous(memory_format=torch.channels_last)
     self.batch = {
@@ -313,6 +320,10 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   ours = JaxStep(batch_size, size, args.dtype)
   rss_after_ours = peak_rss_mb()
   runners: dict[str, Callable[[], float]] = {'ours': ours.run}
+  plain = None
+  if args.compare_augment:
+    plain = JaxStep(batch_size, size, args.dtype, augment=False)
+    runners['ours_without_augment'] = plain.run
   theirs = theirs_compiled = None
   if args.torch:
     theirs = TorchStep(batch_size, size, args.dtype)
@@ -342,6 +353,10 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
       'host_peak_rss_mb': rss_after_ours,
       **ours.memory(),
   }
+  if plain is not None:
+    plain_s = statistics.median(times['ours_without_augment'])
+    row.update(step_s_without_augment=plain_s, augment_overhead=step_s / plain_s - 1,
+               cpu_s_per_step_without_augment=statistics.median(cpu['ours_without_augment']))
   if theirs is not None:
     torch_s = statistics.median(times['torch'])
     row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s,
@@ -358,7 +373,9 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 TABLE = [('batch', 'batch_size', 'd'), ('step s', 'step_s', '.4f'), ('img/s', 'images_per_s', '.2f'),
+         ('step s, no aug', 'step_s_without_augment', '.4f'), ('aug cost', 'augment_overhead', '+.1%'),
          ('compile s', 'compile_s', '.1f'), ('CPU s/step', 'cpu_s_per_step', '.2f'),
+         ('CPU s/step, no aug', 'cpu_s_per_step_without_augment', '.2f'),
          ('torch CPU s/step', 'torch_cpu_s_per_step', '.2f'), ('MFU', 'mfu', '.1%'),
          ('torch img/s', 'torch_images_per_s', '.2f'), ('ours/torch', 'speedup', '.2f'),
          ('compiled img/s', 'torch_compile_images_per_s', '.2f'), ('ours/compiled', 'speedup_vs_compile', '.2f'),
@@ -386,6 +403,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='our compute dtype; torch: fp16 autocast on CUDA unless float32')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
   parser.add_argument('--torch-compile', action='store_true', help='also time a torch.compile twin')
+  parser.add_argument('--compare-augment', action='store_true',
+                      help='also time our step without the device-side augmentation')
   parser.add_argument('--json', default='', help='write the results here')
   parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
   parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')

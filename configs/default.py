@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.mode = 'nyu'  # nyu | lilocbench | joint | downsample | concat
   c.data.weights = ml_collections.ConfigDict({'nyu': 0.5, 'lilocbench': 0.5})
   c.data.input_size = (240, 320)
-  c.data.format = 'files'  # files | tfds
+  c.data.format = 'files'  # files | decoded (`python -m data_pipelines.decoded`) | tfds
+  c.data.decoded_dir = ''  # '' = ROOT/decoded
   c.data.tfds_dir = ''  # '' = ROOT/tfds; a file system path (a gcsfuse mount for a bucket, not gs://)
   c.data.color_jitter = ml_collections.ConfigDict({'nyu': True, 'lilocbench': False})
   c.data.eval_sets = ('nyu',)  # validation sets evaluated during training: nyu, lilocbench, corridor
@@ -62,4 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.lambda_edge = 0.1
 
   c.compute_dtype = 'float32'  # float32 | bfloat16
+  # JAX's persistent compilation cache: '' = ~/.cache/efficientvit_jax/xla (or $JAX_COMPILATION_CACHE_DIR),
+  # 'none' = off. A resumed run on a warm cache does not recompile the network.
+  c.compilation_cache_dir = ''
   return c

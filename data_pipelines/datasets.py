@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data_pipelines import mixing, readers, transforms
+from data_pipelines import decoded, mixing, readers, transforms
 
 EVAL_SETS = ('nyu', 'lilocbench', 'corridor')
 
@@ -39,10 +39,11 @@ EVAL_SETS = ('nyu', 'lilocbench', 'corridor')
 def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, str | None]:
   """Every data path of `config.data`, with empty ones derived from `data.root`.
 
-  Returns keys nyu_root (ROOT/nyu), nyu_teacher_manifest (<nyu_root>/teacher/manifest.jsonl, None
-  for 'none' or when the derived file does not exist), nyu_class_mapping (None when empty),
+  Returns keys root, nyu_root (ROOT/nyu), nyu_teacher_manifest (<nyu_root>/teacher/manifest.jsonl,
+  None for 'none' or when the derived file does not exist), nyu_class_mapping (None when empty),
   lilocbench_manifest (ROOT/lilocbench/manifest.jsonl), corridor_manifest
-  (ROOT/corridor/manifest.jsonl), tfds_dir (ROOT/tfds), format.
+  (ROOT/corridor/manifest.jsonl), tfds_dir (ROOT/tfds), decoded_dir (ROOT/decoded), format,
+  input_size.
   """
   root = data.root
   nyu_root = data.nyu.root or os.path.join(root, 'nyu')
@@ -56,29 +57,51 @@ def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, str | None]:
                       'labels (set data.nyu.teacher_manifest)', teacher)
       teacher = None
   return {
+      'root': root,
       'nyu_root': nyu_root,
       'nyu_teacher_manifest': teacher,
       'nyu_class_mapping': data.nyu.class_mapping or None,
       'lilocbench_manifest': data.lilocbench.manifest or os.path.join(root, 'lilocbench', 'manifest.jsonl'),
       'corridor_manifest': data.corridor.manifest or os.path.join(root, 'corridor', 'manifest.jsonl'),
       'tfds_dir': data.tfds_dir or os.path.join(root, 'tfds'),
+      'decoded_dir': data.decoded_dir or os.path.join(root, 'decoded'),
       'format': data.format,
+      'input_size': tuple(int(s) for s in data.input_size),
   }
+
+
+def color_jitter_flags(data: ml_collections.ConfigDict) -> tuple[bool, ...]:
+  """`data.color_jitter` per domain id (0 NYU, 1 LILocBench, 2 corridor), for the train step."""
+  unknown = set(data.color_jitter.keys()) - set(EVAL_SETS)
+  if unknown:
+    raise ValueError(f'data.color_jitter: unknown set(s) {sorted(unknown)}; expected some of {EVAL_SETS}')
+  return tuple(bool(data.color_jitter.get(name, False)) for name in EVAL_SETS)
+
+
+def available_sets(paths: Mapping[str, Any]) -> tuple[str, ...]:
+  """The sets whose file layouts exist at `paths` (`resolve_paths` output)."""
+  found = {'nyu': os.path.isdir(os.path.join(paths['nyu_root'], 'nyu_cache')),
+           'lilocbench': os.path.isfile(paths['lilocbench_manifest']),
+           'corridor': os.path.isfile(paths['corridor_manifest'])}
+  return tuple(name for name in EVAL_SETS if found[name])
 
 
 def make_reader(paths: Mapping[str, Any], set_name: str, split: str,
                 skip_bad_frames: bool = False) -> readers.Reader:
-  """The reader of one split of one set from `resolve_paths` output (its `format` picks files or
-  the TFDS data sources under `tfds_dir`)."""
+  """The reader of one split of one set from `resolve_paths` output (its `format` picks the files,
+  the decode-once arrays under `decoded_dir` or the TFDS data sources under `tfds_dir`)."""
   fmt = paths.get('format', 'files')
   if fmt == 'files':
     return readers.make_file_reader(set_name, split, paths, skip_bad_frames)
+  if fmt == 'decoded':
+    return decoded.DecodedReader(paths['decoded_dir'], set_name, split, paths['input_size'],
+                                 source_paths=paths)
   if fmt == 'tfds':
     from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
 
     return tfds_builders.TfdsReader(paths['tfds_dir'], set_name, split,
                                     class_mapping=paths.get('nyu_class_mapping'))
-  raise ValueError(f'data.format must be files or tfds, got {fmt!r}')
+  raise ValueError(f'data.format must be files, decoded or tfds, got {fmt!r}')
 
 
 class SkipLog:
@@ -133,7 +156,6 @@ class _TrainSample:
   process_index: int
   seed: int
   input_size: tuple[int, int]
-  jitter: dict[int, bool]
   skip: SkipLog | None
 
   def __call__(self, k: int) -> dict[str, np.ndarray]:
@@ -152,7 +174,7 @@ class _TrainSample:
       frame = _read_or_skip(reader, (i + n) % len(reader), self.skip)
       n += 1
     rng = transforms.frame_rng(self.seed, step, position)
-    return transforms.train_transform(frame, rng, self.input_size, self.jitter[frame['domain']])
+    return transforms.train_transform(frame, rng, self.input_size)
 
 
 def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]:
@@ -216,7 +238,6 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         weights=_weights(data), batch_size=config.batch_size, local_batch_size=local,
         process_index=process_index, seed=config.seed,
         input_size=tuple(int(s) for s in data.input_size),
-        jitter={d: bool(data.color_jitter.get(mixing.SETS[d], False)) for d in train_readers},
         skip=self.skipped if data.skip_bad_frames else None)
     ds = grain.MapDataset.range(start_step * local, max(start_step, self.num_steps) * local).map(sample)
     workers = data.num_workers
@@ -266,7 +287,7 @@ class _EvalSample:
 
   def padding(self) -> dict[str, np.ndarray]:
     h, w = self.input_size
-    return {'image': np.zeros((h, w, 3), np.float32), 'depth': np.zeros((h, w), np.float32),
+    return {'image': np.zeros((h, w, 3), np.uint8), 'depth': np.zeros((h, w), np.float32),
             'depth_valid': np.zeros((h, w), bool), 'gt_depth': np.zeros((h, w), np.float32),
             'seg': np.full((h, w), readers.IGNORE, np.int32),
             'gt_seg': np.full((h, w), readers.IGNORE, np.int32),
@@ -343,5 +364,8 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   else:
     paths, options = dict(source), {}
   options.update(overrides)
+  if options.get('protocol') == 'reference' and paths.get('format') == 'decoded':
+    raise ValueError('the reference protocol needs the sensor depth, which decoded data do not hold: '
+                     'evaluate it on the file layouts (data.format=files)')
   reader = make_reader(paths, set_name, split, options.get('skip_bad_frames', False))
   return EvalIterator(reader, batch_size, process_index, process_count, **options)

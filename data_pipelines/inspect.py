@@ -3,7 +3,8 @@
 
 Writes one JSON line per global batch, `{"step", "domain": [...], "index": [...]}`, prints a
 summary (domain shares, repeats per set, target-depth percentiles per domain, class frequencies)
-and with `--grid` draws the first batch (RGB as augmented, depth target, training labels).
+and with `--grid` draws the first batch as the train step sees it, after its device-side flip and
+colour jitter (`efficientvit_jax.augment`): RGB, depth target, training labels, human labels.
 """
 
 import collections
@@ -68,6 +69,16 @@ def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> 
   plt.close(fig)
 
 
+def augmented(batch: dict[str, np.ndarray], config, step: int) -> dict[str, np.ndarray]:
+  """The host batch of `step` after the train step's flip and colour jitter (a whole global
+  batch: positions are those of the global batch)."""
+  from efficientvit_jax import augment  # pylint: disable=g-import-not-at-top
+
+  out = augment.augment_batch(batch, seed=config.seed, step=step,
+                              jitter=datasets.color_jitter_flags(config.data))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
 def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
               class_counts: np.ndarray, sizes: dict[str, int]) -> str:
   """The printed summary of `inspect` (see module docstring)."""
@@ -114,7 +125,7 @@ def main(argv: Sequence[str]) -> None:
       seg = batch['seg']
       class_counts += np.bincount(seg[seg < readers.NUM_CLASSES].ravel(), minlength=readers.NUM_CLASSES)
       if _GRID.value and len(lines) == 1:
-        draw_grid(batch, _GRID.value)
+        draw_grid(augmented(batch, config, step), _GRID.value)
   it.close()
   print(summarize(lines, depth_samples, class_counts, it.sizes))
   if it.skipped.count:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from efficientvit_jax import augment
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import training
 
@@ -36,7 +37,7 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
   min_depth, max_depth = DEPTH_WINDOWS[set_name]
 
   def eval_step(params, batch_stats, batch):
-    out = nnx.merge(graphdef, params, batch_stats)(batch['image'], train=False)
+    out = nnx.merge(graphdef, params, batch_stats)(augment.to_float(batch['image']), train=False)
     seg = jnp.argmax(out['seg_logits'], axis=-1).astype(jnp.int32)
     gt_seg = batch['gt_seg'] if with_seg else None
     pred_seg = seg if with_seg else None

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from efficientvit_jax import augment as augment_lib
 from efficientvit_jax import losses
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
@@ -42,7 +43,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-TRAIN_KEYS = ('image', 'depth', 'depth_valid', 'seg')
+TRAIN_KEYS = ('image', 'depth', 'depth_valid', 'seg', 'domain')
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
@@ -89,12 +90,16 @@ def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_config: Any, *,
-                    freeze_steps: int = 0, freeze_bn_when_frozen: bool = False,
+                    seed: int = 0, color_jitter: tuple[bool, ...] = (False, False, False),
+                    augment: bool = True, freeze_steps: int = 0, freeze_bn_when_frozen: bool = False,
                     encoder_bn_train: bool = True) -> Callable[[State, dict[str, jax.Array]], tuple[State, dict]]:
   """The pure train step `(state, batch) -> (state, metrics)`.
 
-  batch: the data element of INTERFACES stacked ([B, H, W, 3] `image`, [B, H, W] `depth`,
-  `depth_valid`, `seg`). While `step < freeze_steps` and `freeze_bn_when_frozen`, the encoder and
+  batch: the training element stacked, as the host pipeline makes it ([B, H, W, 3] uint8 `image`,
+  [B, H, W] `depth`, `depth_valid`, `seg`, [B] `domain`). With `augment`, the step first flips
+  and colour-jitters it (`augment.augment_batch`: keys from `seed`, the state's step and the
+  position in the global batch; `color_jitter` per domain id); without, it only converts the
+  image to float. While `step < freeze_steps` and `freeze_bn_when_frozen`, the encoder and
   neck BatchNorm statistics are kept (and with `encoder_bn_train=False` they also normalise with
   their running statistics, i.e. eval mode; train.py compiles that variant for the frozen phase).
   A non-finite loss (or update) leaves the state unchanged and records its step in `nonfinite_step`.
@@ -107,6 +112,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
     return total, (aux, nnx.state(model, nnx.BatchStat))
 
   def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
+    if augment:
+      batch = augment_lib.augment_batch(batch, seed=seed, step=state['step'], jitter=color_jitter)
+    else:
+      batch = {**batch, 'image': augment_lib.to_float(batch['image'])}
     trainable = {'model': state['params'], 'kendall': state['kendall']}
     (total, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, state['batch_stats'], batch)

@@ -8,15 +8,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / 'tests' / 'data'
 
-# Set before JAX initialises its backend in any test module.
+# Set before JAX initialises its backend in any test module; subprocesses (train.py, eval.py)
+# inherit both, so they share the suite's compilation cache.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
 
 
 def pytest_configure(config):
   import jax
 
-  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
-  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 

@@ -56,9 +56,22 @@ def scaled(root, tmp_path_factory):
   return str(out)
 
 
-def config_for(data_root, mode='joint', batch_size=16, steps=8):
+@pytest.fixture(scope='module')
+def scaled_decoded(scaled, tmp_path_factory):
+  """`scaled` written once by `data_pipelines.decoded` at the tests' input size."""
+  from data_pipelines import decoded
+
+  out = str(tmp_path_factory.mktemp('decoded') / 'decoded')
+  assert decoded.main(['--root', scaled, '--out', out, '--input-size', '48x64', '--threads', '2',
+                       '--sets', 'nyu,lilocbench']) == 0
+  return out
+
+
+def config_for(data_root, mode='joint', batch_size=16, steps=8, decoded_dir=''):
   c = v8.get_config()
   c.data.root = data_root
+  if decoded_dir:
+    c.data.format, c.data.decoded_dir = 'decoded', decoded_dir
   c.data.mode = mode
   c.data.input_size = (48, 64)
   c.data.num_threads = 2
@@ -67,8 +80,9 @@ def config_for(data_root, mode='joint', batch_size=16, steps=8):
   return c
 
 
-def test_v8_joint_halves_nyu_upsampled(scaled):
-  it = datasets.train_iterator(config_for(scaled, steps=6))
+@pytest.mark.parametrize('fmt', ['files', 'decoded'])
+def test_v8_joint_halves_nyu_upsampled(scaled, scaled_decoded, fmt):
+  it = datasets.train_iterator(config_for(scaled, steps=6, decoded_dir=scaled_decoded if fmt == 'decoded' else ''))
   assert it.sizes == {'nyu': 32, 'lilocbench': 128} and it.steps_per_epoch == 16
   seen = collections.Counter()
   for step, batch in enumerate(it):
@@ -90,6 +104,21 @@ def assert_same(a, b):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_decoded_batches_equal_file_batches(scaled, scaled_decoded):
+  """Decode-once data give the files path's training batches bit for bit (host side, before the
+  device augmentation), NYU crops at native scale included; and the same validation batches."""
+  files = datasets.train_iterator(config_for(scaled, steps=3))
+  dec = datasets.train_iterator(config_for(scaled, steps=3, decoded_dir=scaled_decoded))
+  for a, b in zip(files, dec):
+    assert_same(a, b)
+  for name in ('nyu', 'lilocbench'):
+    a = datasets.eval_iterator(config_for(scaled), name, batch_size=8)
+    b = datasets.eval_iterator(config_for(scaled, decoded_dir=scaled_decoded), name, batch_size=8)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+      assert_same(x, y)
 
 
 def test_global_batch_independent_of_processes_and_resume(scaled):

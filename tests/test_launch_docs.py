@@ -86,6 +86,10 @@ def _tfds_builders(argv, paths):
   return _replace_values(argv, {'--root': paths['data'], '--out': paths['tmp'] / 'tfds'})
 
 
+def _decoded(argv, paths):
+  return _replace_values(argv, {'--root': paths['data'], '--out': paths['tmp'] / 'decoded'})
+
+
 def _convert(argv, paths):
   assert argv[0] == 'torch-to-orbax', argv
   return [argv[0], str(DATA / 'student_random.pt'), str(paths['tmp'] / 'ckpt'), *argv[3:]]
@@ -103,7 +107,8 @@ def _replace_values(argv, values):
   return out
 
 
-ADAPTERS = {'data_pipelines.tfds_builders': _tfds_builders, 'efficientvit_jax.convert': _convert}
+ADAPTERS = {'data_pipelines.tfds_builders': _tfds_builders, 'data_pipelines.decoded': _decoded,
+            'efficientvit_jax.convert': _convert}
 
 
 def test_module_commands_run(tmp_path, synthetic_tiny):
