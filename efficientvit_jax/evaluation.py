@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from efficientvit_jax import console
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import training
 
@@ -65,6 +66,23 @@ def has_seg_labels(batch: dict[str, np.ndarray]) -> bool:
   return 'gt_seg' in batch
 
 
+class FirstFrames:
+  """An `on_batch` callback keeping the first `count` real frames of a split with their predictions
+  (`image`, `gt_depth`, `gt_seg`, `index`, `depth`, `seg`; numpy), e.g. for pictures of a fixed set."""
+
+  def __init__(self, count: int):
+    self.count = count
+    self.frames: list[dict[str, np.ndarray]] = []
+
+  def __call__(self, batch: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> None:
+    for i in np.flatnonzero(batch['frame_mask']):
+      if len(self.frames) >= self.count:
+        return
+      frame = {k: np.asarray(batch[k][i]) for k in ('image', 'gt_depth', 'gt_seg', 'index') if k in batch}
+      frame.update(depth=np.asarray(preds['depth'][i]), seg=np.asarray(preds['seg'][i]))
+      self.frames.append(frame)
+
+
 def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Iterable[dict[str, np.ndarray]],
              mesh: Mesh, *, set_name: str, protocol: str = 'ours', with_seg: bool = True,
              on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
@@ -75,7 +93,9 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   local predictions) sees every batch (e.g. to save predictions); padding rows included.
   """
   keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
-  step = jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg))
+  step = console.announce_compile(
+      jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
+      f'the evaluation step ({set_name})')
   if protocol == 'reference':
     accumulator = metrics_lib.ReferenceAccumulator(batch_size=REFERENCE_BATCH_SIZE)
   else:
