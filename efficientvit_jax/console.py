@@ -130,20 +130,20 @@ class Progress:
     if not quiet:
       Progress.active = self
 
-  def rates(self) -> tuple[float | None, float | None]:
+  def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
     """(units/s, seconds left), both None until two units have finished."""
     if self._clock is None:
       return None, None
     t, n = self._clock
-    elapsed = time.perf_counter() - t
+    elapsed = (time.perf_counter() if now is None else now) - t
     if self.n <= n or elapsed <= 0:
       return None, None
     rate = (self.n - n) / elapsed
     return rate, (self.total - self.n) / rate
 
-  def describe(self) -> str:
+  def describe(self, now: float | None = None) -> str:
     """'12.3 step/s, 197 images/s, eta 3.2 min' (what is known so far)."""
-    rate, eta = self.rates()
+    rate, eta = self.rates(now)
     if rate is None:
       return ''
     parts = [f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.0f} {self.unit}/s']
@@ -163,7 +163,7 @@ class Progress:
         self.bar.initial = self.bar.last_print_n = self.bar.n
       return
     if self.bar is not None:
-      rate, _ = self.rates()
+      rate, _ = self.rates(now)
       parts = [postfix] if postfix else []
       if rate is not None and self.batch_size:
         parts.append(f'{rate * self.batch_size:.1f} images/s')
@@ -180,7 +180,7 @@ class Progress:
       if now - self._last_line >= self.min_interval:
         self._last_line = now
         self.printed += 1
-        print(f'{self.desc}: {self.n}/{self.total} ({pct:.0f}%) {self.describe()}'.rstrip(),
+        print(f'{self.desc}: {self.n}/{self.total} ({pct:.0f}%) {self.describe(now)}'.rstrip(),
               flush=True)
 
   def close(self, summary: str = '') -> None:
