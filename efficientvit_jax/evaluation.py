@@ -30,6 +30,9 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
                    with_seg: bool = True) -> Callable:
   """`(params, batch_stats, batch) -> (per-frame statistics, predictions)`, eval mode.
 
+  protocol 'reference': the reference's NYU validation, or for the corridor set its corridor
+  evaluation (`batch['gt_depth']` then the sensor depth without window, `SensorDepthAsGroundTruth`).
+
   Predictions: `depth` [B, H, W] metres and `seg` [B, H, W] int32 class ids.
   """
   if protocol not in PROTOCOLS:
@@ -41,7 +44,10 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
     seg = jnp.argmax(out['seg_logits'], axis=-1).astype(jnp.int32)
     gt_seg = batch['gt_seg'] if with_seg else None
     pred_seg = seg if with_seg else None
-    if protocol == 'reference':
+    if protocol == 'reference' and set_name == 'corridor':
+      stats = metrics_lib.corridor_reference_frame_stats(out['depth'], batch['gt_depth'], batch['frame_mask'],
+                                                         min_depth=min_depth, max_depth=max_depth)
+    elif protocol == 'reference':
       stats = metrics_lib.reference_frame_stats(out['depth'], batch['gt_depth'], pred_seg, gt_seg,
                                                 batch['frame_mask'])
     else:
@@ -64,6 +70,27 @@ def local_rows(x: jax.Array) -> np.ndarray:
 
 def has_seg_labels(batch: dict[str, np.ndarray]) -> bool:
   return 'gt_seg' in batch
+
+
+class SensorDepthAsGroundTruth:
+  """A reader whose frames' `gt_depth` is the sensor depth as stored (no window, no confidence
+  test), for the reference's corridor evaluation, which applies its own window."""
+
+  def __init__(self, reader: Any):
+    self._reader = reader
+
+  def __len__(self) -> int:
+    return len(self._reader)
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith('_'):
+      raise AttributeError(name)
+    return getattr(self._reader, name)
+
+  def read(self, i: int) -> dict[str, Any]:
+    frame = dict(self._reader.read(i))
+    frame['gt_depth'] = frame['sensor_depth']
+    return frame
 
 
 class FirstFrames:
@@ -96,7 +123,9 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   step = console.announce_compile(
       jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
       f'the evaluation step ({set_name})')
-  if protocol == 'reference':
+  if protocol == 'reference' and set_name == 'corridor':
+    accumulator = metrics_lib.CorridorReferenceAccumulator()
+  elif protocol == 'reference':
     accumulator = metrics_lib.ReferenceAccumulator(batch_size=REFERENCE_BATCH_SIZE)
   else:
     accumulator = metrics_lib.MetricAccumulator()
