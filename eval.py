@@ -287,8 +287,13 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == '__main__':
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+def run():
+  """The `evit-eval` command."""
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

@@ -327,8 +327,13 @@ def main(argv):
   return exit_code
 
 
-if __name__ == '__main__':
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+def run():
+  """The `evit-train` command."""
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()

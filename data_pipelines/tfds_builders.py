@@ -30,7 +30,11 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-import tensorflow_datasets as tfds
+try:
+  import tensorflow_datasets as tfds
+except ImportError as e:  # an extra: the default (files) path never imports this module
+  raise ImportError("data.format='tfds' and the TFDS builders need tensorflow-datasets: "
+                    "pip install 'efficientvit-jax[tfds]'") from e
 
 from data_pipelines import readers
 

@@ -563,5 +563,10 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """The `evit-study` command."""
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()
