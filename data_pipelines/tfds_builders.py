@@ -37,6 +37,7 @@ except ImportError as e:  # an extra: the default (files) path never imports thi
                     "pip install 'efficientvit-jax[tfds]'") from e
 
 from data_pipelines import readers
+from efficientvit_jax import console
 
 VERSION = '1.0.0'
 
@@ -74,7 +75,7 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str):
     reader = readers.make_file_reader(self.SET, 'all' if split == 'test' else split, self._paths)
-    for i in range(len(reader)):
+    for i in console.iterate(range(len(reader)), f'tfds {self.SET} {split}', unit='frame'):
       record, _ = reader._record(i)  # pylint: disable=protected-access
       example = {f: record.get(f, b'') for f in readers.FIELDS}
       example.update(index=reader.frame_index(i), where=reader.describe(i))
@@ -176,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--teacher-manifest', default='', help="NYU teacher manifest ('none': none)")
   parser.add_argument('--lilocbench-manifest', default='')
   parser.add_argument('--corridor-manifest', default='')
+  parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
   args = parser.parse_args(argv)
+  console.setup(args.verbose)
   data = default.get_config().data
   data.root, data.tfds_dir = args.root, args.out
   data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest
