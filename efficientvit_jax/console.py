@@ -65,7 +65,8 @@ def say(message: str) -> None:
 def compiling(what: str) -> Iterator[None]:
   """Prints 'compiling <what> ... done in N s' around a block that compiles (one line)."""
   start = time.perf_counter()
-  if is_terminal(sys.stdout):
+  bar_active = Progress.active is not None and Progress.active.bar is not None
+  if is_terminal(sys.stdout) and not bar_active:
     print(f'compiling {what} ...', end='', flush=True)
     yield
     print(f' done in {time.perf_counter() - start:.1f} s', flush=True)

@@ -103,8 +103,12 @@ def confusion_figure(path: str | os.PathLike,
                      matrices: list[tuple[str, list[str], list[list[int]]]]) -> None:
   """Row-normalised confusion matrices (rows ground truth), one panel per (title, classes, counts)."""
   n = len(matrices)
-  fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.6), squeeze=False)
-  for ax, (title, classes, counts) in zip(axes[0], matrices):
+  cols = min(n, 4)
+  rows_ = -(-n // cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 4.6 * rows_), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis('off')
+  for ax, (title, classes, counts) in zip(axes.flat, matrices):
     c = np.asarray(counts, np.float64)
     rows = c.sum(1, keepdims=True)
     frac = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
