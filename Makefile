@@ -7,10 +7,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test test-slow demo study clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,torch]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,tfds]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -3,13 +3,19 @@
   python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
       --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
       [--protocol ours|reference] [--save-predictions DIR]
+  python eval.py --compare A.json B.json ...   # one table of several results side by side
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
 PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
 or of the corridor set. `--protocol ours` (default) uses SPEC §6's definitions (nearest-neighbour
 ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
 reference's NYU validation (per-batch averages over batches of 16, gt > 0, bilinear ground-truth
-depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers.
+depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers, and for
+the corridor set its corridor evaluation (every frame; pooled over the pixels with sensor depth in
+[0.1, 5] m, nearest-resized, no confidence test; also by depth bin, image top 2/3 / bottom 1/3, and
+the sensor's failures); use `--split all --size 240x320` for the reference's numbers.
+Beside R.json: R.md (the table, with per-class IoU and pixel accuracy), R_confusion.png and
+R_depth_bins.png.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 SETS = ('nyu', 'lilocbench', 'corridor')
+CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
 PANELS_PER_CHECKPOINT = 6
 
 
@@ -43,32 +50,94 @@ def data_paths(args: argparse.Namespace) -> dict[str, Any]:
   return paths
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
-  """One row per checkpoint, like SPEC §6's table, plus the split's baselines."""
-  rows = ['| checkpoint | dataset | split | protocol | frames | RMSE | MAE | AbsRel | δ1 | RMSE (median-scaled) | RMSE (pooled) | mIoU |',
-          '|---|---|---|---|---|---|---|---|---|---|---|---|']
+def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = None) -> str:
+  """One row per result (checkpoint), like SPEC §6's table, plus the split's baselines.
+
+  labels: the first column (default: each result's checkpoint).
+  """
+  classes = next((r['seg'].get('classes') for r in results if (r.get('seg') or {}).get('classes')), None)
+  classes = classes or list(CLASS_NAMES)
+  head = ['checkpoint' if labels is None else 'result', 'dataset', 'split', 'protocol', 'frames', 'RMSE', 'MAE',
+          'AbsRel', 'δ1', 'RMSE (median-scaled)', 'RMSE (pooled)', 'mIoU', 'pixel acc.',
+          *(f'IoU {c}' for c in classes)]
+  rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   fmt = lambda v, pct=False: '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
-  for r in results:
+  labels = labels or [r['checkpoint'] for r in results]
+  for label, r in zip(labels, results):
     depth = r.get('depth', {})
     fm = depth.get('frame_mean', depth)  # the reference protocol has one flat depth block
     ms = depth.get('median_scaled', {}).get('frame_mean', {})
     pooled = depth.get('pooled', {})
     seg = r.get('seg') or {}
-    rows.append(f"| {r['checkpoint']} | {r['dataset']} | {r['split']} | {r['protocol']} | {r['num_frames']} | "
+    iou = seg.get('iou') or {}
+    rows.append(f"| {label} | {r['dataset']} | {r['split']} | {r['protocol']} | {r['num_frames']} | "
                 f"{fmt(fm.get('rmse'))} | {fmt(fm.get('mae'))} | {fmt(fm.get('abs_rel'))} | "
                 f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(pooled.get('rmse'))} | "
-                f"{fmt(seg.get('miou'), True)} |")
+                f"{fmt(seg.get('miou'), True)} | {fmt(seg.get('pixel_accuracy'), True)} | "
+                + ' | '.join(fmt(iou.get(c), True) for c in classes) + ' |')
+  same_split = len({(r['dataset'], r['split'], r['protocol']) for r in results}) == 1
   base = results[0].get('baselines')
-  if base:
+  if base and same_split:
     rows.append(f"| baseline: mean depth / majority class | {results[0]['dataset']} | {results[0]['split']} | "
                 f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
-                f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |")
-  notes = ['', 'Metres; δ1 and mIoU in percent. RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels; '
-           'RMSE (pooled): over all valid pixels of the split, the measure of the mean-depth baseline.']
-  if results[0]['protocol'] == 'reference':
+                f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |"
+                + ' |' * (len(classes) + 1))
+  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent. RMSE, MAE, AbsRel, δ1: means over frames '
+           'with >= 100 valid pixels; RMSE (pooled): over all valid pixels of the split, the measure of the '
+           'mean-depth baseline.']
+  protocols = {(r['protocol'], r['dataset'] == 'corridor') for r in results}
+  if ('reference', False) in protocols:
     notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, bilinear '
                  'ground truth) and mIoU against the SAM2 labels; not comparable with the default protocol.')
+  if ('reference', True) in protocols:
+    notes.append('Reference corridor protocol: RMSE, MAE, AbsRel, δ1 pooled over all pixels with sensor depth in '
+                 '[0.1, 5] m (no confidence test), as the reference\'s corridor evaluation.')
   return '\n'.join(rows + notes) + '\n'
+
+
+def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pathlib.Path]:
+  """`<out>_confusion.png` (results with segmentation) and `<out>_depth_bins.png`; returns the paths."""
+  from efficientvit_jax import panels  # pylint: disable=g-import-not-at-top
+
+  label = lambda r: pathlib.Path(str(r['checkpoint']).rstrip('/')).name or str(r['checkpoint'])
+  written = []
+  matrices = [(label(r), r['seg']['classes'], r['seg']['confusion']) for r in results
+              if (r.get('seg') or {}).get('confusion')]
+  if matrices:
+    written.append(out.with_name(out.stem + '_confusion.png'))
+    panels.confusion_figure(written[-1], matrices)
+  bins = [(label(r), r['depth'].get('bins') or r.get('bins')) for r in results
+          if r['depth'].get('bins') or r.get('bins')]
+  if bins:
+    written.append(out.with_name(out.stem + '_depth_bins.png'))
+    panels.depth_bins_figure(written[-1], bins, title=f"{results[0]['dataset']} {results[0]['split']}")
+  return written
+
+
+def compare(paths: list[str]) -> tuple[str, list[str]]:
+  """The table of the results in several eval JSON files, one row per result; (table, errors)."""
+  results, labels, errors = [], [], []
+  for path in paths:
+    try:
+      loaded = json.loads(pathlib.Path(path).read_text())
+    except OSError as e:
+      errors.append(f'{path}: {e.strerror or e}')
+      continue
+    except json.JSONDecodeError as e:
+      errors.append(f'{path}: not an eval.py result (invalid JSON: {e})')
+      continue
+    items = loaded if isinstance(loaded, list) else [loaded]
+    if not items or not all(isinstance(r, dict) and {'dataset', 'depth', 'num_frames'} <= set(r) for r in items):
+      errors.append(f'{path}: not an eval.py result (no dataset / depth / num_frames)')
+      continue
+    for r in items:
+      r.setdefault('split', '?')
+      r.setdefault('protocol', 'ours')
+      r.setdefault('checkpoint', path)
+      results.append(r)
+      stem = pathlib.Path(path).stem
+      labels.append(stem if len(items) == 1 else f"{stem}: {pathlib.Path(str(r['checkpoint']).rstrip('/')).name}")
+  return (markdown_table(results, labels) if results and not errors else ''), errors
 
 
 class PredictionWriter:
@@ -105,16 +174,18 @@ class PredictionWriter:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python eval.py', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--checkpoint', action='append', required=True, help='checkpoint folder, workdir or .pt (repeatable)')
+  parser.add_argument('--compare', nargs='+', metavar='R.json', default=None,
+                      help='print one table of these eval results side by side (no evaluation)')
+  parser.add_argument('--checkpoint', action='append', help='checkpoint folder, workdir or .pt (repeatable)')
   parser.add_argument('--step', type=int, default=None, help='step of a checkpoint folder / workdir (default: latest)')
-  parser.add_argument('--dataset', required=True, choices=SETS)
-  parser.add_argument('--data', required=True, help='NYU root, or LILocBench / corridor folder or manifest.jsonl')
+  parser.add_argument('--dataset', choices=SETS)
+  parser.add_argument('--data', help='NYU root, or LILocBench / corridor folder or manifest.jsonl')
   parser.add_argument('--teacher-manifest', default=None, help="NYU teacher manifest (default: <data>/teacher/manifest.jsonl if present; 'none')")
   parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
   parser.add_argument('--format', default='files', choices=('files', 'tfds'), help='tfds: --data is the TFDS data dir')
   parser.add_argument('--split', default='val', choices=('val', 'train', 'all'))
   parser.add_argument('--protocol', default='ours', choices=('ours', 'reference'))
-  parser.add_argument('--out', required=True, help='metrics JSON; the Markdown table goes beside it (.md)')
+  parser.add_argument('--out', help='metrics JSON; the Markdown table (.md) and pictures (.png) go beside it')
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
   parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
   parser.add_argument('--size', default='240x320', help='model input size HxW (default 240x320)')
@@ -124,25 +195,41 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--coordinator-address', default='', help='host:port of process 0 (multi-process evaluation)')
   parser.add_argument('--num-processes', type=int, default=None)
   parser.add_argument('--process-id', type=int, default=None)
+  parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
   args = parser.parse_args(argv)
+  if args.compare:
+    table, errors = compare(args.compare)
+    for error in errors:
+      print(f'error: {error}', file=sys.stderr)
+    if errors:
+      return 2
+    print(table, end='')
+    return 0
+  missing = [f'--{k}' for k in ('checkpoint', 'dataset', 'data', 'out') if not getattr(args, k)]
+  if missing:
+    parser.error(f'the following arguments are required: {", ".join(missing)} (or --compare)')
   try:
     size = tuple(int(v) for v in args.size.lower().split('x'))
     assert len(size) == 2 and min(size) >= 32
   except (ValueError, AssertionError):
     parser.error(f'--size must be HxW with both sides >= 32, got {args.size!r}')
-  if args.protocol == 'reference' and args.dataset != 'nyu':
-    parser.error('--protocol reference reproduces the reference\'s NYU validation; use it with --dataset nyu')
+  if args.protocol == 'reference' and args.dataset == 'lilocbench':
+    parser.error('--protocol reference reproduces the reference\'s NYU validation and corridor evaluation; '
+                 'use it with --dataset nyu or corridor')
+  corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
 
   import jax  # pylint: disable=g-import-not-at-top
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
+  console.setup(args.verbose)
   training.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   runtime.enable_compilation_cache(args.compilation_cache)
   process, num_processes = jax.process_index(), jax.process_count()
@@ -158,24 +245,38 @@ def main(argv: list[str] | None = None) -> int:
       checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
       graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
       params, batch_stats = training.put_replicated((params, batch_stats), mesh)
-      batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
-                                       process_index=process, process_count=num_processes, input_size=size,
-                                       protocol=args.protocol)
+      if corridor_reference:  # the sensor depth, nearest-resized; the metric applies the window
+        reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
+        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=size)
+      else:
+        batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
+                                         process_index=process, process_count=num_processes, input_size=size,
+                                         protocol=args.protocol)
       writer = None
       if args.save_predictions:
         name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
-        # The reference protocol uses every pixel with gt > 0.
-        window = (1e-12, float('inf')) if args.protocol == 'reference' else evaluation.DEPTH_WINDOWS[args.dataset]
+        # The reference's NYU validation uses every pixel with gt > 0.
+        window = ((1e-12, float('inf')) if args.protocol == 'reference' and not corridor_reference
+                  else evaluation.DEPTH_WINDOWS[args.dataset])
         writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
+      bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
+                             unit='batch', batch_size=args.batch_size, quiet=process != 0)
+
+      def on_batch(local, preds, writer=writer, bar=bar):
+        if writer is not None:
+          writer(local, preds)
+        bar.update()
+
       try:
         metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
-                                      protocol=args.protocol, on_batch=writer)
+                                      protocol=args.protocol, on_batch=on_batch)
       finally:
+        bar.close()
         batches.close()
       result = {'dataset': args.dataset, 'split': args.split, 'checkpoint': src, 'step': ckpt.step,
                 'protocol': args.protocol, **metrics}
       results.append(result)
-  except (checkpointing.CheckpointError, FileNotFoundError, ValueError) as e:
+  except (checkpointing.CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if process == 0:
@@ -184,13 +285,19 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
     table = markdown_table(results)
     out.with_suffix('.md').write_text(table)
+    pictures = write_pictures(out, results)
     print(table, end='')
-    print(f'wrote {out} and {out.with_suffix(".md")}')
+    print(f'wrote {out}, {out.with_suffix(".md")}' + ''.join(f', {p}' for p in pictures))
   return 0
 
 
-if __name__ == '__main__':
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+def run():
+  """The `evit-eval` command."""
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

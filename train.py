@@ -29,9 +29,11 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of proc
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the flags, the config and the data, print the plan, exit.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, "Also show the libraries' INFO logs (orbax, grain, absl).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 TB_KEYS = ('train/', 'lr/', 'val/')
+TB_PANELS = 3  # evaluation pictures per validation set in TensorBoard (its first frames)
 
 
 class RunError(Exception):
@@ -65,13 +67,16 @@ def main(argv):
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import summaries  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
 
+  console.setup(_VERBOSE.value)
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value).absolute()
   try:
@@ -104,17 +109,18 @@ def main(argv):
     eval_sets = tuple(config.data.eval_sets)
     for name in eval_sets:  # fail now, not after hours of training
       datasets.make_reader(paths, name, 'val')
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, ImportError) as e:
     print(f'error: data: {e}', file=sys.stderr)
     return 2
   steps_per_epoch, total_steps = sched['steps_per_epoch'], sched['num_steps']
   freeze_steps = int(config.freeze_encoder_epochs) * steps_per_epoch
   plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
           f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; eval on {list(eval_sets)}')
-  logging.info('%s', plan)
   if _DRY_RUN.value:
     print(plan)
     return 0
+  if is_main:
+    console.say(plan)
 
   # ---------------------------------------------------------------------------------------------
   # Model, optimiser, and where the run starts.
@@ -161,13 +167,13 @@ def main(argv):
   # ---------------------------------------------------------------------------------------------
   # Steps.
   def compile_step(encoder_bn_train):
-    return training.jit_train_step(
+    return console.announce_compile(training.jit_train_step(
         training.make_train_step(graphdef, tx, config.loss, seed=config.seed,
                                  color_jitter=datasets.color_jitter_flags(config.data),
                                  freeze_steps=freeze_steps,
                                  freeze_bn_when_frozen=config.freeze_bn_when_frozen,
                                  encoder_bn_train=encoder_bn_train),
-        mesh, state)
+        mesh, state), 'the training step' + ('' if encoder_bn_train else ' (encoder BatchNorm frozen)'))
 
   train_step = compile_step(True)
   frozen_step = compile_step(False) if config.freeze_bn_when_frozen and freeze_steps else train_step
@@ -200,6 +206,7 @@ def main(argv):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     writer = SummaryWriter(str(workdir / 'tb'))
+    summaries.write_config(writer, current, [f'val/{name}/{m}' for name in eval_sets for m in ('rmse', 'miou')])
 
   def write_metrics(step, values):
     if not is_main:
@@ -217,11 +224,18 @@ def main(argv):
     for name in eval_sets:
       batches = datasets.eval_iterator(config, name, 'val', batch_size=config.batch_size,
                                        process_index=process, process_count=num_processes)
+      bar = console.Progress(len(batches), f'eval {name}', unit='batch', batch_size=config.batch_size,
+                             quiet=not is_main)
+      frames = evaluation.FirstFrames(TB_PANELS if writer is not None else 0)
       try:
         res = evaluation.evaluate(graphdef, state['params'], state['batch_stats'], batches, mesh,
-                                  set_name=name, with_seg=name != 'lilocbench')
+                                  set_name=name, with_seg=name != 'lilocbench',
+                                  on_batch=lambda local, preds: (frames(local, preds), bar.update()))
       finally:
+        bar.close()
         batches.close()
+      if writer is not None:
+        summaries.write_panels(writer, f'val/{name}', frames.frames, step)
       results[name] = res
       fm = res['depth']['frame_mean']
       for metric in ('rmse', 'mae', 'abs_rel', 'delta1'):
@@ -230,7 +244,8 @@ def main(argv):
       if res.get('seg') and res['seg'].get('miou') is not None:
         values[f'val/{name}/miou'] = res['seg']['miou']
     write_metrics(step, values)
-    logging.info('step %d validation: %s', step, ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
+    if is_main:
+      console.say(f'step {step} validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
     return values
 
   def check_finite():
@@ -243,8 +258,10 @@ def main(argv):
     check_finite()
     ckpt = model_checkpoint(step, metrics)
     ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // steps_per_epoch}, force=force)
-    if metrics:
-      ckptr.maybe_save_best(step, ckpt)
+    best = bool(metrics) and ckptr.maybe_save_best(step, ckpt)
+    if is_main:
+      console.say(f'step {step}: saving checkpoint to {workdir}/checkpoints'
+                  + (f' and best/ ({config.best_metric} {metrics[config.best_metric]:.4f})' if best else ''))
 
   # ---------------------------------------------------------------------------------------------
   # Preemption: SIGTERM saves the current step and exits 0 (multi-process runs use orbax's
@@ -262,11 +279,9 @@ def main(argv):
   def next_batch():
     return training.global_batch(next(data), mesh, training.TRAIN_KEYS)
 
-  progress = None
-  if is_main and sys.stderr.isatty():
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-    progress = tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
+  # A bar on a terminal; elsewhere the log lines below are the progress (lines=False).
+  progress = console.Progress(total_steps, 'train', unit='step', batch_size=config.batch_size,
+                              initial=start_step, lines=False, quiet=not is_main)
   pending, last_metrics = [], {}
   tick, tick_step = time.perf_counter(), start_step
   step = start_step
@@ -283,8 +298,7 @@ def main(argv):
         batch = next_batch()
         input_wait += time.perf_counter() - wait_start
       pending.append(metrics)
-      if progress is not None:
-        progress.update(1)
+      progress.update(1)
       if step % config.log_every_steps == 0 or step == total_steps:
         fetched = jax.device_get(pending)
         pending = []
@@ -295,13 +309,14 @@ def main(argv):
         values['train/input_wait'] = input_wait / (now - tick)
         tick, tick_step, input_wait = now, step, 0.0
         write_metrics(step, values)
-        summary = (f"step {step}/{total_steps} loss {values['train/loss']:.4f} depth {values['train/depth']:.4f} "
-                   f"seg {values['train/seg']:.4f} {values['train/images_per_s']:.1f} img/s")
-        if progress is not None:
-          progress.set_postfix_str(summary.split(' ', 2)[2])
-        else:
-          eta = (total_steps - step) * config.batch_size / max(values['train/images_per_s'], 1e-9)
-          print(f'{summary} eta {eta / 60:.1f} min', flush=True)
+        losses = (f"loss {values['train/loss']:.4f} depth {values['train/depth']:.4f} "
+                  f"seg {values['train/seg']:.4f}")
+        losses += f", input wait {values['train/input_wait']:.0%}"
+        if progress.bar is not None:
+          progress.bar.set_postfix_str(f"{losses} {values['train/images_per_s']:.1f} img/s")
+        elif is_main:
+          print(f'step {step}/{total_steps} {losses}, {progress.describe() or "eta after the next step"}',
+                flush=True)
       evaluated = (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
       if evaluated and eval_sets:
         last_metrics = run_eval(step)
@@ -322,8 +337,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     exit_code = 1
   finally:
-    if progress is not None:
-      progress.close()
+    progress.close()
     data.close()
     ckptr.wait()
     ckptr.close()
@@ -332,8 +346,13 @@ def main(argv):
   return exit_code
 
 
-if __name__ == '__main__':
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
+def run():
+  """The `evit-train` command."""
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()

@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from efficientvit_jax import console
+
 COLOR_DIRS = ('color/images', 'color_images', 'color', 'rgb/images', 'rgb')
 DEPTH_DIRS = ('depth/images', 'depth_images', 'depth')
 D455_DEFAULT = {'fx': 386.0, 'fy': 386.0, 'cx': 320.0, 'cy': 240.0}
@@ -219,7 +221,7 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
       _depth_png_to_npy(dp, tmp / 'depth' / f'{idx:06d}.npy')
 
     with futures.ThreadPoolExecutor(num_threads) as pool:
-      for f in [pool.submit(one, j) for j in jobs]:
+      for f in console.iterate([pool.submit(one, j) for j in jobs], f'extract {seq.name}', unit='frame'):
         f.result()
     with open(tmp / 'manifest.jsonl', 'w') as f:
       for line in lines:

@@ -69,6 +69,7 @@ import scipy.ndimage
 from PIL import Image
 
 from data_pipelines import lilocbench
+from efficientvit_jax import console
 from data_pipelines import scenes
 
 KINECT = (518.86, 519.47, 325.58, 253.74)
@@ -570,9 +571,10 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
   workers = workers or sz.workers or os.cpu_count() or 1
   if workers > 1:
     with multiprocessing.get_context('spawn').Pool(workers) as pool:
-      done = dict(pool.imap_unordered(_run, enumerate(tasks), chunksize=1))
+      done = dict(console.iterate(pool.imap_unordered(_run, enumerate(tasks), chunksize=1), 'synthetic data',
+                                  total=len(tasks), unit='frame'))
   else:
-    done = dict(map(_run, enumerate(tasks)))
+    done = dict(console.iterate(map(_run, enumerate(tasks)), 'synthetic data', total=len(tasks), unit='frame'))
   results = [done[k] for k in range(len(tasks))]
 
   # NYU split and teacher manifest.

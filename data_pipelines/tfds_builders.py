@@ -30,9 +30,14 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-import tensorflow_datasets as tfds
+try:
+  import tensorflow_datasets as tfds
+except ImportError as e:  # an extra: the default (files) path never imports this module
+  raise ImportError("data.format='tfds' and the TFDS builders need tensorflow-datasets: "
+                    "pip install 'efficientvit-jax[tfds]'") from e
 
 from data_pipelines import readers
+from efficientvit_jax import console
 
 VERSION = '1.0.0'
 
@@ -70,7 +75,7 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str):
     reader = readers.make_file_reader(self.SET, 'all' if split == 'test' else split, self._paths)
-    for i in range(len(reader)):
+    for i in console.iterate(range(len(reader)), f'tfds {self.SET} {split}', unit='frame'):
       record, _ = reader._record(i)  # pylint: disable=protected-access
       example = {f: record.get(f, b'') for f in readers.FIELDS}
       example.update(index=reader.frame_index(i), where=reader.describe(i))
@@ -172,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--teacher-manifest', default='', help="NYU teacher manifest ('none': none)")
   parser.add_argument('--lilocbench-manifest', default='')
   parser.add_argument('--corridor-manifest', default='')
+  parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
   args = parser.parse_args(argv)
+  console.setup(args.verbose)
   data = default.get_config().data
   data.root, data.tfds_dir = args.root, args.out
   data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest

@@ -1,13 +1,19 @@
 """Conversion between the reference's PyTorch checkpoints and our checkpoint folders (SPEC §2).
 
   python -m efficientvit_jax.convert torch-to-orbax SRC.pt DST [--allow-pickle]
-  python -m efficientvit_jax.convert orbax-to-torch SRC DST.pt [--step N]
+  python -m efficientvit_jax.convert orbax-to-torch SRC DST.pt [--step N] [--with-optimizer]
   python -m efficientvit_jax.convert timm-encoder SRC.pth|SRC.safetensors DST
 
 The mapping is a table: a JAX path becomes a torch key by renaming a few modules (`_MODULES`) and
 the leaf (`_LEAVES`); layouts differ only by transposes (`_TO_JAX`), so a round trip is bit-exact.
 Strict both ways: every torch key is used, or checked and dropped (`img_mean`, `img_std`), every
 shape checked, and errors name the key. torch is imported lazily (conversion only).
+
+Epochs: a .pt's `epoch` is, as in the reference, the 0-based index of its last finished epoch (its
+`train.py --resume` starts at `epoch + 1`); our checkpoints' `meta['epoch']` counts finished epochs.
+Conversion translates (`meta['epoch'] = epoch + 1`). `--with-optimizer` also writes the AdamW state
+of the three parameter groups and the per-epoch cosine scheduler in the reference's format
+(`torch_training_state`), so that the reference's `train.py --resume` continues a run made here.
 """
 
 from __future__ import annotations
@@ -228,7 +234,7 @@ def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
              if k not in ('criterion', 'epoch', 'optimizer', 'scheduler', 'config')}
   meta = {
       'step': 0,
-      'epoch': int(rest.get('epoch', 0) or 0),
+      'epoch': int(rest['epoch']) + 1 if rest.get('epoch') is not None else 0,  # finished epochs
       'num_batches_tracked': num_batches,
       'source': f'torch:{source}',
       'config': _json_safe(rest.get('config', {})),
@@ -279,28 +285,31 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
   return {k: torch.from_numpy(np.array(values[k], order='C', copy=True)) for k in order}
 
 
-def torch_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
-  """The reference training-checkpoint dict: `model`, `criterion`, `epoch` (+ metric fields)."""
+def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None = None) -> dict[str, Any]:
+  """The reference training-checkpoint dict: `model`, `criterion`, `epoch` (the 0-based index of
+  the last finished epoch, -1 for none) (+ metric fields, + `optimizer`, `scheduler` when given)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   out: dict[str, Any] = {
       'model': state_dict_from_checkpoint(ckpt),
       'criterion': {k: torch.from_numpy(np.asarray(v, np.float32).reshape(1).copy())
                     for k, v in ckpt.kendall.items()},
-      'epoch': int(ckpt.meta.get('epoch', 0)),
+      'epoch': int(ckpt.meta.get('epoch', 0)) - 1,
   }
+  if training_state is not None:
+    out['optimizer'], out['scheduler'] = training_state
   for key, value in (ckpt.meta.get('metrics') or {}).items():
     if isinstance(value, (int, float)) and key not in out:
       out[key] = value
   return out
 
 
-def save_torch(ckpt: Checkpoint, dst: str | os.PathLike) -> None:
+def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[dict, dict] | None = None) -> None:
   """Writes a reference `.pt` atomically (temporary file + rename)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   dst = pathlib.Path(dst)
-  payload = torch_checkpoint(ckpt)
+  payload = torch_checkpoint(ckpt, training_state)
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = dst.with_name(f'.{dst.name}.tmp-{os.getpid()}')
   try:
@@ -308,6 +317,110 @@ def save_torch(ckpt: Checkpoint, dst: str | os.PathLike) -> None:
     os.replace(tmp, dst)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimiser and scheduler state for the reference's train.py --resume
+
+
+def reference_optimizer(model: Any, criterion_params: list[Any], config: Any) -> tuple[Any, Any]:
+  """The reference's AdamW over three groups (encoder + neck, decoders + heads, the criterion's
+  log-sigmas; each in `named_parameters()` order) and its per-epoch CosineAnnealingLR(T_max =
+  num_epochs), for torch modules. (optimizer, scheduler)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+
+  opt = config.optimizer
+  named = list(model.named_parameters())
+  encoder = [p for k, p in named if optimizer_lib.GROUP_OF_PART.get(k.split('.')[0]) == 'encoder']
+  decoder = [p for k, p in named if optimizer_lib.GROUP_OF_PART.get(k.split('.')[0]) == 'decoder']
+  groups = [{'params': encoder, 'lr': float(opt.encoder_lr)}, {'params': decoder, 'lr': float(opt.decoder_lr)},
+            {'params': list(criterion_params), 'lr': float(opt.kendall_lr)}]
+  optimizer = torch.optim.AdamW(groups, betas=(optimizer_lib.ADAM_B1, optimizer_lib.ADAM_B2),
+                                eps=optimizer_lib.ADAM_EPS, weight_decay=float(opt.weight_decay))
+  scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(config.num_epochs))
+  return optimizer, scheduler
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+
+  names = [str(optimizer_lib._key_name(e)) for e in path]  # pylint: disable=protected-access
+  return '.'.join(names[:-1] if names[-1] == 'value' else names)
+
+
+def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict, dict]:
+  """(optimizer, scheduler) state dicts in the reference's format for the training checkpoint
+  `ckpt` read from the workdir `src` (its step).
+
+  AdamW: per parameter `step` (the group's Adam step count), `exp_avg` / `exp_avg_sq` (our first and
+  second moments, in torch layouts); a group that has not stepped yet (a frozen encoder) has no
+  state, as in torch. Scheduler: CosineAnnealingLR stepped once per finished epoch, so the rates
+  are the reference's per-epoch cosine for the next epoch (a run here with the per-step cosine,
+  `optimizer.lr_per_epoch = False`, continues on the per-epoch one).
+  """
+  import warnings  # pylint: disable=g-import-not-at-top
+
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+
+  root = checkpointing.resolve_root(src)
+  _, items = checkpointing.restore_items(root, ckpt.step, ('opt_state',))
+  if not items.get('opt_state'):
+    raise CheckpointError(f'{root}/{ckpt.step}: no optimiser state (only training workdirs\' checkpoints/ '
+                          'have one); convert without --with-optimizer')
+  config = ckpt.meta.get('config') or {}
+  missing = [k for k in ('optimizer', 'num_epochs', 'freeze_encoder_epochs') if k not in config]
+  if missing:
+    raise CheckpointError(f'{root}/{ckpt.step}: meta.config lacks {missing[0]}; not written by train.py')
+  config = ml_collections.ConfigDict(config)
+  tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
+  abstract = nnx.eval_shape(lambda: model_lib.create())
+  like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
+  leaves, treedef = jax.tree.flatten(like)
+  saved = items['opt_state']
+  if len(saved) != len(leaves):
+    raise CheckpointError(f'{root}/{ckpt.step}: opt_state has {len(saved)} leaves, this optimiser {len(leaves)}')
+  opt_state = jax.tree.unflatten(treedef, [np.asarray(saved[str(i)]) for i in range(len(leaves))])
+
+  model = torch_model.DepthSegNet()
+  kendall = [torch.nn.Parameter(torch.zeros(1)) for _ in ('log_sigma_d', 'log_sigma_s')]
+  optimizer, scheduler = reference_optimizer(model, kendall, config)
+  with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no training here
+    warnings.simplefilter('ignore', UserWarning)
+    for _ in range(int(ckpt.meta.get('epoch', 0))):
+      scheduler.step()
+  params = {**dict(model.named_parameters()), 'log_sigma_d': kendall[0], 'log_sigma_s': kendall[1]}
+  for name, group in zip(optimizer_lib.GROUPS, optimizer.param_groups):
+    adam = [x for x in jax.tree.leaves(opt_state[1].inner_states[name],
+                                       is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)][0]
+    count = int(adam.count)
+    if count == 0:
+      continue
+    moments = {}
+    for which, tree in (('exp_avg', adam.mu), ('exp_avg_sq', adam.nu)):
+      for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dotted = _dotted(path)
+        if dotted.startswith('kendall.'):
+          key = dotted.split('.', 1)[1]
+        else:
+          ours = dotted.split('.', 1)[1]
+          key = torch_key(ours)
+          value = value.transpose(_TO_TORCH[_kind(ours)]) if value.ndim == 4 else value
+        moments.setdefault(key, {})[which] = torch.from_numpy(np.array(value, np.float32, order='C'))
+    by_id = {id(p): k for k, p in params.items()}
+    for p in group['params']:
+      key = by_id[id(p)]
+      if key not in moments or tuple(moments[key]['exp_avg'].shape) != tuple(p.shape):
+        raise AssertionError(f'optimiser state mapping out of date at {key}')
+      optimizer.state[p] = {'step': torch.tensor(float(count), dtype=torch.float32), **moments[key]}
+  return optimizer.state_dict(), scheduler.state_dict()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('src')
   p.add_argument('dst')
   p.add_argument('--step', type=int, default=None)
+  p.add_argument('--with-optimizer', action='store_true',
+                 help="also the AdamW and scheduler state (training workdirs), for the reference's train.py --resume")
   p = sub.add_parser('timm-encoder', help='timm ImageNet weights (.pth/.safetensors) -> encoder-only checkpoint')
   p.add_argument('src')
   p.add_argument('dst')
@@ -381,9 +496,11 @@ def main(argv: list[str] | None = None) -> int:
       if pathlib.Path(args.src).is_file():
         raise CheckpointError(f'{args.src}: orbax-to-torch reads a checkpoint folder or workdir')
       ckpt = checkpointing.load_any(args.src, args.step)
-      save_torch(ckpt, args.dst)
-      print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {ckpt.meta.get("epoch", 0)} '
-            f'(from step {ckpt.step})')
+      training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
+      save_torch(ckpt, args.dst, training_state)
+      print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
+            f'(0-based index of the last finished epoch; from step {ckpt.step})'
+            + ('; optimizer (AdamW, 3 groups) and scheduler state' if training_state else ''))
     else:
       ckpt = encoder_checkpoint_from_timm(args.src)
       checkpointing.write_folder(args.dst, ckpt)

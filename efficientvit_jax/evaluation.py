@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from efficientvit_jax import augment
+from efficientvit_jax import console
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import training
 
@@ -30,6 +31,9 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
                    with_seg: bool = True) -> Callable:
   """`(params, batch_stats, batch) -> (per-frame statistics, predictions)`, eval mode.
 
+  protocol 'reference': the reference's NYU validation, or for the corridor set its corridor
+  evaluation (`batch['gt_depth']` then the sensor depth without window, `SensorDepthAsGroundTruth`).
+
   Predictions: `depth` [B, H, W] metres and `seg` [B, H, W] int32 class ids.
   """
   if protocol not in PROTOCOLS:
@@ -41,7 +45,10 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
     seg = jnp.argmax(out['seg_logits'], axis=-1).astype(jnp.int32)
     gt_seg = batch['gt_seg'] if with_seg else None
     pred_seg = seg if with_seg else None
-    if protocol == 'reference':
+    if protocol == 'reference' and set_name == 'corridor':
+      stats = metrics_lib.corridor_reference_frame_stats(out['depth'], batch['gt_depth'], batch['frame_mask'],
+                                                         min_depth=min_depth, max_depth=max_depth)
+    elif protocol == 'reference':
       stats = metrics_lib.reference_frame_stats(out['depth'], batch['gt_depth'], pred_seg, gt_seg,
                                                 batch['frame_mask'])
     else:
@@ -66,6 +73,44 @@ def has_seg_labels(batch: dict[str, np.ndarray]) -> bool:
   return 'gt_seg' in batch
 
 
+class SensorDepthAsGroundTruth:
+  """A reader whose frames' `gt_depth` is the sensor depth as stored (no window, no confidence
+  test), for the reference's corridor evaluation, which applies its own window."""
+
+  def __init__(self, reader: Any):
+    self._reader = reader
+
+  def __len__(self) -> int:
+    return len(self._reader)
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith('_'):
+      raise AttributeError(name)
+    return getattr(self._reader, name)
+
+  def read(self, i: int) -> dict[str, Any]:
+    frame = dict(self._reader.read(i))
+    frame['gt_depth'] = frame['sensor_depth']
+    return frame
+
+
+class FirstFrames:
+  """An `on_batch` callback keeping the first `count` real frames of a split with their predictions
+  (`image`, `gt_depth`, `gt_seg`, `index`, `depth`, `seg`; numpy), e.g. for pictures of a fixed set."""
+
+  def __init__(self, count: int):
+    self.count = count
+    self.frames: list[dict[str, np.ndarray]] = []
+
+  def __call__(self, batch: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> None:
+    for i in np.flatnonzero(batch['frame_mask']):
+      if len(self.frames) >= self.count:
+        return
+      frame = {k: np.asarray(batch[k][i]) for k in ('image', 'gt_depth', 'gt_seg', 'index') if k in batch}
+      frame.update(depth=np.asarray(preds['depth'][i]), seg=np.asarray(preds['seg'][i]))
+      self.frames.append(frame)
+
+
 def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Iterable[dict[str, np.ndarray]],
              mesh: Mesh, *, set_name: str, protocol: str = 'ours', with_seg: bool = True,
              on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
@@ -76,8 +121,12 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   local predictions) sees every batch (e.g. to save predictions); padding rows included.
   """
   keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
-  step = jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg))
-  if protocol == 'reference':
+  step = console.announce_compile(
+      jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
+      f'the evaluation step ({set_name})')
+  if protocol == 'reference' and set_name == 'corridor':
+    accumulator = metrics_lib.CorridorReferenceAccumulator()
+  elif protocol == 'reference':
     accumulator = metrics_lib.ReferenceAccumulator(batch_size=REFERENCE_BATCH_SIZE)
   else:
     accumulator = metrics_lib.MetricAccumulator()

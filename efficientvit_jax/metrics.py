@@ -20,8 +20,9 @@ Definitions (SPEC section 6). A depth pixel is valid when `min_depth <= gt <= ma
   out of both its frame mean and its pooled sums; its pooled sums, like `pooled`, keep frames with
   fewer than 100 valid pixels.
 - `bins`: pooled RMSE over valid pixels with gt in [0.3, 1.0), [1.0, 2.0), [2.0, 4.0) m.
-- `seg`: one confusion matrix over the split, pixels with gt 255 ignored; IoU_c = TP/(TP+FP+FN);
-  a class with TP+FP+FN = 0 gets IoU None and is left out of the mIoU.
+- `seg`: one confusion matrix over the split (`confusion`, rows ground truth, columns prediction, in
+  the order of `classes`), pixels with gt 255 ignored; IoU_c = TP/(TP+FP+FN); a class with
+  TP+FP+FN = 0 gets IoU None and is left out of the mIoU; `pixel_accuracy` = trace / sum.
 - `baselines`: `mean_depth_rmse` = pooled RMSE of the constant prediction mean(g) over all valid
   pixels of the split; `majority_class_miou` = mIoU of predicting the most frequent ground-truth
   class everywhere (from the confusion matrix's row sums: (n_major / n_labelled) / #classes present).
@@ -380,6 +381,9 @@ class MetricAccumulator:
       out['seg'] = {
           'miou': _json_float(np.mean(iou[present])),
           'iou': {name: _json_float(v) for name, v in zip(self.class_names, iou)},
+          'pixel_accuracy': _json_float(np.trace(self._confusion) / self._confusion.sum()),
+          'classes': list(self.class_names),
+          'confusion': self._confusion.tolist(),
       }
       gt_counts = self._confusion.sum(1)
       baselines['majority_class_miou'] = _json_float(
@@ -437,3 +441,120 @@ class ReferenceAccumulator:
       per_batch = np.where(present.any(1), np.nansum(iou, 1) / np.maximum(present.sum(1), 1), 0.0)
       out['seg'] = {'miou': _json_float(np.mean(per_batch))}
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference's corridor evaluation (`--protocol reference --dataset corridor`).
+# ------------------------------------------------------------------------------------------------
+
+CORRIDOR_REGIONS = ('all', 'near', 'mid', 'far', 'top', 'bottom')
+_REF_EPS = 1e-8  # the reference's guard in AbsRel and in the delta ratio
+
+
+def corridor_reference_frame_stats(
+    depth_pred: jax.Array,
+    sensor_depth: jax.Array,
+    frame_mask: jax.Array,
+    *,
+    min_depth: float = 0.1,
+    max_depth: float = 5.0,
+    bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+) -> dict[str, jax.Array]:
+  """Per-frame sums for the reference's corridor evaluation (its `eval_corridor_depth.py`; jittable).
+
+  The reference pools over every valid pixel of the set, valid = min_depth <= sensor <= max_depth
+  on the nearest-resized sensor depth (no confidence test): RMSE, MAE, AbsRel = |p - g| / (g + 1e-8),
+  delta1 with ratio max(p / (g + 1e-8), g / (p + 1e-8)), for all valid pixels, per ground-truth bin,
+  and for the image's top two thirds / bottom third (split at row H * 2 // 3); and it reports the
+  sensor's failures (g == 0 or g > max_depth) and the prediction there.
+
+  Args:
+    depth_pred: [N, H, W] metres.
+    sensor_depth: [N, H, W] the sensor depth as stored, resized by nearest neighbour (no window).
+    frame_mask: [N] bool; padding frames contribute nothing.
+  Returns:
+    `frame_mask` [N]; per region of `CORRIDOR_REGIONS` (axis 1): `cr_sum_sq`, `cr_sum_abs`,
+    `cr_sum_rel` [N, R] float32, `cr_n_delta`, `cr_n` [N, R] int32; `cr_zero`, `cr_far`,
+    `cr_pixels` [N] int32; `cr_fail_sum`, `cr_fail_min`, `cr_fail_max` [N] float32 (prediction
+    over failure pixels; +inf / -inf where none).
+  """
+  n, h, w = depth_pred.shape
+  keep = frame_mask.astype(bool)[:, None, None]
+  p = depth_pred.astype(jnp.float32)
+  g = sensor_depth.astype(jnp.float32)
+  valid = (g >= min_depth) & (g <= max_depth) & keep
+  rows = jnp.arange(h)[None, :, None]
+  split = h * 2 // 3
+  regions = [valid] + [valid & (g >= lo) & (g < hi) for _, lo, hi in bins]
+  regions += [valid & (rows < split), valid & (rows >= split)]
+  m = jnp.stack(regions, axis=1)  # [N, R, H, W]
+  err = (p - g)[:, None]
+  ratio = jnp.maximum(p / (g + _REF_EPS), g / (p + _REF_EPS))[:, None]
+  total = lambda x: jnp.sum(jnp.where(m, x, 0.0), axis=(2, 3))
+  fail = ((g == 0) | (g > max_depth)) & keep
+  return {
+      'frame_mask': frame_mask.astype(bool),
+      'cr_sum_sq': total(err * err),
+      'cr_sum_abs': total(jnp.abs(err)),
+      'cr_sum_rel': total(jnp.abs(err) / (g + _REF_EPS)[:, None]),
+      'cr_n_delta': jnp.sum(m & (ratio < 1.25), axis=(2, 3), dtype=jnp.int32),
+      'cr_n': jnp.sum(m, axis=(2, 3), dtype=jnp.int32),
+      'cr_zero': jnp.sum((g == 0) & keep, axis=(1, 2), dtype=jnp.int32),
+      'cr_far': jnp.sum((g > max_depth) & keep, axis=(1, 2), dtype=jnp.int32),
+      'cr_pixels': jnp.where(frame_mask.astype(bool), h * w, 0).astype(jnp.int32),
+      'cr_fail_sum': jnp.sum(jnp.where(fail, p, 0.0), axis=(1, 2)),
+      'cr_fail_min': jnp.min(jnp.where(fail, p, jnp.inf), axis=(1, 2)),
+      'cr_fail_max': jnp.max(jnp.where(fail, p, -jnp.inf), axis=(1, 2)),
+  }
+
+
+class CorridorReferenceAccumulator:
+  """The reference's corridor evaluation from `corridor_reference_frame_stats` outputs.
+
+  `result()`: `num_frames`; `depth` {rmse, mae, abs_rel, delta1 (a fraction; the reference prints
+  percent), n_pixels} over all valid pixels; `bins` and `regions` (top, bottom) the same; `sensor`
+  {pixels, valid_fraction, zero_fraction, far_fraction, failure_prediction {min, max, mean}}.
+  (The reference also prints the median prediction over failure pixels; not kept here.)
+  """
+
+  def __init__(self, bins: Sequence[tuple[str, float, float]] = DEPTH_BINS):
+    self.bin_names = tuple(name for name, _, _ in bins)
+    self._chunks: list[dict[str, np.ndarray]] = []
+
+  def update(self, stats: Mapping[str, Any]) -> None:
+    host = {k: _to_numpy(v) for k, v in stats.items()}
+    keep = host.pop('frame_mask').astype(bool)
+    self._chunks.append({k: v[keep] for k, v in host.items()})
+
+  def result(self) -> dict[str, Any]:
+    s = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]} if self._chunks else {}
+    num_frames = len(s['cr_n']) if s else 0
+    total = lambda k: np.sum(s[k], axis=0, dtype=np.float64) if s else np.zeros(len(CORRIDOR_REGIONS))
+    sq, ab, rel, nd, cnt = (total(k) for k in ('cr_sum_sq', 'cr_sum_abs', 'cr_sum_rel', 'cr_n_delta', 'cr_n'))
+
+    def block(r: int) -> dict[str, Any]:
+      return {'rmse': _json_float(np.sqrt(_ratio(sq[r], cnt[r]))), 'mae': _json_float(_ratio(ab[r], cnt[r])),
+              'abs_rel': _json_float(_ratio(rel[r], cnt[r])), 'delta1': _json_float(_ratio(nd[r], cnt[r])),
+              'n_pixels': int(cnt[r])}
+
+    index = {name: i for i, name in enumerate(CORRIDOR_REGIONS)}
+    pixels = int(np.sum(s['cr_pixels'], dtype=np.int64)) if s else 0
+    failures = int(np.sum(s['cr_zero'], dtype=np.int64) + np.sum(s['cr_far'], dtype=np.int64)) if s else 0
+    sensor = {
+        'pixels': pixels,
+        'valid_fraction': _json_float(_ratio(cnt[0], pixels)),
+        'zero_fraction': _json_float(_ratio(np.sum(s['cr_zero']) if s else 0, pixels)),
+        'far_fraction': _json_float(_ratio(np.sum(s['cr_far']) if s else 0, pixels)),
+        'failure_prediction': {
+            'min': _json_float(np.min(s['cr_fail_min'])) if failures else None,
+            'max': _json_float(np.max(s['cr_fail_max'])) if failures else None,
+            'mean': _json_float(_ratio(np.sum(s['cr_fail_sum'], dtype=np.float64), failures)) if failures else None,
+        },
+    }
+    return {
+        'num_frames': num_frames,
+        'depth': block(0),
+        'bins': {name: block(index[name]) for name in self.bin_names},
+        'regions': {name: block(index[name]) for name in ('top', 'bottom')},
+        'sensor': sensor,
+    }

@@ -1,6 +1,7 @@
 """Pictures of predictions: coloured depth with a scale, coloured classes with a legend.
 
-Used by `predict.py` (RGB | depth | classes) and `eval.py` (RGB | GT | prediction | error | labels).
+Used by `predict.py` (RGB | depth | classes), `eval.py` (RGB | GT | prediction | error | labels; the
+confusion matrix; depth error by distance) and TensorBoard (`summaries.py`).
 matplotlib with the Agg backend only; numpy in, PNG out.
 """
 
@@ -95,4 +96,53 @@ def evaluation_panel(path: str | os.PathLike, rgb: np.ndarray, gt_depth: np.ndar
     ax.axis('off')
   fig.tight_layout()
   fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def confusion_figure(path: str | os.PathLike,
+                     matrices: list[tuple[str, list[str], list[list[int]]]]) -> None:
+  """Row-normalised confusion matrices (rows ground truth), one panel per (title, classes, counts)."""
+  n = len(matrices)
+  cols = min(n, 4)
+  rows_ = -(-n // cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 4.6 * rows_), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis('off')
+  for ax, (title, classes, counts) in zip(axes.flat, matrices):
+    c = np.asarray(counts, np.float64)
+    rows = c.sum(1, keepdims=True)
+    frac = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
+    ax.imshow(frac, cmap='Blues', vmin=0.0, vmax=1.0)
+    for i in range(len(classes)):
+      for j in range(len(classes)):
+        if c[i, j]:
+          ax.text(j, i, f'{100 * frac[i, j]:.0f}', ha='center', va='center', fontsize=7,
+                  color='white' if frac[i, j] > 0.5 else 'black')
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right', fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel('prediction', fontsize=8)
+    ax.set_ylabel('ground truth', fontsize=8)
+    ax.set_title(f'{title} (% of each true class)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def depth_bins_figure(path: str | os.PathLike, results: list[tuple[str, dict[str, dict]]], title: str = '') -> None:
+  """RMSE by ground-truth distance bin, one group of bars per bin, one bar per (label, bins) result."""
+  names = list(results[0][1])
+  fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names) * max(1, len(results)) ** 0.5, 3.6))
+  width = 0.8 / len(results)
+  for k, (label, bins) in enumerate(results):
+    values = [bins.get(b, {}).get('rmse') for b in names]
+    x = np.arange(len(names)) + (k - (len(results) - 1) / 2) * width
+    ax.bar(x, [np.nan if v is None else v for v in values], width, label=label)
+  ax.set_xticks(np.arange(len(names)),
+                [f"{b}\n{results[0][1][b].get('n_pixels', 0):,} px" for b in names], fontsize=8)
+  ax.set_ylabel('RMSE (m)')
+  ax.set_title(f'depth error by distance{": " + title if title else ""}', fontsize=9)
+  if len(results) > 1:
+    ax.legend(fontsize=7, frameon=False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
   plt.close(fig)

@@ -532,13 +532,18 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
   # Training: the pretraining first, then every run that starts from it.
+  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
+
+  progress = console.Progress(sum(total[r.id] for r in trained), 'study', unit='step', quiet=True)
   try:
     for i, run in enumerate(trained, 1):
       t = time.time()
       print(f'[{i}/{len(trained)}] {run.id} ({total[run.id]} steps) ...', flush=True)
       what = train(run, total[run.id], log)
+      progress.update(total[run.id])
+      rates = progress.describe()  # training steps of the whole study, from the end of the first run
       print(f'[{i}/{len(trained)}] {run.id}: {what} in {(time.time() - t) / 60:.1f} min '
-            f'(study {(time.time() - t0) / 60:.1f} min)', flush=True)
+            f'(study {(time.time() - t0) / 60:.1f} min' + (f'; {rates}' if rates else '') + ')', flush=True)
     expected = {r.id: total.get(r.id) for r in runs}
     for role in SETS:
       t = time.time()
@@ -563,5 +568,10 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """The `evit-study` command."""
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()

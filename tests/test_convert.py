@@ -58,7 +58,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 def test_converted_folder_keeps_metadata(reference_folder):
   ckpt = checkpointing.load_any(reference_folder)
-  assert ckpt.meta['epoch'] == 42
+  assert ckpt.meta['epoch'] == 43  # the .pt's last finished epoch is 42 (0-based): 43 finished
   assert len(ckpt.meta['num_batches_tracked']) == 47
   assert set(ckpt.meta['num_batches_tracked'].values()) == {1000}
   assert ckpt.meta['metrics']['val_depth_rmse'] == pytest.approx(0.572)
@@ -72,7 +72,7 @@ def test_accepts_other_file_forms(tmp_path, form):
   obj = {'model_state_dict': original['model'], 'epoch': 3} if form != 'bare' else original['model']
   torch.save(obj, tmp_path / 'in.pt')
   ckpt = convert.checkpoint_from_torch_file(tmp_path / 'in.pt')
-  assert ckpt.meta['epoch'] == (3 if form != 'bare' else 0)
+  assert ckpt.meta['epoch'] == (4 if form != 'bare' else 0)
   ref = convert.checkpoint_from_torch_file(FIXTURE)
   for a, b in zip(jax.tree.leaves(ckpt.params), jax.tree.leaves(ref.params)):
     np.testing.assert_array_equal(a, b)

@@ -254,7 +254,9 @@ def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
           'bins': bins,
       },
       'seg': {'miou': np.mean([x for x in iou if x is not None]),
-              'iou': dict(zip(metrics.CLASS_NAMES, iou))},
+              'iou': dict(zip(metrics.CLASS_NAMES, iou)),
+              'pixel_accuracy': np.trace(conf) / conf.sum(), 'classes': list(metrics.CLASS_NAMES),
+              'confusion': conf.tolist()},
       'baselines': {'mean_depth_rmse': np.std(g),
                     'majority_class_miou': gt_counts.max() / gt_counts.sum() / np.count_nonzero(gt_counts)},
   }
@@ -267,6 +269,8 @@ def _assert_close(actual, expected, path=''):
       _assert_close(actual[k], expected[k], f'{path}.{k}')
   elif expected is None:
     assert actual is None, path
+  elif isinstance(expected, list):
+    assert actual == expected, path
   else:
     assert actual == pytest.approx(float(expected), rel=2e-5, abs=1e-6), path
 

@@ -5,8 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from configs import quickstart
-from data_pipelines import datasets, readers, tfds_builders
+pytest.importorskip('tensorflow_datasets')  # the `tfds` extra
+
+from configs import quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import datasets, readers, tfds_builders  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,214 @@
+"""What the commands print: library chatter filtered, a compile timer, one kind of progress display.
+
+  console.setup(verbose)                    # once, at the start of a command
+  with console.compiling('the training step'):
+    ...                                     # prints 'compiling the training step ... done in 12.3 s'
+  bar = console.Progress(total, 'eval nyu', unit='batch', batch_size=16)
+  bar.update(); bar.close()
+
+Progress is a tqdm bar on a terminal; otherwise (logs, CI, pipes) a line every `every` percent,
+at most one per `min_interval` seconds, so a short task prints nothing but its result. Rates and
+the ETA count from the first finished unit on, so the first unit's compilation does not distort them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import sys
+import time
+from typing import Any, Iterator
+
+_PROJECT = str(pathlib.Path(__file__).resolve().parents[1])
+# Loggers of libraries that report routine work at INFO (orbax: ~90 lines per checkpoint save).
+QUIET_LOGGERS = ('absl', 'orbax', 'grain', 'jax', 'tensorflow_datasets', 'etils')
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Drops records below WARNING that do not come from this project's own files."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.pathname.startswith(_PROJECT)
+
+
+_FILTER = _LibraryInfoFilter()
+
+
+def setup(verbose: bool = False) -> None:
+  """Filters INFO and DEBUG records of the libraries (orbax, absl, grain, ...) unless `verbose`.
+
+  Warnings and errors always pass; so do this project's own log records. Idempotent.
+  """
+  for name in QUIET_LOGGERS:
+    logger = logging.getLogger(name)
+    if verbose:
+      logger.removeFilter(_FILTER)
+    elif _FILTER not in logger.filters:
+      logger.addFilter(_FILTER)
+
+
+def is_terminal(stream: Any = None) -> bool:
+  stream = sys.stderr if stream is None else stream
+  return bool(getattr(stream, 'isatty', lambda: False)())
+
+
+def say(message: str) -> None:
+  """One line on stdout that does not break a progress bar."""
+  if Progress.active is not None and Progress.active.bar is not None:
+    Progress.active.bar.write(message)
+  else:
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def compiling(what: str) -> Iterator[None]:
+  """Prints 'compiling <what> ... done in N s' around a block that compiles (one line)."""
+  start = time.perf_counter()
+  bar_active = Progress.active is not None and Progress.active.bar is not None
+  if is_terminal(sys.stdout) and not bar_active:
+    print(f'compiling {what} ...', end='', flush=True)
+    yield
+    print(f' done in {time.perf_counter() - start:.1f} s', flush=True)
+  else:
+    yield
+    say(f'compiling {what} ... done in {time.perf_counter() - start:.1f} s')
+
+
+def announce_compile(fn: Any, what: str) -> Any:
+  """`fn` (a jitted function) that prints a `compiling` line around its first call, which compiles."""
+  done = []
+
+  def call(*args: Any, **kwargs: Any) -> Any:
+    if done:
+      return fn(*args, **kwargs)
+    import jax  # pylint: disable=g-import-not-at-top
+
+    with compiling(what):
+      out = jax.block_until_ready(fn(*args, **kwargs))
+    done.append(True)
+    return out
+
+  return call
+
+
+def _duration(seconds: float) -> str:
+  seconds = max(0.0, seconds)
+  if seconds < 90:
+    return f'{seconds:.0f} s'
+  if seconds < 5400:
+    return f'{seconds / 60:.1f} min'
+  return f'{seconds / 3600:.1f} h'
+
+
+class Progress:
+  """Progress of `total` units (steps, batches, frames, files).
+
+  batch_size: images per unit; when given, images/s is shown beside units/s. initial: units done
+  before this run (a resumed training). lines: False when the caller prints its own progress lines
+  off a terminal (training's log lines, which use `describe()`). quiet: neither a bar nor lines.
+  """
+
+  active: 'Progress | None' = None
+
+  def __init__(self, total: int, desc: str, *, unit: str = 'step', batch_size: int | None = None,
+               initial: int = 0, every: float = 10.0, min_interval: float = 10.0, lines: bool = True,
+               quiet: bool = False):
+    self.total, self.desc, self.unit, self.batch_size = int(total), desc, unit, batch_size
+    self.n = int(initial)
+    self.every, self.min_interval = every, min_interval
+    self._t0 = time.perf_counter()
+    self._clock: tuple[float, int] | None = None  # (time, n) at the first finished unit
+    self._last_line = self._t0
+    self._next_pct = every
+    self.printed = 0
+    self.bar = None
+    if not quiet and is_terminal():
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+      self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
+    self.quiet, self.lines = quiet, lines
+    if not quiet:
+      Progress.active = self
+
+  def rates(self, now: float | None = None) -> tuple[float | None, float | None]:
+    """(units/s, seconds left), both None until two units have finished."""
+    if self._clock is None:
+      return None, None
+    t, n = self._clock
+    elapsed = (time.perf_counter() if now is None else now) - t
+    if self.n <= n or elapsed <= 0:
+      return None, None
+    rate = (self.n - n) / elapsed
+    return rate, (self.total - self.n) / rate
+
+  def describe(self, now: float | None = None) -> str:
+    """'12.3 step/s, 197 images/s, eta 3.2 min' (what is known so far)."""
+    rate, eta = self.rates(now)
+    if rate is None:
+      return ''
+    parts = [f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.0f} {self.unit}/s']
+    if self.batch_size:
+      parts.append(f'{rate * self.batch_size:.1f} images/s')
+    parts.append(f'eta {_duration(eta)}')
+    return ', '.join(parts)
+
+  def update(self, n: int = 1, postfix: str = '') -> None:
+    self.n += n
+    now = time.perf_counter()
+    if self._clock is None:  # the first unit includes compilation and start-up
+      self._clock = (now, self.n)
+      if self.bar is not None:  # restart tqdm's own rate clock too
+        self.bar.update(n)
+        self.bar.start_t = self.bar.last_print_t = self.bar._time()  # pylint: disable=protected-access
+        self.bar.initial = self.bar.last_print_n = self.bar.n
+      return
+    if self.bar is not None:
+      rate, _ = self.rates(now)
+      parts = [postfix] if postfix else []
+      if rate is not None and self.batch_size:
+        parts.append(f'{rate * self.batch_size:.1f} images/s')
+      if parts:
+        self.bar.set_postfix_str(', '.join(parts), refresh=False)
+      self.bar.update(n)
+      return
+    if self.quiet or not self.lines or not self.total:
+      return
+    pct = 100.0 * self.n / self.total
+    if pct >= self._next_pct and self.n < self.total:
+      while self._next_pct <= pct:
+        self._next_pct += self.every
+      if now - self._last_line >= self.min_interval:
+        self._last_line = now
+        self.printed += 1
+        print(f'{self.desc}: {self.n}/{self.total} ({pct:.0f}%) {self.describe(now)}'.rstrip(),
+              flush=True)
+
+  def close(self, summary: str = '') -> None:
+    """Ends the display; `summary` (or, after progress lines, a 'done' line) is printed."""
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+    if Progress.active is self:
+      Progress.active = None
+    if self.quiet:
+      return
+    if summary:
+      print(summary, flush=True)
+    elif self.printed:
+      print(f'{self.desc}: done, {self.n}/{self.total} in {_duration(time.perf_counter() - self._t0)}', flush=True)
+
+  def __enter__(self) -> 'Progress':
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def iterate(items: Any, desc: str, *, total: int | None = None, unit: str = 'item', **kwargs: Any) -> Iterator[Any]:
+  """Yields from `items` with a Progress over them."""
+  total = len(items) if total is None else total
+  with Progress(total, desc, unit=unit, **kwargs) as bar:
+    for item in items:
+      yield item
+      bar.update()
