@@ -29,7 +29,11 @@ class _LibraryInfoFilter(logging.Filter):
   """Drops records below WARNING that do not come from this project's own files."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.pathname.startswith(_PROJECT)
+    if record.levelno >= logging.WARNING:
+      return True
+    # A virtual environment inside the checkout (`make setup`'s .venv) holds the libraries too.
+    path = record.pathname
+    return path.startswith(_PROJECT) and 'site-packages' not in path and 'dist-packages' not in path
 
 
 _FILTER = _LibraryInfoFilter()
