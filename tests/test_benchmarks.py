@@ -1,7 +1,10 @@
 """Smoke tests of the benchmark scripts on tiny inputs (the figures themselves are in benchmarks/README.md)."""
 
+import dataclasses
 import importlib.util
 import json
+import sys
+import time
 
 import pytest
 
@@ -14,6 +17,7 @@ INTERFACE_KEYS = {'images_per_s', 'step_s', 'compile_s', 'batch_size', 'dtype', 
 def _load(name):
   spec = importlib.util.spec_from_file_location(f'bench_{name}', ROOT / 'benchmarks' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
@@ -80,3 +84,72 @@ def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
   assert sum(k['s_per_step'] for k in prof['kinds']) <= prof['busy_s'] * (1 + 1e-9)
   assert any(k['kind'].startswith(('dot', 'ynn_fusion', 'convolution')) for k in prof['kinds'])
   assert '| op kind | s/step | share |' in capsys.readouterr().out
+
+
+def test_device_check_cpu_mode_reports_every_part(tmp_path):
+  """`make device-check`'s script in its CPU mode: every part runs in its own process and reports."""
+  check = _load('device_check')
+  out = tmp_path / 'out'
+  code = check.main(['--cpu', '--out', str(out), '--work', str(tmp_path / 'work')])
+  report = json.loads((out / 'device_check.json').read_text())
+  assert list(report['parts']) == ['data', *check.PARTS]
+  decoded = check.has_decoded()  # until the decode-once command exists, data and train may fail
+  for name, part in report['parts'].items():
+    if name in ('data', 'train') and not decoded:
+      assert part['status'] == 'failed' and 'data_pipelines.decoded is missing' in part['error'], part
+    else:
+      assert part['status'] == 'ok', (name, part)
+  assert code == (0 if decoded else 1)
+  parts = report['parts']
+  assert {'jax', 'flax', 'torch'} <= set(parts['env']['versions'])
+  assert [r['variant'] for r in parts['parity']['rows']] == ['float32', 'bfloat16']
+  assert all(r['within_tolerance'] for r in parts['parity']['rows'])
+  for dtype in ('bfloat16', 'float32'):
+    step = parts[f'step_{dtype}']
+    assert step['dtype'] == dtype and step['batch_size'] == 2
+    assert step['images_per_s'] > 0 and step['torch_images_per_s'] > 0 and step['compile_s'] > 0
+  train = parts['train']
+  assert train['last_step'] == 4 and train['images_per_s'] > 0 and train['loss_last'] > 0
+  assert train['format'] == ('decoded' if decoded else 'files')
+  if decoded:
+    assert 0 <= train['input_wait'] <= 1
+  nyu = parts['eval']['sets']['nyu']
+  assert nyu['frames'] == 5 and nyu['frames_per_s'] > 0 and parts['eval']['forward_images_per_s'] > 0
+  md = (out / 'device_check.md').read_text()
+  for name in report['parts']:
+    assert f'| {name} | ' in md
+  for heading in ('## Parity', '## Training step', '## train.py run', '## Evaluation'):
+    assert heading in md
+  assert '==== step_float32' in (out / 'device_check.log').read_text()
+
+
+def test_device_check_stops_a_hung_part_and_reports_a_failed_one(tmp_path, monkeypatch):
+  check = _load('device_check')
+  hang = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'
+  commands = {'env': hang, 'parity': 'raise SystemExit(3)'}
+  monkeypatch.setattr(check, 'part_command', lambda name, args, result: [sys.executable, '-c', commands[name]])
+  monkeypatch.setattr(check, 'KILL_GRACE_S', 1.0)
+  monkeypatch.setitem(check.MODES, 'cpu', dataclasses.replace(check.MODES['cpu'], limits={'env': 2, 'parity': 30}))
+  start = time.monotonic()
+  code = check.main(['--cpu', '--out', str(tmp_path), '--parts', 'env,parity'])
+  assert time.monotonic() - start < 20
+  parts = json.loads((tmp_path / 'device_check.json').read_text())['parts']
+  assert code == 1 and list(parts) == ['env', 'parity']
+  assert parts['env']['status'] == 'timeout' and parts['env']['limit_s'] == 2
+  assert parts['parity']['status'] == 'failed' and parts['parity']['error'].startswith('exit code 3')
+  md = (tmp_path / 'device_check.md').read_text()
+  assert '| env | timeout |' in md and '| parity | failed |' in md
+
+
+def test_device_check_skips_parts_past_the_budget(tmp_path, monkeypatch):
+  check = _load('device_check')
+  monkeypatch.setattr(check, 'part_command', lambda name, args, result: [sys.executable, '-c', 'pass'])
+  assert check.main(['--cpu', '--out', str(tmp_path), '--parts', 'env', '--budget-s', '5']) == 1
+  env = json.loads((tmp_path / 'device_check.json').read_text())['parts']['env']
+  assert env['status'] == 'skipped' and 'budget' in env['error']
+
+
+def test_device_check_rejects_unknown_part(tmp_path, capsys):
+  assert _load('device_check').main(['--cpu', '--out', str(tmp_path), '--parts', 'env,nope']) == 2
+  assert 'nope' in capsys.readouterr().err
+  assert not (tmp_path / 'device_check.json').exists()
