@@ -153,3 +153,35 @@ def test_device_check_rejects_unknown_part(tmp_path, capsys):
   assert _load('device_check').main(['--cpu', '--out', str(tmp_path), '--parts', 'env,nope']) == 2
   assert 'nope' in capsys.readouterr().err
   assert not (tmp_path / 'device_check.json').exists()
+
+
+def test_device_check_markdown_of_a_gpu_report():
+  """The GPU-only fields (torch.compile, TF32 parity, input wait) reach the tables."""
+  check = _load('device_check')
+  parity = {'eval_depth_max_err': 2e-4, 'eval_seg_logits_max_err': 1e-4, 'train_depth_max_err': 1e-3,
+            'train_seg_logits_max_err': 1e-3, 'eval_depth_rel_err': 1e-5}
+  row = {'dtype': 'bfloat16', 'batch_size': 64, 'size': [240, 320], 'images_per_s': 3000.0, 'mfu': 0.0191,
+         'compile_s': 41.0, 'device_peak_mb': 9000.0, 'torch_images_per_s': 1500.0, 'torch_mfu': 0.01,
+         'torch_device_peak_mb': 7000.0, 'speedup': 2.0, 'torch_compile_images_per_s': 2000.0,
+         'torch_compile_mfu': 0.0127, 'torch_compile_s': 80.0, 'torch_compile_device_peak_mb': 6000.0,
+         'speedup_vs_compile': 1.5}
+  report = {'date': '2026-12-01T00:00:00+00:00', 'command': 'make device-check', 'mode': 'gpu', 'budget_s': 470,
+            'wall_s': 400.0, 'parts': {
+                'env': {'status': 'ok', 'wall_s': 9, 'limit_s': 60, 'python': '3.12.3', 'torch_device': 'NVIDIA H200',
+                        'jax_devices': ['gpu:NVIDIA H200'], 'nvidia_smi': 'NVIDIA H200, 580.159.03, 143771 MiB',
+                        'torch_cuda': '13.0', 'cudnn': 91300, 'versions': {'jax': '0.11.2', 'torch': '2.11.0'}},
+                'parity': {'status': 'ok', 'wall_s': 30, 'limit_s': 90, 'rows': [
+                    {'variant': 'float32', 'precision': 'default', 'within_tolerance': False, **parity},
+                    {'variant': 'float32_highest', 'precision': 'highest', 'within_tolerance': True, **parity}]},
+                'step_bfloat16': {'status': 'timeout', 'wall_s': 200, 'limit_s': 200, 'error': 'stopped at its 200 s limit',
+                                  **row, 'sweep': [row]},
+                'train': {'status': 'ok', 'wall_s': 125, 'limit_s': 165, 'format': 'decoded', 'batch_size': 16,
+                          'size': [240, 320], 'last_step': 5000, 'images_per_s': 900.0, 'input_wait': 0.25,
+                          'loss_first': 3.0, 'loss_last': 1.0, 'command': 'train.py --config configs/quickstart.py'},
+                'step_float32': {'status': 'skipped', 'wall_s': 0, 'limit_s': 4, 'error': 'no time left in --budget-s'}}}
+  md = check.markdown(report)
+  assert '- device: NVIDIA H200 (JAX: gpu:NVIDIA H200)' in md and 'jax 0.11.2, torch 2.11.0' in md
+  assert '| float32 | highest | 2.00e-04 |' in md and '| NO |' in md
+  assert '| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 | 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |' in md
+  assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
+  assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
