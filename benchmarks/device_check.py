@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -54,6 +55,9 @@ from typing import Any, Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / 'benchmarks'
 FIXTURE = ROOT / 'tests' / 'data'
+# What the project imports beyond jax and torch; a missing wheel or a clash with the image shows here.
+IMPORTS = ('flax.nnx', 'optax', 'orbax.checkpoint', 'grain', 'array_record.python.array_record_module',
+           'ml_collections', 'tensorboardX', 'PIL', 'scipy.ndimage', 'yaml', 'safetensors', 'absl.app')
 PACKAGES = ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'flax', 'optax', 'orbax-checkpoint',
             'grain', 'array-record', 'ml-collections', 'numpy', 'torch', 'triton', 'protobuf')
 # The test suite's tolerances (tests/test_model.py): max |error| against the fixture, eval / train
@@ -162,6 +166,17 @@ def part_env(args: argparse.Namespace, result: dict[str, Any]) -> None:
     query = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total',
                             '--format=csv,noheader'], capture_output=True, text=True, timeout=30, check=False)
     result['nvidia_smi'] = query.stdout.strip() or query.stderr.strip()
+  failed = {}
+  for module in IMPORTS:
+    try:
+      importlib.import_module(module)
+    except Exception as e:  # pylint: disable=broad-except
+      failed[module] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+  problems = [f'cannot import {m} ({e})' for m, e in failed.items()]
+  if not args.cpu and result['jax_backend'] == 'cpu':
+    problems.append('JAX sees no accelerator (its backend is cpu)')
+  if problems:
+    result['error'] = '; '.join(problems)
 
 
 def part_data(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -392,8 +407,10 @@ def part_command(name: str, args: argparse.Namespace, result: pathlib.Path) -> l
       argv += ['--torch-amp', 'bfloat16']
     if mode.torch_compile:
       argv.append('--torch-compile')
-    if args.cpu:  # the GPU's formulations (ops.py); they also compile faster than the CPU ones
-      argv += ['--impl', 'native']
+    if args.cpu:
+      # The GPU's formulations (ops.py), which compile faster than the CPU ones; one thread, since
+      # torch's thread pool slows down tenfold on a busy two-core machine.
+      argv += ['--impl', 'native', '--threads', '1']
     return argv
   argv = [sys.executable, str(pathlib.Path(__file__).resolve()), '--part', name, '--work', args.work,
           '--result', str(result), '--out', args.out]
