@@ -532,7 +532,8 @@ def markdown(report: dict[str, Any]) -> str:
            f'- device: {env.get("torch_device") or env.get("device_kind", "?")} (JAX: {", ".join(env.get("jax_devices", [])) or "?"})',
            f'- driver / CUDA: {env.get("nvidia_smi", "-")}; torch CUDA {env.get("torch_cuda") or "-"}, cuDNN {env.get("cudnn") or "-"}',
            '- versions: Python ' + env.get('python', '?') + ', ' + ', '.join(f'{k} {v[k]}' for k in PACKAGES if k in v),
-           f'- command: `{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a {report["budget_s"]:.0f} s budget)',
+           f'- command: ' + (f'`{report["invoked_as"]}`, which ran ' if report.get('invoked_as') else '')
+           + f'`{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a {report["budget_s"]:.0f} s budget)',
            '', '| part | status | wall s | limit s | note |', '|---|---|---|---|---|']
   for name, r in report['parts'].items():
     lines.append(f'| {name} | {r.get("status")} | {fmt(r.get("wall_s"), ".0f")} | {fmt(r.get("limit_s"), ".0f")} | '
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
   args.work = args.work or tempfile.mkdtemp(prefix='device_check_')
   command = shlex.join(['python', 'benchmarks/device_check.py', *(sys.argv[1:] if argv is None else argv)])
   report: dict[str, Any] = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                            'command': os.environ.get('DEVICE_CHECK_COMMAND', command),
+                            'command': command, 'invoked_as': os.environ.get('DEVICE_CHECK_COMMAND'),
                             'mode': 'cpu' if args.cpu else 'gpu', 'budget_s': args.budget_s,
                             'host': {'cpus': os.cpu_count(), 'platform': platform.platform()}, 'parts': {}}
   start = time.monotonic()
