@@ -268,10 +268,19 @@ def _train_metrics(path: pathlib.Path) -> dict[str, Any]:
   return out
 
 
+def _data(args: argparse.Namespace) -> dict[str, Any]:
+  """The `data` part's result; raises if it made no synthetic data."""
+  path = pathlib.Path(args.work) / 'data.json'
+  data = json.loads(path.read_text()) if path.exists() else {}
+  if 'root' not in data:
+    raise RuntimeError(f'the data part made no data ({data.get("error", "it did not finish")})')
+  return data
+
+
 def part_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
   """train.py for `train_s` seconds (or `train_steps`), then its metrics."""
   mode = mode_of(args)
-  data = json.loads((pathlib.Path(args.work) / 'data.json').read_text())
+  data = _data(args)
   decoded = 'decoded' in data
   workdir = pathlib.Path(args.work) / 'train_run'
   shutil.rmtree(workdir, ignore_errors=True)
@@ -286,16 +295,18 @@ def part_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
   result.update(format='decoded' if decoded else 'files', batch_size=mode.train_batch, size=list(mode.size),
                 command=shlex.join(argv[1:]))
   log = pathlib.Path(args.work) / 'train.log'
+  # Leave train.py time to save and exit inside this part's limit (the budget may have cut it).
+  train_s = min(mode.train_s, float(os.environ.get('DEVICE_CHECK_PART_LIMIT_S', 'inf')) - 40)
   start = time.perf_counter()
   with open(log, 'w') as f:
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     try:
-      code = proc.wait(timeout=mode.train_s)
+      code = proc.wait(timeout=max(train_s, 1))
     except subprocess.TimeoutExpired:
       proc.send_signal(signal.SIGTERM)  # train.py saves the step and exits 0
-      result['stopped_after_s'] = mode.train_s
+      result['stopped_after_s'] = train_s
       code = proc.wait()
-  result['wall_s'] = time.perf_counter() - start
+  result['train_wall_s'] = time.perf_counter() - start
   result.update(_train_metrics(workdir / 'metrics.jsonl'))
   tail = log.read_text().strip().splitlines()[-3:]
   if code:
@@ -321,7 +332,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   import forward  # pylint: disable=g-import-not-at-top
 
   mode = mode_of(args)
-  data = json.loads((pathlib.Path(args.work) / 'data.json').read_text())
+  data = _data(args)
   config = default.get_config()
   config.data.root = data['root']
   paths = datasets.resolve_paths(config.data)
@@ -455,8 +466,8 @@ class Runner:
     argv = part_command(name, self.args, result)
     log.write(f'$ {shlex.join(argv)}\n')
     log.flush()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=part_env_vars(self.args), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = dict(part_env_vars(self.args), DEVICE_CHECK_PART_LIMIT_S=str(limit))
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     self.running[name] = (proc, time.monotonic(), limit, log)
     print(f'[{self.elapsed():5.0f} s] {name}: started (limit {limit:.0f} s)', flush=True)
 
@@ -573,7 +584,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ['', '## train.py run', '', '| data | batch | size | steps | wall s | img/s | input wait | loss first -> last |',
               '|---|---|---|---|---|---|---|---|',
               f'| {train["format"]} | {train["batch_size"]} | {"x".join(map(str, train["size"]))} | {train["last_step"]} | '
-              f'{train["wall_s"]:.0f} | {fmt(train.get("images_per_s"), ".1f")} | {fmt(train.get("input_wait"), ".1%")} | '
+              f'{train["train_wall_s"]:.0f} | {fmt(train.get("images_per_s"), ".1f")} | {fmt(train.get("input_wait"), ".1%")} | '
               f'{fmt(train.get("loss_first"), ".3f")} -> {fmt(train.get("loss_last"), ".3f")} |',
               '', f'`python {train["command"]}`; img/s and input wait leave out the first log interval (compilation).']
   ev = report['parts'].get('eval', {})
