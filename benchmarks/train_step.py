@@ -1,8 +1,8 @@
 """Training-step speed: our jitted step against the PyTorch twin's, in one run, interleaved.
 
   python benchmarks/train_step.py [--batch-size B] [--steps N] [--dtype float32|bfloat16] [--torch]
-      [--torch-compile] [--json F] [--sweep 1,4,16,64] [--size HxW] [--threads T] [--impl auto|native|cpu]
-      [--profile DIR] [--compare-augment]
+      [--torch-compile] [--torch-amp float16|bfloat16] [--json F] [--sweep 1,4,16,64] [--size HxW]
+      [--threads T] [--impl auto|native|cpu] [--profile DIR] [--compare-augment]
 
 Ours: `training.make_train_step` (the device-side augmentation of V8, flip and colour jitter on both
 domains; forward, the V5 loss, backward, the real three-group AdamW with clipping) under
@@ -11,8 +11,9 @@ domains; forward, the V5 loss, backward, the real three-group AdamW with clippin
 to measure what the augmentation costs inside the step.
 Theirs (`--torch`): `torch_model.DepthSegNet` with the same loss terms (written below in torch),
 AdamW in the same three groups and global-norm clipping; on CUDA with fp16 autocast + GradScaler
-(the reference's recipe; `--dtype float32` turns autocast off), `--torch-compile` adds a
-`torch.compile`d model as a third contestant. Steps alternate (ours, theirs, ours, theirs, ...)
+(the reference's recipe; `--torch-amp bfloat16`: bf16 autocast, no scaler; `--dtype float32` turns
+autocast off), `--torch-compile` adds a `torch.compile`d model as a third contestant (if it fails,
+the row records `torch_compile_error` and the others still run). Steps alternate (ours, theirs, ours, theirs, ...)
 after `--warmup` untimed steps each, so load from other processes hits both alike; every step is
 synchronised (`block_until_ready`, `cuda.synchronize`) and the median is reported.
 
@@ -24,7 +25,12 @@ against the peak of the device's compute dtype (table below; None where unknown,
 `--json F` writes `{"images_per_s", "step_s", "compile_s", "batch_size", "dtype", "device",
 "torch_images_per_s", "speedup"}` (the last two with `--torch`) plus extras (`mfu`, memory,
 `torch_compile_images_per_s`); with `--sweep` the top level is the largest batch's entry and
-`"sweep"` lists every batch size's.
+`"sweep"` lists every batch size's. The file is rewritten (atomically) after every batch size, so
+a sweep stopped part-way leaves the finished ones.
+
+Memory: `device_peak_mb` is JAX's peak since the process started (so a sweep should ascend);
+`torch_device_peak_mb` / `torch_compile_device_peak_mb` are `torch.cuda.max_memory_allocated`
+over one extra step of that twin after the timed ones (both twins' weights included, ~0.2 GB).
 """
 
 from __future__ import annotations
@@ -188,7 +194,8 @@ def torch_loss(depth, seg_logits, batch, log_sigma_d, log_sigma_s, lambda_edge: 
 class TorchStep:
   """The twin's train step (AdamW in three groups, clipping 1.0; fp16 AMP on CUDA unless float32)."""
 
-  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, compile_model: bool = False):
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, compile_model: bool = False,
+               amp_dtype: str = 'float16'):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
@@ -197,6 +204,7 @@ class TorchStep:
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     self.cuda = self.device.type == 'cuda'
     self.amp = self.cuda and dtype != 'float32'
+    self.amp_dtype = getattr(torch, amp_dtype)
     torch.manual_seed(0)
     model = torch_model.DepthSegNet().to(self.device).train()
     if self.cuda:
@@ -212,7 +220,8 @@ class TorchStep:
         {'params': decoder, 'lr': 3e-4},
         {'params': [self.log_sigma_d, self.log_sigma_s], 'lr': 1e-4},
     ], betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
-    self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+    # bf16 has float32's exponent range: no loss scaling.
+    self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp and amp_dtype == 'float16')
     self.model = model
     start = time.perf_counter()
     self.forward = torch.compile(model) if compile_model else model
@@ -234,7 +243,7 @@ class TorchStep:
     torch = self._torch
     start = time.perf_counter()
     self.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
       depth, seg_logits = self.forward(self.batch['image_nchw'])
     loss = torch_loss(depth, seg_logits, self.batch, self.log_sigma_d, self.log_sigma_s)
     self.scaler.scale(loss).backward()
@@ -247,7 +256,12 @@ class TorchStep:
     return time.perf_counter() - start
 
   def peak_mb(self) -> float | None:
-    return self._torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
+    """CUDA memory peak over one more step (everything allocated in the process counts)."""
+    if not self.cuda:
+      return None
+    self._torch.cuda.reset_peak_memory_stats()
+    self.run()
+    return self._torch.cuda.max_memory_allocated() / 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,16 +339,23 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     plain = JaxStep(batch_size, size, args.dtype, augment=False)
     runners['ours_without_augment'] = plain.run
   theirs = theirs_compiled = None
+  compile_error = None
   if args.torch:
-    theirs = TorchStep(batch_size, size, args.dtype)
+    theirs = TorchStep(batch_size, size, args.dtype, amp_dtype=args.torch_amp)
     runners['torch'] = theirs.run
   if args.torch_compile:
-    theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True)
-    runners['torch_compile'] = theirs_compiled.run
+    try:
+      theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True, amp_dtype=args.torch_amp)
+      runners['torch_compile'] = theirs_compiled.run
+    except Exception as e:  # pylint: disable=broad-except
+      # Inductor needs a C++ compiler and (on GPUs) Triton; report, and time the others.
+      compile_error = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+      print(f'batch {batch_size}: torch.compile failed: {compile_error}', file=sys.stderr, flush=True)
   times, cpu = interleaved(runners, args.warmup, args.steps)
   step_s = statistics.median(times['ours'])
   device = f'{ours.device.platform}:{ours.device.device_kind}'
   peak = peak_tflops(ours.device.device_kind, args.dtype)
+  mfu = lambda ips: ips * train_flop_per_image(size) / (peak * 1e12) if peak else None
   row: dict[str, Any] = {
       'images_per_s': batch_size / step_s,
       'step_s': step_s,
@@ -349,7 +370,7 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
       'steps': args.steps,
       'step_s_min': min(times['ours']),
       'cpu_s_per_step': statistics.median(cpu['ours']),
-      'mfu': batch_size / step_s * train_flop_per_image(size) / (peak * 1e12) if peak else None,
+      'mfu': mfu(batch_size / step_s),
       'host_peak_rss_mb': rss_after_ours,
       **ours.memory(),
   }
@@ -362,11 +383,16 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s,
                torch_step_s=torch_s, torch_device_peak_mb=theirs.peak_mb(),
                torch_cpu_s_per_step=statistics.median(cpu['torch']),
-               torch_amp=theirs.amp)
+               torch_amp=args.torch_amp if theirs.amp else None, torch_mfu=mfu(batch_size / torch_s),
+               torch_first_step_s=theirs.compile_s)
   if theirs_compiled is not None:
     compiled_s = statistics.median(times['torch_compile'])
     row.update(torch_compile_images_per_s=batch_size / compiled_s,
-               speedup_vs_compile=compiled_s / step_s, torch_compile_s=theirs_compiled.compile_s)
+               speedup_vs_compile=compiled_s / step_s, torch_compile_s=theirs_compiled.compile_s,
+               torch_compile_mfu=mfu(batch_size / compiled_s),
+               torch_compile_device_peak_mb=theirs_compiled.peak_mb())
+  if compile_error is not None:
+    row['torch_compile_error'] = compile_error
   if args.profile:
     row['profile'] = profile_ops(ours, 3, os.path.join(args.profile, f'batch_{batch_size}'))
   return row
@@ -377,10 +403,11 @@ TABLE = [('batch', 'batch_size', 'd'), ('step s', 'step_s', '.4f'), ('img/s', 'i
          ('compile s', 'compile_s', '.1f'), ('CPU s/step', 'cpu_s_per_step', '.2f'),
          ('CPU s/step, no aug', 'cpu_s_per_step_without_augment', '.2f'),
          ('torch CPU s/step', 'torch_cpu_s_per_step', '.2f'), ('MFU', 'mfu', '.1%'),
-         ('torch img/s', 'torch_images_per_s', '.2f'), ('ours/torch', 'speedup', '.2f'),
-         ('compiled img/s', 'torch_compile_images_per_s', '.2f'), ('ours/compiled', 'speedup_vs_compile', '.2f'),
+         ('torch img/s', 'torch_images_per_s', '.2f'), ('torch MFU', 'torch_mfu', '.1%'),
+         ('ours/torch', 'speedup', '.2f'), ('compiled img/s', 'torch_compile_images_per_s', '.2f'),
+         ('compiled MFU', 'torch_compile_mfu', '.1%'), ('ours/compiled', 'speedup_vs_compile', '.2f'),
          ('XLA temp MB', 'xla_temp_mb', '.0f'), ('dev peak MB', 'device_peak_mb', '.0f'),
-         ('torch peak MB', 'torch_device_peak_mb', '.0f')]
+         ('torch peak MB', 'torch_device_peak_mb', '.0f'), ('compiled peak MB', 'torch_compile_device_peak_mb', '.0f')]
 
 
 def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = TABLE) -> None:
@@ -400,11 +427,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--steps', type=int, default=20, help='timed steps (each contestant)')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps after compilation')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                      help='our compute dtype; torch: fp16 autocast on CUDA unless float32')
+                      help='our compute dtype; torch: autocast (--torch-amp) on CUDA unless float32')
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
   parser.add_argument('--torch-compile', action='store_true', help='also time a torch.compile twin')
   parser.add_argument('--compare-augment', action='store_true',
                       help='also time our step without the device-side augmentation')
+  parser.add_argument('--torch-amp', default='float16', choices=('float16', 'bfloat16'),
+                      help="the twin's autocast dtype on CUDA (float16: with a GradScaler, the reference's)")
   parser.add_argument('--json', default='', help='write the results here')
   parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
   parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
@@ -447,12 +476,41 @@ def setup_process(threads: int, with_torch: bool, impl: str, release_memory: boo
   return threads
 
 
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The JSON: the largest batch's entry, plus `sweep` (every entry) when there are several."""
+  result = dict(max(rows, key=lambda r: r['batch_size']))
+  if len(rows) > 1:
+    result['sweep'] = rows
+  return result
+
+
+def write_json(path: str, result: dict[str, Any]) -> None:
+  """Writes `path` whole or not at all (a run killed mid-write leaves the previous version)."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=2)
+  os.replace(tmp, path)
+
+
+def release_device_memory(with_torch: bool) -> None:
+  """Returns the previous batch size's cached blocks, so the frameworks' caches don't add up."""
+  if with_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    if torch.cuda.is_available():
+      torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  args.threads = setup_process(args.threads, args.torch or args.torch_compile, args.impl, args.release_memory)
+  with_torch = args.torch or args.torch_compile
+  args.threads = setup_process(args.threads, with_torch, args.impl, args.release_memory)
   rows = []
   for batch_size in args.batches:
     rows.append(bench_one(batch_size, args))
+    release_device_memory(with_torch)
+    if args.json:
+      write_json(args.json, summary(rows))
     if len(args.batches) > 1:
       print(f'batch {batch_size}: {rows[-1]["images_per_s"]:.2f} img/s', file=sys.stderr, flush=True)
   print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
@@ -462,13 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if 'profile' in row:
       print(f'\nbatch {row["batch_size"]}', end=' ')
       print_profile(row['profile'], args.threads)
-  result = dict(max(rows, key=lambda r: r['batch_size']))
-  if len(rows) > 1:
-    result['sweep'] = rows
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
-  return result
+  return summary(rows)
 
 
 if __name__ == '__main__':

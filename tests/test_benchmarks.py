@@ -1,7 +1,10 @@
 """Smoke tests of the benchmark scripts on tiny inputs (the figures themselves are in benchmarks/README.md)."""
 
+import dataclasses
 import importlib.util
 import json
+import sys
+import time
 
 import pytest
 
@@ -14,6 +17,7 @@ INTERFACE_KEYS = {'images_per_s', 'step_s', 'compile_s', 'batch_size', 'dtype', 
 def _load(name):
   spec = importlib.util.spec_from_file_location(f'bench_{name}', ROOT / 'benchmarks' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
@@ -80,3 +84,105 @@ def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
   assert sum(k['s_per_step'] for k in prof['kinds']) <= prof['busy_s'] * (1 + 1e-9)
   assert any(k['kind'].startswith(('dot', 'ynn_fusion', 'convolution')) for k in prof['kinds'])
   assert '| op kind | s/step | share |' in capsys.readouterr().out
+
+
+def test_device_check_cpu_mode_reports_every_part(tmp_path):
+  """`make device-check`'s script in its CPU mode: every part runs in its own process and reports."""
+  check = _load('device_check')
+  out = tmp_path / 'out'
+  code = check.main(['--cpu', '--out', str(out), '--work', str(tmp_path / 'work')])
+  report = json.loads((out / 'device_check.json').read_text())
+  assert list(report['parts']) == ['data', *check.PARTS]
+  decoded = check.has_decoded()  # until the decode-once command exists, data and train may fail
+  for name, part in report['parts'].items():
+    if name in ('data', 'train') and not decoded:
+      assert part['status'] == 'failed' and 'data_pipelines.decoded is missing' in part['error'], part
+    else:
+      assert part['status'] == 'ok', (name, part)
+  assert code == (0 if decoded else 1)
+  parts = report['parts']
+  assert {'jax', 'flax', 'torch'} <= set(parts['env']['versions'])
+  assert [r['variant'] for r in parts['parity']['rows']] == ['float32', 'bfloat16']
+  assert all(r['within_tolerance'] for r in parts['parity']['rows'])
+  for dtype in ('bfloat16', 'float32'):
+    step = parts[f'step_{dtype}']
+    assert step['dtype'] == dtype and step['batch_size'] == 2
+    assert step['images_per_s'] > 0 and step['torch_images_per_s'] > 0 and step['compile_s'] > 0
+  train = parts['train']
+  assert train['last_step'] == 4 and train['images_per_s'] > 0 and train['loss_last'] > 0
+  assert train['format'] == ('decoded' if decoded else 'files')
+  if decoded:
+    assert 0 <= train['input_wait'] <= 1
+  nyu = parts['eval']['sets']['nyu']
+  assert nyu['frames'] == 5 and nyu['frames_per_s'] > 0 and parts['eval']['forward_images_per_s'] > 0
+  md = (out / 'device_check.md').read_text()
+  for name in report['parts']:
+    assert f'| {name} | ' in md
+  for heading in ('## Parity', '## Training step', '## train.py run', '## Evaluation'):
+    assert heading in md
+  assert '==== step_float32' in (out / 'device_check.log').read_text()
+
+
+def test_device_check_stops_a_hung_part_and_reports_a_failed_one(tmp_path, monkeypatch):
+  check = _load('device_check')
+  hang = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'
+  commands = {'env': hang, 'parity': 'raise SystemExit(3)'}
+  monkeypatch.setattr(check, 'part_command', lambda name, args, result: [sys.executable, '-c', commands[name]])
+  monkeypatch.setattr(check, 'KILL_GRACE_S', 1.0)
+  monkeypatch.setitem(check.MODES, 'cpu', dataclasses.replace(check.MODES['cpu'], limits={'env': 2, 'parity': 30}))
+  start = time.monotonic()
+  code = check.main(['--cpu', '--out', str(tmp_path), '--parts', 'env,parity'])
+  assert time.monotonic() - start < 20
+  parts = json.loads((tmp_path / 'device_check.json').read_text())['parts']
+  assert code == 1 and list(parts) == ['env', 'parity']
+  assert parts['env']['status'] == 'timeout' and parts['env']['limit_s'] == 2
+  assert parts['parity']['status'] == 'failed' and parts['parity']['error'].startswith('exit code 3')
+  md = (tmp_path / 'device_check.md').read_text()
+  assert '| env | timeout |' in md and '| parity | failed |' in md
+
+
+def test_device_check_skips_parts_past_the_budget(tmp_path, monkeypatch):
+  check = _load('device_check')
+  monkeypatch.setattr(check, 'part_command', lambda name, args, result: [sys.executable, '-c', 'pass'])
+  assert check.main(['--cpu', '--out', str(tmp_path), '--parts', 'env', '--budget-s', '5']) == 1
+  env = json.loads((tmp_path / 'device_check.json').read_text())['parts']['env']
+  assert env['status'] == 'skipped' and 'budget' in env['error']
+
+
+def test_device_check_rejects_unknown_part(tmp_path, capsys):
+  assert _load('device_check').main(['--cpu', '--out', str(tmp_path), '--parts', 'env,nope']) == 2
+  assert 'nope' in capsys.readouterr().err
+  assert not (tmp_path / 'device_check.json').exists()
+
+
+def test_device_check_markdown_of_a_gpu_report():
+  """The GPU-only fields (torch.compile, TF32 parity, input wait) reach the tables."""
+  check = _load('device_check')
+  parity = {'eval_depth_max_err': 2e-4, 'eval_seg_logits_max_err': 1e-4, 'train_depth_max_err': 1e-3,
+            'train_seg_logits_max_err': 1e-3, 'eval_depth_rel_err': 1e-5}
+  row = {'dtype': 'bfloat16', 'batch_size': 64, 'size': [240, 320], 'images_per_s': 3000.0, 'mfu': 0.0191,
+         'compile_s': 41.0, 'device_peak_mb': 9000.0, 'torch_images_per_s': 1500.0, 'torch_mfu': 0.01,
+         'torch_device_peak_mb': 7000.0, 'speedup': 2.0, 'torch_compile_images_per_s': 2000.0,
+         'torch_compile_mfu': 0.0127, 'torch_compile_s': 80.0, 'torch_compile_device_peak_mb': 6000.0,
+         'speedup_vs_compile': 1.5}
+  report = {'date': '2026-12-01T00:00:00+00:00', 'command': 'make device-check', 'mode': 'gpu', 'budget_s': 470,
+            'wall_s': 400.0, 'parts': {
+                'env': {'status': 'ok', 'wall_s': 9, 'limit_s': 60, 'python': '3.12.3', 'torch_device': 'NVIDIA H200',
+                        'jax_devices': ['gpu:NVIDIA H200'], 'nvidia_smi': 'NVIDIA H200, 580.159.03, 143771 MiB',
+                        'torch_cuda': '13.0', 'cudnn': 91300, 'versions': {'jax': '0.11.2', 'torch': '2.11.0'}},
+                'parity': {'status': 'ok', 'wall_s': 30, 'limit_s': 90, 'rows': [
+                    {'variant': 'float32', 'precision': 'default', 'within_tolerance': False, **parity},
+                    {'variant': 'float32_highest', 'precision': 'highest', 'within_tolerance': True, **parity}]},
+                'step_bfloat16': {'status': 'timeout', 'wall_s': 200, 'limit_s': 200, 'error': 'stopped at its 200 s limit',
+                                  **row, 'sweep': [row]},
+                'train': {'status': 'ok', 'wall_s': 130, 'limit_s': 165, 'format': 'decoded', 'batch_size': 16,
+                          'train_wall_s': 125,
+                          'size': [240, 320], 'last_step': 5000, 'images_per_s': 900.0, 'input_wait': 0.25,
+                          'loss_first': 3.0, 'loss_last': 1.0, 'command': 'train.py --config configs/quickstart.py'},
+                'step_float32': {'status': 'skipped', 'wall_s': 0, 'limit_s': 4, 'error': 'no time left in --budget-s'}}}
+  md = check.markdown(report)
+  assert '- device: NVIDIA H200 (JAX: gpu:NVIDIA H200)' in md and 'jax 0.11.2, torch 2.11.0' in md
+  assert '| float32 | highest | 2.00e-04 |' in md and '| NO |' in md
+  assert '| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 | 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |' in md
+  assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
+  assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
