@@ -135,9 +135,11 @@ def test_eight_devices_agree_with_one(tmp_path, synthetic_tiny):
   assert eval_script.main([*args, '--out', str(one)]) == 0
   eight = tmp_path / 'eight.json'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, 'eval.py', *args, '--out', str(eight)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  cache = tmp_path / 'xla'
+  proc = subprocess.run([sys.executable, 'eval.py', *args, '--out', str(eight), '--compilation-cache', str(cache)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert any(cache.iterdir())  # the persistent compilation cache holds the compiled evaluation step
   a, b = json.loads(one.read_text()), json.loads(eight.read_text())
   assert a['num_frames'] == b['num_frames'] == 7
 
