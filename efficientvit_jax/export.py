@@ -94,18 +94,23 @@ def onnx_model(ckpt: Checkpoint, size: tuple[int, int], *, dynamic_batch: bool =
                                 artifacts_dir=tmp)
     model = program.model_proto
   if fp16:
-    from onnxconverter_common import float16  # pylint: disable=g-import-not-at-top
-
-    # Cast nodes stay as they are (the converter would retype their outputs but not their `to`);
-    # blocked by name, since blocking the op type loops on the casts it inserts. Resize and the
-    # other ops of its default block list run in float32 between casts.
-    casts = [node.name for node in model.graph.node if node.op_type == 'Cast']
-    with warnings.catch_warnings():  # one warning per weight below float16's smallest normal
-      warnings.simplefilter('ignore', UserWarning)
-      model = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+    model = float16_model(model)
   model.producer_name = 'efficientvit_jax.export'
   onnx.checker.check_model(model, full_check=True)
   return model
+
+
+def float16_model(model):
+  """An fp32 deploy `onnx.ModelProto` -> float16 weights and activations, same inputs and outputs."""
+  from onnxconverter_common import float16  # pylint: disable=g-import-not-at-top
+
+  # Cast nodes stay as they are (the converter would retype their outputs but not their `to`);
+  # blocked by name, since blocking the op type loops on the casts it inserts. Resize and the
+  # other ops of its default block list run in float32 between casts.
+  casts = [node.name for node in model.graph.node if node.op_type == 'Cast']
+  with warnings.catch_warnings():  # one warning per weight below float16's smallest normal
+    warnings.simplefilter('ignore', UserWarning)
+    return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
 
 
 class _quiet:
