@@ -1,6 +1,6 @@
 """Deployment latency: JAX predict, onnxruntime on the exported ONNX (fp32, fp16) and the PyTorch twin.
 
-  python benchmarks/latency.py [--checkpoint SRC] [--batch-sizes 1,8] [--size HxW] [--steps N]
+  python benchmarks/latency.py [--checkpoint SRC (default: tests/data/student_random.pt)] [--batch-sizes 1,8] [--size HxW] [--steps N]
       [--warmup N] [--threads T] [--no-fp16] [--json F]
 
 All contestants take the same uint8 [N, H, W, 3] frames and return depth, logits and labels:
@@ -31,6 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# The reference code's random weights, with realistic BatchNorm statistics. Not a freshly
+# initialised model: its activations decay into denormal floats, which slow eager PyTorch on x86
+# (batch 1: 101 ms, 56 ms with torch.set_flush_denormal(True); XLA flushes them to zero).
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'data',
+                       'student_random.pt')
+
 
 def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
   def run() -> float:
@@ -56,6 +62,9 @@ def runners(ckpt, size: tuple[int, int], batch_sizes: list[int], threads: int,
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1
+  # onnxruntime's workers spin-wait after each call by default, taking the cores from the runtime
+  # that runs next in the interleaving; off, as a robot process shares its cores too.
+  options.add_session_config_entry('session.intra_op.allow_spinning', '0')
   sessions = {'onnxruntime fp32': ort.InferenceSession(onnx_fp32.SerializeToString(), options,
                                                        providers=['CPUExecutionProvider'])}
   if fp16:
@@ -88,7 +97,7 @@ TABLE = [('runtime', 'runtime', 's'), ('batch', 'batch_size', 'd'), ('median ms'
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--checkpoint', default='', help='checkpoint source (default: a freshly initialised model)')
+  parser.add_argument('--checkpoint', default=str(FIXTURE), help='checkpoint source (default: the test fixture)')
   parser.add_argument('--batch-sizes', default='1,8')
   parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
   parser.add_argument('--steps', type=int, default=30, help='timed calls per runtime and batch size')
@@ -104,13 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
   threads = train_step.setup_process(args.threads, True, 'auto')
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
-  if args.checkpoint:
-    ckpt = checkpointing.load_any(args.checkpoint)
-  else:
-    params, batch_stats = checkpointing.model_trees(model_lib.create())
-    ckpt = checkpointing.Checkpoint(params, batch_stats, checkpointing.default_kendall(), {})
+  ckpt = checkpointing.load_any(args.checkpoint)
   rows = []
   for b, contestants in runners(ckpt, args.size, batches, threads, not args.no_fp16).items():
     times, _ = train_step.interleaved(contestants, args.warmup, args.steps)
