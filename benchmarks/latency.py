@@ -1,7 +1,7 @@
 """Deployment latency: JAX predict, onnxruntime on the exported ONNX (fp32, fp16) and the PyTorch twin.
 
   python benchmarks/latency.py [--checkpoint SRC (default: tests/data/student_random.pt)] [--batch-sizes 1,8] [--size HxW] [--steps N]
-      [--warmup N] [--threads T] [--no-fp16] [--json F]
+      [--warmup N] [--threads T] [--no-fp16] [--release-memory] [--json F]
 
 All contestants take the same uint8 [N, H, W, 3] frames and return depth, logits and labels:
 - `jax`: `predict.ImagePredictor` (the jitted eval-mode forward, CPU formulations on the CPU, the
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for every runtime (0: all schedulable)')
   parser.add_argument('--no-fp16', action='store_true', help='skip the onnxruntime fp16 model')
+  parser.add_argument('--release-memory', action='store_true',
+                      help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
   try:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     assert min(batches) >= 1
   except (ValueError, AssertionError):
     parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
-  threads = train_step.setup_process(args.threads, True, 'auto')
+  threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
   ckpt = checkpointing.load_any(args.checkpoint)

@@ -125,3 +125,23 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, expect):
   assert err.count('\n') == 1 and expect in err and 'Traceback' not in err, err
   assert (tmp_path / 'exists.onnx').read_bytes() == b'keep me'
   assert not (tmp_path / 'new.onnx').exists()
+
+
+def test_latency_benchmark_smoke(tmp_path, capsys):
+  import importlib.util
+  import json
+  from conftest import ROOT
+
+  spec = importlib.util.spec_from_file_location('bench_latency', ROOT / 'benchmarks' / 'latency.py')
+  latency = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(latency)
+  out = tmp_path / 'latency.json'
+  latency.main(['--size', '64x96', '--batch-sizes', '2', '--steps', '2', '--warmup', '1', '--release-memory',
+                '--json', str(out)])
+  rows = json.loads(out.read_text())
+  runtimes = ['jax', 'onnxruntime fp32', 'onnxruntime fp16', 'torch']
+  assert [(r['runtime'], r['batch_size']) for r in rows] == [(n, 2) for n in runtimes]
+  for r in rows:
+    assert 0 < r['median_ms'] <= r['p90_ms'] and r['threads'] >= 1
+    assert r['ms_per_image'] == pytest.approx(r['median_ms'] / r['batch_size'])
+  assert '| runtime | batch | median ms | p90 ms |' in capsys.readouterr().out
