@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,tfds]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,tfds,export]'
 	touch $(STAMP)
 
 setup: $(STAMP)

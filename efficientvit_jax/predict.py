@@ -1,12 +1,19 @@
 """Depth and classes for images, from any checkpoint source.
 
   python -m efficientvit_jax.predict --checkpoint SRC --out DIR [--size HxW] [--native-size]
-      [--save-logits] IMAGE...
+      [--save-logits] [--depth-png] IMAGE...
 
-Per image: `<stem>_depth.npy` [H, W] float32 metres, `<stem>_seg.png` class ids (uint8),
-`<stem>_seg_logits.npy` [H, W, 6] (with --save-logits) and `<stem>_panel.png`. Outputs are at the
-model's input size (default 240x320), or at the image's own size with --native-size. Pixels are
-uint8 / 255 as in training; an image of another size is resized bilinearly first.
+Per image: `<stem>_depth.npy` [H, W] float32 metres, `<stem>_seg.png` class ids (8-bit PNG),
+`<stem>_seg_logits.npy` [H, W, 6] (with --save-logits), `<stem>_depth_mm.png` (with --depth-png:
+16-bit PNG, depth in millimetres, the ROS / RealSense convention) and `<stem>_panel.png`. Outputs
+are at the model's input size (default 240x320), or at the image's own size with --native-size.
+Pixels are uint8 / 255 as in training; an image of another size is resized bilinearly first.
+
+From Python (a robot node, a notebook):
+
+  predictor = predict.load('runs/b1')           # folder, workdir or reference .pt
+  out = predictor(rgb)                          # rgb [H, W, 3] or [N, H, W, 3] uint8, any H, W
+  out['depth'], out['labels'], out['seg_logits']  # metres, uint8 class ids, float32 logits
 """
 
 from __future__ import annotations
@@ -91,6 +98,60 @@ class Predictor:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
+class ImagePredictor:
+  """A checkpoint as a callable on uint8 RGB images; see `load`."""
+
+  def __init__(self, model: model_lib.DepthSegNet, size: tuple[int, int] = (240, 320), batch_size: int = 8):
+    self.size = tuple(size)
+    self._predictor = Predictor(model, self.size, batch_size)
+
+  def __call__(self, images: np.ndarray, *, native_size: bool = False) -> dict[str, np.ndarray]:
+    """images [H, W, 3] or [N, H, W, 3] uint8 RGB -> depth [(N,) H', W'] float32 metres,
+    labels [(N,) H', W'] uint8, seg_logits [(N,) H', W', C] float32.
+
+    Images of another size than the model's are resized bilinearly; H', W' is the model's size,
+    or the images' own with `native_size`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != 3:
+      raise ValueError(f'images must be [H, W, 3] or [N, H, W, 3] uint8 RGB, got {images.dtype} {images.shape}')
+    single = images.ndim == 3
+    batch = images[None] if single else images
+    resized = np.stack([resize_rgb(rgb, self.size) for rgb in batch])
+    out = self._predictor(resized.astype(np.float32) / 255.0)
+    if native_size and batch.shape[1:3] != self.size:
+      out = [to_native({k: v[i] for k, v in out.items()}, batch.shape[1:3]) for i in range(len(batch))]
+      out = {k: np.stack([o[k] for o in out]) for k in out[0]}
+    out['labels'] = np.argmax(out['seg_logits'], axis=-1).astype(np.uint8)
+    return {k: v[0] for k, v in out.items()} if single else out
+
+
+def load(src: str | os.PathLike, *, size: tuple[int, int] = (240, 320), step: int | None = None,
+         batch_size: int = 8, allow_pickle: bool = False) -> ImagePredictor:
+  """A checkpoint folder, training workdir (latest step or `step`) or reference .pt -> predictor."""
+  model, _ = load_model(os.fspath(src), step=step, allow_pickle=allow_pickle)
+  return ImagePredictor(model, size, batch_size)
+
+
+DEPTH_PNG_SCALE = 1000.0  # uint16 units per metre: millimetres
+
+
+def depth_to_uint16(depth: np.ndarray) -> np.ndarray:
+  """Metres -> uint16 millimetres, rounded; 0 stays 0 (no depth), beyond 65.535 m saturates."""
+  return np.clip(np.rint(np.asarray(depth, np.float64) * DEPTH_PNG_SCALE), 0, 65535).astype(np.uint16)
+
+
+def save_depth_png(path: str | os.PathLike, depth: np.ndarray) -> None:
+  """[H, W] metres -> a 16-bit greyscale PNG of millimetres."""
+  Image.fromarray(depth_to_uint16(depth)).save(path)
+
+
+def read_depth_png(path: str | os.PathLike) -> np.ndarray:
+  """A 16-bit millimetre depth PNG -> [H, W] float32 metres."""
+  with Image.open(path) as img:
+    return np.asarray(img, np.uint16).astype(np.float32) / DEPTH_PNG_SCALE
+
+
 def load_model(src: str, *, step: int | None = None, dtype=jnp.float32, allow_pickle: bool = False):
   ckpt = checkpointing.load_any(src, step, allow_pickle=allow_pickle)
   model = model_lib.create(dtype=dtype)
@@ -123,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--size', type=parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
   parser.add_argument('--native-size', action='store_true', help="outputs at each image's own size")
   parser.add_argument('--save-logits', action='store_true', help='also write <stem>_seg_logits.npy')
+  parser.add_argument('--depth-png', action='store_true',
+                      help='also write <stem>_depth_mm.png (16-bit, millimetres)')
   parser.add_argument('--batch-size', type=int, default=8)
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
@@ -149,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
       shown = rgb
     seg = np.argmax(out['seg_logits'], axis=-1).astype(np.uint8)
     np.save(out_dir / f'{stem}_depth.npy', out['depth'].astype(np.float32))
+    if args.depth_png:
+      save_depth_png(out_dir / f'{stem}_depth_mm.png', out['depth'])
     Image.fromarray(seg).save(out_dir / f'{stem}_seg.png')
     if args.save_logits:
       np.save(out_dir / f'{stem}_seg_logits.npy', out['seg_logits'].astype(np.float32))

@@ -43,9 +43,12 @@ def test_cli_matches_twin_at_another_size(tmp_path, random_pt):
   Image.fromarray(rgb).save(tmp_path / 'frame.png')
   out = tmp_path / 'out'
   assert predict.main(['--checkpoint', str(path), '--out', str(out), '--size', '96x160', '--save-logits',
-                       str(tmp_path / 'frame.png')]) == 0
+                       '--depth-png', str(tmp_path / 'frame.png')]) == 0
   depth, logits = _twin_outputs(twin, rgb)
   np.testing.assert_allclose(np.load(out / 'frame_depth.npy'), depth, atol=1e-3, rtol=0)
+  with Image.open(out / 'frame_depth_mm.png') as png:
+    assert png.mode == 'I;16' and png.size == (160, 96)
+    np.testing.assert_array_equal(np.asarray(png), np.rint(np.load(out / 'frame_depth.npy') * 1000))
   np.testing.assert_allclose(np.load(out / 'frame_seg_logits.npy'), logits, atol=1e-3, rtol=0)
   seg = np.asarray(Image.open(out / 'frame_seg.png'))
   assert seg.shape == (96, 160) and seg.max() < 6
@@ -85,3 +88,34 @@ def test_bad_images_are_refused(tmp_path, capsys, random_pt):
                        str(tmp_path / 'ok.png')]) == 2
   assert 'nothing.pt' in capsys.readouterr().err
   assert not (tmp_path / 'o').exists()
+
+
+def test_depth_png_millimetres(tmp_path):
+  depth = np.array([[0.0, 0.0004, 0.0006, 1.2344], [1.2346, 10.0, 65.535, 80.0]], np.float32)
+  np.testing.assert_array_equal(predict.depth_to_uint16(depth), [[0, 0, 1, 1234], [1235, 10000, 65535, 65535]])
+  predict.save_depth_png(tmp_path / 'd.png', depth)
+  with Image.open(tmp_path / 'd.png') as png:
+    assert png.mode == 'I;16'
+  back = predict.read_depth_png(tmp_path / 'd.png')
+  assert back.dtype == np.float32
+  np.testing.assert_allclose(back[depth < 65], depth[depth < 65], atol=5e-4)
+  assert back[1, 3] == np.float32(65.535)  # saturated, not wrapped
+
+
+def test_python_api_on_uint8_images(tmp_path, random_pt):
+  path, twin = random_pt
+  predictor = predict.load(path, size=(64, 96))
+  rng = np.random.default_rng(2)
+  rgb = rng.integers(0, 256, (64, 96, 3), np.uint8)
+  out = predictor(rgb)
+  assert out['depth'].shape == (64, 96) and out['labels'].dtype == np.uint8
+  depth, logits = _twin_outputs(twin, rgb)
+  np.testing.assert_allclose(out['depth'], depth, atol=1e-3, rtol=0)
+  np.testing.assert_array_equal(out['labels'], np.argmax(out['seg_logits'], -1))
+  # A batch of another size: resized in, and back out with native_size; same pixels as one by one.
+  frames = rng.integers(0, 256, (3, 70, 90, 3), np.uint8)
+  batch = predictor(frames, native_size=True)
+  assert batch['depth'].shape == (3, 70, 90) and batch['seg_logits'].shape == (3, 70, 90, 6)
+  np.testing.assert_allclose(batch['depth'][1], predictor(frames[1], native_size=True)['depth'], atol=1e-6)
+  with pytest.raises(ValueError, match='uint8'):
+    predictor(frames.astype(np.float32) / 255)
