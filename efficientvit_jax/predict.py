@@ -35,6 +35,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import ops
 from efficientvit_jax import panels
+from efficientvit_jax import runtime
 
 
 class ImageError(Exception):
@@ -188,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
                       help='also write <stem>_depth_mm.png (16-bit, millimetres)')
   parser.add_argument('--batch-size', type=int, default=8)
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
+  parser.add_argument('--compilation-cache', default='', metavar='DIR',
+                      help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
+  runtime.enable_compilation_cache(args.compilation_cache)
   try:
     rgbs = [read_rgb(p) for p in args.images]
     stems = [pathlib.Path(p).stem for p in args.images]
