@@ -95,7 +95,7 @@ def peak_rss_mb() -> float:
 
 
 def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
-  """A training batch in the data-element format (INTERFACES), numpy."""
+  """A training batch as the host pipeline ships it (docs/data.md#data-element), numpy."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(seed)
@@ -170,7 +170,7 @@ class JaxStep:
 # Theirs: the PyTorch twin with the same loss terms and optimiser.
 
 def torch_loss(depth, seg_logits, batch, log_sigma_d, log_sigma_s, lambda_edge: float = 0.1):
-  """The V5 objective in torch (SPEC section 4), float32; depth [N, 1, H, W], logits [N, C, H, W]."""
+  """The V5 objective in torch (docs/training.md), float32; depth [N, 1, H, W], logits [N, C, H, W]."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -329,7 +329,7 @@ def print_profile(prof: dict[str, Any], threads: int) -> None:
 
 
 def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
-  """One batch size: ours (and theirs), interleaved; the INTERFACES JSON fields plus extras."""
+  """One batch size: ours (and theirs), interleaved; the `--json` fields of the module docstring."""
   size = args.size
   ours = JaxStep(batch_size, size, args.dtype)
   rss_after_ours = peak_rss_mb()

@@ -1,4 +1,4 @@
-"""Default configuration: every key of INTERFACES.md with the V5 recipe's values.
+"""Default configuration: every key (docs/config.md) with the V5 recipe's values.
 
 Presets (`quickstart.py`, `v5.py`, `v7.py`, `v8.py`, `v9.py`) import this and change a few fields.
 Paths left empty are derived from `data.root` (see `data_pipelines.datasets.resolve_paths`).
@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.root = 'data'  # ROOT of INTERFACES: nyu/, lilocbench/, lilocbench_raw/, corridor/
+  c.data.root = 'data'  # the data root (docs/data.md): nyu/, lilocbench/, lilocbench_raw/, corridor/
   c.data.nyu = ml_collections.ConfigDict()
   c.data.nyu.root = ''  # '' = ROOT/nyu (holds nyu_cache/)
   c.data.nyu.teacher_manifest = ''  # '' = <nyu.root>/teacher/manifest.jsonl if present; 'none' = no teacher

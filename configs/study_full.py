@@ -7,7 +7,7 @@ Source = NYU (the reference's V5 recipe: 200 epochs, encoder frozen for 5, encod
 decoder 3e-4, from the ImageNet encoder of `python -m efficientvit_jax.convert timm-encoder`);
 target = LILocBench; deployment = the corridor set (evaluated only). Every protocol after the
 pretraining takes the same number of optimiser steps: `finetune_steps`, or when 0, the V7 budget
-of `finetune_epochs` passes over the target at the preset batch (50 epochs; SPEC §5).
+of `finetune_epochs` passes over the target at the preset batch (50 epochs; docs/config.md#presets).
 Already have V5 weights (e.g. the reference's .pt)? Set `source_checkpoint` and no pretraining
 runs. A V6-style checkpoint in `v6_checkpoint` adds the V9-like protocol.
 
@@ -31,7 +31,7 @@ def protocol(preset: str, label: str, overrides: dict | None = None, ratios: tup
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # The three sets, in the layouts of INTERFACES ('' = the part of data_root).
+  # The three sets, in the layouts of docs/data.md ('' = the part of data_root).
   c.data_root = 'data'
   c.source = ''  # NYU root holding nyu_cache/ ('' = <data_root>/nyu)
   c.target = ''  # LILocBench manifest.jsonl ('' = <data_root>/lilocbench/manifest.jsonl)
@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.protocols.concat = protocol('configs/v8.py', 'concatenation (natural share)', {'data': {'mode': 'concat'}})
   # The protocols that run, in table order.
   c.order = ('source_continued', 'sequential', 'sequential_v6', 'joint', 'downsample', 'concat')
-  # Which of our rows the reference's published rows (SPEC §6) correspond to.
+  # Which of our rows the reference's published rows (docs/evaluation.md) correspond to.
   c.reference_rows = ml_collections.ConfigDict(
       {'V5': 'source_only', 'V7': 'sequential', 'V8': 'joint@0.5', 'V9': 'sequential_v6'})
 

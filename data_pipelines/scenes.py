@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 # Raw NYU40 ids used by the builders, with their 6-class id (0 floor, 1 wall, 2 person,
-# 3 furniture, 4 glass, 5 other), following SPEC §3.1.
+# 3 furniture, 4 glass, 5 other), following docs/data.md (NYU40 -> 6 classes).
 WALL, FLOOR, CABINET, BED, CHAIR, SOFA, TABLE, DOOR, WINDOW = 1, 2, 3, 4, 5, 6, 7, 8, 9
 BOOKSHELF, PICTURE, COUNTER, DESK, PILLOW, MIRROR, FLOOR_MAT, CEILING = 10, 11, 12, 14, 18, 19, 20, 22
 TV, BOX, WHITEBOARD, PERSON, NIGHTSTAND, LAMP, OTHERPROP = 25, 29, 30, 31, 32, 35, 40

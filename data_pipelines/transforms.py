@@ -72,7 +72,7 @@ def eval_transform(frame: Mapping[str, Any], input_size: tuple[int, int],
                    protocol: str = 'ours') -> dict[str, np.ndarray]:
   """Raw frame -> element by resizing only (RGB bilinear, maps nearest).
 
-  protocol 'reference' (the reference's NYU validation, SPEC §6): `gt_depth` is the stored sensor
+  protocol 'reference' (the reference's NYU validation, docs/evaluation.md#protocols): `gt_depth` is the stored sensor
   depth resized bilinearly (holes mixed in, no window; the metric masks gt > 0) and `gt_seg` is
   the training label (the SAM2 teacher's where present).
   """

@@ -21,7 +21,7 @@ from efficientvit_jax import console
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import training
 
-# Valid ground-truth window per evaluation set (SPEC §6), metres.
+# Valid ground-truth window per evaluation set (docs/data.md#depth-windows), metres.
 DEPTH_WINDOWS = {'nyu': (0.1, 10.0), 'lilocbench': (0.1, 15.0), 'corridor': (0.1, 5.0)}
 PROTOCOLS = ('ours', 'reference')
 REFERENCE_BATCH_SIZE = 16  # the reference averaged its metrics over validation batches of 16

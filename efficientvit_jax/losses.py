@@ -1,4 +1,4 @@
-"""Training losses of the V5 recipe (SPEC section 4): berHu depth, cross-entropy, edge smoothness.
+"""Training losses of the V5 recipe (docs/training.md): berHu depth, cross-entropy, edge smoothness.
 
 All functions are pure and jittable, take NHWC / NHW arrays of any float dtype and compute in
 float32. The reference's terms are combined by Kendall uncertainty weighting with learnable
@@ -151,7 +151,8 @@ def multitask_loss(
   Args:
     depth_pred: `[N, H, W]` predicted depth, metres.
     seg_logits: `[N, H, W, C]`.
-    batch: the data element keys of INTERFACES: `image` `[N, H, W, 3]` in [0, 1], `depth`
+    batch: the training batch after the device-side augmentation (docs/data.md#data-element):
+      `image` `[N, H, W, 3]` float32 in [0, 1], `depth`
       `[N, H, W]` target (teacher or sensor, already resolved per sample), `depth_valid`
       `[N, H, W]` bool, `seg` `[N, H, W]` int (255 = none). Other keys are ignored.
     kendall: `{'log_sigma_d': [1], 'log_sigma_s': [1]}`.

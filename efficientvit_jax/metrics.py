@@ -6,10 +6,10 @@ whole split, whatever the batch size, sharding or padding:
 1. `frame_stats` (pure, jittable) turns a batch of predictions and ground truth into small
    per-frame sums (`[N]`, `[N, 3]`, `[N, C, C]`), computed in float32 / int32.
 2. `MetricAccumulator` pulls them to the host, drops padding frames, and `result()` reduces in
-   float64 into the eval JSON structure of INTERFACES.md (`num_frames`, `num_frames_skipped`,
+   float64 into the eval JSON structure (docs/evaluation.md#eval-json) (`num_frames`, `num_frames_skipped`,
    `depth`, `seg`, `baselines`).
 
-Definitions (SPEC section 6). A depth pixel is valid when `min_depth <= gt <= max_depth`.
+Definitions (docs/evaluation.md#metrics). A depth pixel is valid when `min_depth <= gt <= max_depth`.
 - RMSE = sqrt(mean((p - g)^2)), MAE = mean|p - g|, AbsRel = mean(|p - g| / g) with the raw
   prediction p; delta_k = fraction with max(p'/g, g/p') < 1.25^k, p' = max(p, 1e-6).
 - `frame_mean`: the mean over frames of each frame's metric, frames with fewer than

@@ -1,4 +1,4 @@
-"""EfficientViT-B1 encoder + depth / segmentation decoders (SPEC §1), Flax NNX, NHWC.
+"""EfficientViT-B1 encoder + depth / segmentation decoders (docs/model.md), Flax NNX, NHWC.
 
 Module and attribute names follow the reference's PyTorch names (timm `efficientvit_b1` features
 plus the reference decoder), so that `convert.py` maps one tree onto the other by a short table.

@@ -2,7 +2,7 @@
 
 The optimised pytree is `{'model': params, 'kendall': {'log_sigma_d': [1], 'log_sigma_s': [1]}}`,
 `params` a nested dict or an `nnx.State` whose top-level keys are the model's parts. Groups
-(SPEC section 5), labelled by path:
+(docs/training.md#optimiser), labelled by path:
 
   'encoder'  encoder, neck                                    optimizer.encoder_lr
   'decoder'  depth_d1..d3, depth_head, seg_d1..d3, seg_head    optimizer.decoder_lr

@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def reference_io():
-  """The fixture's inputs and reference outputs (SPEC §7)."""
+  """The fixture's inputs and reference outputs (docs/model.md#reference-fixture)."""
   import numpy as np
 
   with np.load(DATA / 'student_random_io.npz') as z:

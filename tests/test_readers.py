@@ -1,4 +1,4 @@
-"""Readers of the SPEC §3 layouts: label mappings, teacher maps, split rules, bad input."""
+"""Readers of the data layouts (docs/data.md): label mappings, teacher maps, split rules, bad input."""
 
 import json
 import os

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipelines import synthetic
 
-# SPEC §3.1 NYU40 -> 6 classes, written out independently of the generator.
+# NYU40 -> 6 classes (docs/data.md), written out independently of the generator.
 _SIX = np.full(41, 5)
 _SIX[0] = 255
 for _ids, _c in (((2, 20), 0), ((1, 8, 9, 22), 1), ((31,), 2),

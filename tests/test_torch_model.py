@@ -1,4 +1,4 @@
-"""The timm-free PyTorch twin against the reference fixture made with real timm (SPEC §7)."""
+"""The timm-free PyTorch twin against the reference fixture made with real timm (docs/model.md#reference-fixture)."""
 
 import argparse
 import pathlib
