@@ -12,6 +12,7 @@ Several processes (hosts, or local CPU processes for testing): pass `--coordinat
 `--num_processes`, `--process_id` to each; on Cloud TPU pod slices and SLURM they are detected.
 """
 
+import atexit
 import json
 import pathlib
 import signal
@@ -38,8 +39,40 @@ class RunError(Exception):
   """A configuration or run condition that stops training; the message says what to change."""
 
 
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT before the first step (nothing to save yet)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _interrupted(signum, _):
+  raise Interrupted(signum)
+
+
+def run(argv) -> int:
+  """`main`, with a signal before training (during restore or compilation) as one line, not a traceback."""
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _interrupted)
+  try:
+    return main(argv)
+  except Interrupted as e:
+    print(f'error: stopped by {signal.Signals(e.signum).name} before the first step; nothing was saved; '
+          'rerun the same command to continue', file=sys.stderr)
+    return 128 + e.signum
+
+
 def check_config(config) -> None:
   """Fails early, naming the config key, on values that cannot work."""
+  from efficientvit_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
+
+  try:
+    config_checks.check_ranges(config)
+    if config.best_metric:
+      checkpointing.lower_is_better(config.best_metric)
+  except ValueError as e:
+    raise RunError(str(e)) from None
   if config.requires_init_from and not config.init_from:
     raise RunError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
                    'folder, training workdir or reference .pt (e.g. the V5 weights)')
@@ -64,6 +97,7 @@ def main(argv):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+  from data_pipelines import readers  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -76,7 +110,6 @@ def main(argv):
   try:
     check_config(config)
   except RunError as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 2
 
@@ -85,6 +118,17 @@ def main(argv):
   training.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   process, num_processes = jax.process_index(), jax.process_count()
   is_main = process == 0
+  if not _DRY_RUN.value:  # one writer per workdir: process 0 holds W/train.lock until exit
+    lock = checkpointing.WorkdirLock(workdir)
+    try:
+      if is_main:
+        lock.acquire()
+        atexit.register(lock.release)
+        checkpointing.check_writable(workdir / 'checkpoints')  # now, not at the first save
+    except (checkpointing.LockError, OSError) as e:
+      print(f'error: {e}' if isinstance(e, checkpointing.LockError) else f'error: cannot write the workdir: {e}',
+            file=sys.stderr)
+      return 2
   mesh = training.make_mesh()
   if config.batch_size % jax.device_count():
     print(f'error: batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices',
@@ -101,6 +145,7 @@ def main(argv):
     eval_sets = tuple(config.data.eval_sets)
     for name in eval_sets:  # fail now, not after hours of training
       datasets.make_reader(paths, name, 'val')
+    datasets.check_files(config)  # every file the splits name exists (cheap: no decoding)
   except (OSError, ValueError) as e:
     print(f'error: data: {e}', file=sys.stderr)
     return 2
@@ -123,10 +168,18 @@ def main(argv):
   _, bn_stats = checkpointing.model_trees(model)
   counters = {bn: 0 for bn in convert.bn_prefixes(bn_stats)}
   start_step, source, restored_opt = 0, 'scratch', None
-  latest = ckptr.latest_step()
-  if latest is not None:
+  resumed = None
+  if ckptr.latest_step() is not None:
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
-    ckpt, restored_opt, data_state = ckptr.restore(latest, opt_like)
+    try:  # damaged steps are moved aside with a warning; a mismatching configuration is an error
+      resumed = ckptr.restore_newest_intact(opt_like)
+    except checkpointing.CheckpointError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    if resumed is None:
+      checkpointing.warn(f'no intact checkpoint left in {workdir}/checkpoints; starting afresh')
+  if resumed is not None:
+    latest, (ckpt, restored_opt, data_state) = resumed
     checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=f'{workdir}/checkpoints/{latest}')
     kendall = ckpt.kendall
     start_step = int(data_state.get('step', latest))
@@ -189,12 +242,16 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     previous = workdir / 'config.json'
     current = json.loads(config.to_json())
-    if previous.exists() and json.loads(previous.read_text()) != current:
+    if previous.exists() and json.loads(previous.read_text() or '{}') != current:
       logging.warning('%s differs from this run\'s config; the new one replaces it', previous)
-    previous.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp = workdir / '.config.json.tmp'
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(previous)
+    # Steps after the restored one are redone: their old rows go (each step is logged once).
+    checkpointing.truncate_metrics(workdir / 'metrics.jsonl', start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-    writer = SummaryWriter(str(workdir / 'tb'))
+    writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
 
   def write_metrics(step, values):
     if not is_main:
@@ -237,16 +294,20 @@ def main(argv):
   def save(step, metrics, force=False):
     check_finite()
     ckpt = model_checkpoint(step, metrics)
-    ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // steps_per_epoch}, force=force)
-    if metrics:
-      ckptr.maybe_save_best(step, ckpt)
+    try:
+      ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // steps_per_epoch}, force=force)
+      if metrics:
+        ckptr.maybe_save_best(step, ckpt)
+    except checkpointing.SaveError as e:
+      raise RunError(str(e)) from None
 
   # ---------------------------------------------------------------------------------------------
   # Preemption: SIGTERM saves the current step and exits 0 (multi-process runs use orbax's
   # preemption sync point, which needs every process to stop at the same step).
   stop = {'signal': False}
   if num_processes == 1:
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, lambda *_: stop.update(signal=True))
 
   # ---------------------------------------------------------------------------------------------
   # Loop.
@@ -267,6 +328,7 @@ def main(argv):
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)
+      ckptr.poll()  # seals a finished save (integrity record), then drops old steps
       if progress is not None:
         progress.update(1)
       if step % config.log_every_steps == 0 or step == total_steps:
@@ -299,15 +361,24 @@ def main(argv):
         print(f'preempted: saved step {step} in {workdir}/checkpoints; rerun the same command to resume',
               flush=True)
         break
-  except RunError as e:
+  except (RunError, checkpointing.SaveError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     exit_code = 1
+  except readers.BadFrameError as e:  # nothing of this step is saved
+    logging.error('%s', e)
+    print(f'error: data: {e} (set data.skip_bad_frames=True to skip such frames)', file=sys.stderr)
+    exit_code = 2
   finally:
     if progress is not None:
       progress.close()
     data.close()
-    ckptr.wait()
+    try:
+      ckptr.wait()
+    except checkpointing.SaveError as e:
+      if exit_code == 0:
+        print(f'error: {e}', file=sys.stderr)
+        exit_code = 1
     ckptr.close()
     if writer is not None:
       writer.close()
@@ -318,4 +389,6 @@ if __name__ == '__main__':
   from efficientvit_jax import host_memory  # before JAX starts its CPU threads
 
   host_memory.retain_freed_memory_on_cpu_hosts()
-  app.run(lambda argv: sys.exit(main(argv)))
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  app.run(lambda argv: sys.exit(run(argv)), flags_parser=config_checks.parse_flags)
