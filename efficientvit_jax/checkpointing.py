@@ -392,6 +392,7 @@ class TrainCheckpointer:
     self.best = None
     self.best_value = None
     self._pending: dict[str, int] = {}  # manager name -> step saved but not yet sealed
+    self._last_good = self.latest.latest_step()
     if best_metric:
       self._lower = lower_is_better(best_metric)
       self.best = ocp.CheckpointManager(workdir / 'best', options=options('best'), item_names=MODEL_ITEMS)
@@ -409,12 +410,12 @@ class TrainCheckpointer:
     return out
 
   def last_good_step(self) -> int | None:
-    """The newest step of W/checkpoints that was sealed (or, for older runs, finalised)."""
-    sealed = [s for s in self.latest.all_steps() if (self.root / str(s) / INTEGRITY_FILE).exists()]
-    return max(sealed) if sealed else self.latest.latest_step()
+    """The newest step of W/checkpoints known intact (sealed by this run, or found at start)."""
+    return self._last_good
 
   def _failed(self, path: pathlib.Path, e: BaseException | None, step: int) -> SaveError:
-    reason = f'{type(e).__name__}: {e}' if e is not None else _write_probe(path.parent)
+    first = str(e).strip().splitlines()[0][:300] if e is not None and str(e).strip() else ''
+    reason = f'{type(e).__name__}: {first}' if e is not None else _write_probe(path.parent)
     return SaveError(f'cannot write checkpoint step {step} to {path} ({reason}); the last good checkpoint '
                      f'is step {self.last_good_step()} in {self.root}')
 
@@ -436,6 +437,8 @@ class TrainCheckpointer:
         seal(step_dir)
       except OSError as e:
         raise self._failed(step_dir / INTEGRITY_FILE, e, step) from None
+    if name == 'latest':
+      self._last_good = step
     manager.reload()
     for old in sorted(manager.all_steps())[:-keep]:
       manager.delete(old)
@@ -456,6 +459,8 @@ class TrainCheckpointer:
       self._finish(name)
     manager = self._managers()[name][0]
     try:
+      if self.is_main:  # orbax would fail in a background thread and wait for its timeout
+        check_writable(pathlib.Path(manager.directory))
       manager.save(step, args=args, force=force)
     except Exception as e:  # OSError, or orbax's ValueError wrapping one
       raise self._failed(pathlib.Path(manager.directory) / str(step), e, step) from None
@@ -509,7 +514,9 @@ class TrainCheckpointer:
     W/damaged/ with a warning naming the step and the file. None when no step is left."""
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        return step, self.restore(step, opt_state_like)
+        restored = self.restore(step, opt_state_like)
+        self._last_good = step
+        return step, restored
       except DamagedCheckpointError as e:
         aside = self.damaged_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
         if self.is_main:
