@@ -163,7 +163,11 @@ def main(argv):
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
   model = model_lib.create(dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-  ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  try:
+    ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  except (OSError, ValueError) as e:  # e.g. a file where W/best should be
+    print(f'error: cannot use the workdir\'s checkpoint folders: {e}', file=sys.stderr)
+    return 2
   kendall = checkpointing.default_kendall()
   _, bn_stats = checkpointing.model_trees(model)
   counters = {bn: 0 for bn in convert.bn_prefixes(bn_stats)}
@@ -364,6 +368,10 @@ def main(argv):
   except (RunError, checkpointing.SaveError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
+    exit_code = 1
+  except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
+    print(f'error: {e}; the last good checkpoint is step {ckptr.last_good_step()} in {workdir}/checkpoints',
+          file=sys.stderr)
     exit_code = 1
   except readers.BadFrameError as e:  # nothing of this step is saved
     logging.error('%s', e)

@@ -564,4 +564,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_checks.parse_flags)
