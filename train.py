@@ -14,6 +14,7 @@ Several processes (hosts, or local CPU processes for testing): pass `--coordinat
 
 import atexit
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -40,7 +41,7 @@ class RunError(Exception):
 
 
 class Interrupted(BaseException):
-  """SIGTERM or SIGINT before the first step (nothing to save yet)."""
+  """SIGTERM or SIGINT outside the training loop (before the first step: nothing to save yet)."""
 
   def __init__(self, signum: int):
     super().__init__(signum)
@@ -52,14 +53,20 @@ def _interrupted(signum, _):
 
 
 def run(argv) -> int:
-  """`main`, with a signal before training (during restore or compilation) as one line, not a traceback."""
+  """`main`, with a signal outside the loop (restore, compilation) as one line, not a traceback."""
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, _interrupted)
   try:
-    return main(argv)
+    code = main(argv)
+    if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
+      atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)  # pylint: disable=protected-access
+    return code
   except Interrupted as e:
-    print(f'error: stopped by {signal.Signals(e.signum).name} before the first step; nothing was saved; '
-          'rerun the same command to continue', file=sys.stderr)
+    print(f'error: stopped by {signal.Signals(e.signum).name}; steps after the last checkpoint (if any) are not '
+          'saved; rerun the same command to continue', file=sys.stderr)
     return 128 + e.signum
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging as py_logging
 import os
 import pathlib
 import shutil
@@ -353,6 +354,18 @@ def lower_is_better(metric: str) -> bool:
                    'rmse, mae, abs_rel (lower is better), delta1, delta2, delta3, miou (higher is better)')
 
 
+class _OrbaxErrorsOnOneLine(py_logging.Filter):
+  """Orbax logs the errors of its background threads with their tracebacks; training reports a full
+  disk or a vanished folder as one line, so these log records keep only the exception's own line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname:
+      kind, value, _ = record.exc_info
+      record.msg, record.args = f'{record.getMessage()} ({kind.__name__}: {value})', None
+      record.exc_info = record.exc_text = None
+    return True
+
+
 class TrainCheckpointer:
   """A workdir's checkpoints: the latest `keep` steps with every item at `W/checkpoints/`, and the
   best step by `best_metric` (model items only) at `W/best/`, both asynchronous orbax managers.
@@ -374,6 +387,9 @@ class TrainCheckpointer:
       raise ValueError(f'keep_checkpoints must be >= 1, got {keep}')
     self.keep = keep
     self.is_main = jax.process_index() == 0
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _OrbaxErrorsOnOneLine) for f in handler.filters):
+      handler.addFilter(_OrbaxErrorsOnOneLine())
     self.root = workdir / 'checkpoints'
     self.damaged_dir = workdir / 'damaged'
     if self.is_main:
@@ -539,9 +555,13 @@ class TrainCheckpointer:
         self._managers()[name][0].wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    if self.best is not None:
-      self.best.close()
+    for manager in (self.latest, self.best):
+      if manager is None:
+        continue
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except  # a failed save, reported already
+        logging.warning('closing %s: %s: %s', manager.directory, type(e).__name__, e)
 
 
 def warn(message: str) -> None:
