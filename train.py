@@ -40,34 +40,32 @@ class RunError(Exception):
   """A configuration or run condition that stops training; the message says what to change."""
 
 
-class Interrupted(BaseException):
-  """SIGTERM or SIGINT outside the training loop (before the first step: nothing to save yet)."""
-
-  def __init__(self, signum: int):
-    super().__init__(signum)
-    self.signum = signum
+_LOCK = []  # the workdir lock while held, released by `_interrupted`
 
 
 def _interrupted(signum, _):
-  raise Interrupted(signum)
+  """SIGTERM or SIGINT outside the training loop (start-up, restore, compilation): exit at once.
+
+  Raising instead would be swallowed where the signal lands in a finaliser or a garbage-collection
+  callback. Everything written so far is written atomically, so this is as safe as SIGKILL."""
+  print(f'error: stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not '
+        'saved; rerun the same command to continue', file=sys.stderr, flush=True)
+  for lock in _LOCK:
+    lock.release()
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 def run(argv) -> int:
-  """`main`, with a signal outside the loop (restore, compilation) as one line, not a traceback."""
+  """`main`, with failures that orbax's background threads would delay turned into a prompt exit."""
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, _interrupted)
-  try:
-    code = main(argv)
-    if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
-      atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(code)  # pylint: disable=protected-access
-    return code
-  except Interrupted as e:
-    print(f'error: stopped by {signal.Signals(e.signum).name}; steps after the last checkpoint (if any) are not '
-          'saved; rerun the same command to continue', file=sys.stderr)
-    return 128 + e.signum
+  code = main(argv)
+  if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
+    atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
 
 
 def check_config(config) -> None:
@@ -131,6 +129,7 @@ def main(argv):
       if is_main:
         lock.acquire()
         atexit.register(lock.release)
+        _LOCK.append(lock)
         checkpointing.check_writable(workdir / 'checkpoints')  # now, not at the first save
     except (checkpointing.LockError, OSError) as e:
       print(f'error: {e}' if isinstance(e, checkpointing.LockError) else f'error: cannot write the workdir: {e}',

@@ -438,14 +438,12 @@ class TrainCheckpointer:
   def _finish(self, name: str) -> None:
     """Waits for the pending save of manager `name`, seals it and deletes steps beyond `keep`."""
     manager, keep = self._managers()[name]
-    step = self._pending.pop(name, None)
+    step = self._pending.pop(name)
     step_dir = pathlib.Path(manager.directory) / str(step)
     try:
       manager.wait_until_finished()
     except Exception as e:  # orbax re-raises the background thread's error
       raise self._failed(step_dir, e, step) from None
-    if step is None:
-      return
     if not step_dir.is_dir():  # orbax logs a failed background write and skips finalisation
       raise self._failed(step_dir, None, step)
     if self.is_main:
@@ -455,9 +453,13 @@ class TrainCheckpointer:
         raise self._failed(step_dir / INTEGRITY_FILE, e, step) from None
     if name == 'latest':
       self._last_good = step
-    manager.reload()
-    for old in sorted(manager.all_steps())[:-keep]:
-      manager.delete(old)
+    try:
+      manager.reload()
+      for old in sorted(manager.all_steps())[:-keep]:
+        manager.delete(old)
+    except (OSError, ValueError) as e:  # the folder vanished after the seal
+      raise SaveError(f'cannot list or delete old checkpoints in {manager.directory} ({type(e).__name__}: {e}); '
+                      f'the last good checkpoint is step {self._last_good} in {self.root}') from None
 
   def poll(self) -> None:
     """Seals finished saves without blocking (single process; several processes seal in `wait`)."""

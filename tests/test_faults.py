@@ -255,14 +255,11 @@ def test_save_error_mid_run_names_path_and_last_good_step(tmp_path, synthetic_ti
   assert proc.returncode == 1, err[-3000:]
   assert 'Traceback' not in err, err[-3000:]
   line = next(line for line in err.splitlines() if line.startswith('error:'))
-  assert f'{ckpts}/' in line and 'the last good checkpoint is step' in line
-  last_good = int(line.split('the last good checkpoint is step ')[1].split()[0])
-  assert last_good == 3 and 'step 6' in line
+  assert str(ckpts) in line and 'the last good checkpoint is step 3 in' in line, line
   ckpts.unlink()
   os.rename(workdir / 'moved', ckpts)
-  for step in checkpointing.steps(workdir):
-    _assert_same(_values(workdir, step), reference_values[step])
-  assert last_good in checkpointing.steps(workdir)
+  assert checkpointing.steps(workdir) == [3]
+  _assert_same(_values(workdir, 3), reference_values[3])
 
 
 # --------------------------------------------------------------------------------------------------
