@@ -31,7 +31,7 @@ demo: setup
 	  --config.data.format=decoded
 	for set in nyu lilocbench corridor; do \
 	  $(PY) eval.py --checkpoint $(DEMO)/run --dataset $$set --data $(DEMO)/data/$$set --size $(DEMO_SIZE) \
-	    --out $(DEMO)/report/$$set.json --save-predictions $(DEMO)/report/predictions/$$set || exit 1; \
+	    --out $(DEMO)/report/$$set.json --save-predictions $(DEMO)/report/predictions/$$set --overwrite || exit 1; \
 	done
 	{ echo '# Quickstart report'; echo; \
 	  echo 'Synthetic data (`$(DEMO)/data`), `configs/quickstart.py` trained in `$(DEMO)/run`,' \

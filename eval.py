@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
+  parser.add_argument('--overwrite', action='store_true', help='replace an existing --out (and its .md) and '
+                      'the files of a non-empty --save-predictions folder')
   parser.add_argument('--coordinator-address', default='', help='host:port of process 0 (multi-process evaluation)')
   parser.add_argument('--num-processes', type=int, default=None)
   parser.add_argument('--process-id', type=int, default=None)
@@ -217,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.error('--protocol reference reproduces the reference\'s NYU validation and corridor evaluation; '
                  'use it with --dataset nyu or corridor')
   corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
+  for out in (pathlib.Path(args.out), pathlib.Path(args.out).with_suffix('.md')):
+    if out.exists() and not args.overwrite:
+      print(f'error: {out} already exists; choose another --out or pass --overwrite', file=sys.stderr)
+      return 2
+  saved = pathlib.Path(args.save_predictions) if args.save_predictions else None
+  if saved is not None and saved.is_dir() and any(saved.iterdir()) and not args.overwrite:
+    print(f'error: --save-predictions {saved} is not empty; choose another folder or pass --overwrite',
+          file=sys.stderr)
+    return 2
 
   import jax  # pylint: disable=g-import-not-at-top
 

@@ -12,7 +12,9 @@ Several processes (hosts, or local CPU processes for testing): pass `--coordinat
 `--num_processes`, `--process_id` to each; on Cloud TPU pod slices and SLURM they are detected.
 """
 
+import atexit
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -40,8 +42,44 @@ class RunError(Exception):
   """A configuration or run condition that stops training; the message says what to change."""
 
 
+_LOCK = []  # the workdir lock while held, released by `_interrupted`
+
+
+def _interrupted(signum, _):
+  """SIGTERM or SIGINT outside the training loop (start-up, restore, compilation): exit at once.
+
+  Raising instead would be swallowed where the signal lands in a finaliser or a garbage-collection
+  callback. Everything written so far is written atomically, so this is as safe as SIGKILL."""
+  print(f'error: stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not '
+        'saved; rerun the same command to continue', file=sys.stderr, flush=True)
+  for lock in _LOCK:
+    lock.release()
+  os._exit(128 + signum)  # pylint: disable=protected-access
+
+
+def run_main(argv) -> int:
+  """`main`, with failures that orbax's background threads would delay turned into a prompt exit."""
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _interrupted)
+  code = main(argv)
+  if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
+    atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
+
+
 def check_config(config) -> None:
   """Fails early, naming the config key, on values that cannot work."""
+  from efficientvit_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
+
+  try:
+    config_checks.check_ranges(config)
+    if config.best_metric:
+      checkpointing.lower_is_better(config.best_metric)
+  except ValueError as e:
+    raise RunError(str(e)) from None
   if config.requires_init_from and not config.init_from:
     raise RunError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
                    'folder, training workdir or reference .pt (e.g. the V5 weights)')
@@ -66,6 +104,7 @@ def main(argv):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+  from data_pipelines import readers  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
@@ -82,7 +121,6 @@ def main(argv):
   try:
     check_config(config)
   except RunError as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 2
 
@@ -93,6 +131,18 @@ def main(argv):
   logging.info('compilation cache: %s', cache or 'off')
   process, num_processes = jax.process_index(), jax.process_count()
   is_main = process == 0
+  if not _DRY_RUN.value:  # one writer per workdir: process 0 holds W/train.lock until exit
+    lock = checkpointing.WorkdirLock(workdir)
+    try:
+      if is_main:
+        lock.acquire()
+        atexit.register(lock.release)
+        _LOCK.append(lock)
+        checkpointing.check_writable(workdir / 'checkpoints')  # now, not at the first save
+    except (checkpointing.LockError, OSError) as e:
+      print(f'error: {e}' if isinstance(e, checkpointing.LockError) else f'error: cannot write the workdir: {e}',
+            file=sys.stderr)
+      return 2
   mesh = training.make_mesh()
   if config.batch_size % jax.device_count():
     print(f'error: batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices',
@@ -109,6 +159,7 @@ def main(argv):
     eval_sets = tuple(config.data.eval_sets)
     for name in eval_sets:  # fail now, not after hours of training
       datasets.make_reader(paths, name, 'val')
+    datasets.check_files(config)  # every file the splits name exists (cheap: no decoding)
   except (OSError, ValueError, ImportError) as e:
     print(f'error: data: {e}', file=sys.stderr)
     return 2
@@ -127,15 +178,27 @@ def main(argv):
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
   model = model_lib.create(dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-  ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  try:
+    ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  except (OSError, ValueError) as e:  # e.g. a file where W/best should be
+    print(f'error: cannot use the workdir\'s checkpoint folders: {e}', file=sys.stderr)
+    return 2
   kendall = checkpointing.default_kendall()
   _, bn_stats = checkpointing.model_trees(model)
   counters = {bn: 0 for bn in convert.bn_prefixes(bn_stats)}
   start_step, source, restored_opt = 0, 'scratch', None
-  latest = ckptr.latest_step()
-  if latest is not None:
+  resumed = None
+  if ckptr.latest_step() is not None:
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
-    ckpt, restored_opt, data_state = ckptr.restore(latest, opt_like)
+    try:  # damaged steps are moved aside with a warning; a mismatching configuration is an error
+      resumed = ckptr.restore_newest_intact(opt_like)
+    except checkpointing.CheckpointError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    if resumed is None:
+      checkpointing.warn(f'no intact checkpoint left in {workdir}/checkpoints; starting afresh')
+  if resumed is not None:
+    latest, (ckpt, restored_opt, data_state) = resumed
     checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=f'{workdir}/checkpoints/{latest}')
     kendall = ckpt.kendall
     start_step = int(data_state.get('step', latest))
@@ -200,12 +263,16 @@ def main(argv):
     workdir.mkdir(parents=True, exist_ok=True)
     previous = workdir / 'config.json'
     current = json.loads(config.to_json())
-    if previous.exists() and json.loads(previous.read_text()) != current:
+    if previous.exists() and json.loads(previous.read_text() or '{}') != current:
       logging.warning('%s differs from this run\'s config; the new one replaces it', previous)
-    previous.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp = workdir / '.config.json.tmp'
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(previous)
+    # Steps after the restored one are redone: their old rows go (each step is logged once).
+    checkpointing.truncate_metrics(workdir / 'metrics.jsonl', start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-    writer = SummaryWriter(str(workdir / 'tb'))
+    writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
     summaries.write_config(writer, current, [f'val/{name}/{m}' for name in eval_sets for m in ('rmse', 'miou')])
 
   def write_metrics(step, values):
@@ -257,8 +324,11 @@ def main(argv):
   def save(step, metrics, force=False):
     check_finite()
     ckpt = model_checkpoint(step, metrics)
-    ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // steps_per_epoch}, force=force)
-    best = bool(metrics) and ckptr.maybe_save_best(step, ckpt)
+    try:
+      ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // steps_per_epoch}, force=force)
+      best = bool(metrics) and ckptr.maybe_save_best(step, ckpt)
+    except checkpointing.SaveError as e:
+      raise RunError(str(e)) from None
     if is_main:
       console.say(f'step {step}: saving checkpoint to {workdir}/checkpoints'
                   + (f' and best/ ({config.best_metric} {metrics[config.best_metric]:.4f})' if best else ''))
@@ -268,7 +338,8 @@ def main(argv):
   # preemption sync point, which needs every process to stop at the same step).
   stop = {'signal': False}
   if num_processes == 1:
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, lambda *_: stop.update(signal=True))
 
   # ---------------------------------------------------------------------------------------------
   # Loop. The next global batch is read and its transfer to the devices started while the current
@@ -298,6 +369,7 @@ def main(argv):
         batch = next_batch()
         input_wait += time.perf_counter() - wait_start
       pending.append(metrics)
+      ckptr.poll()  # seals a finished save (integrity record), then drops old steps
       progress.update(1)
       if step % config.log_every_steps == 0 or step == total_steps:
         fetched = jax.device_get(pending)
@@ -332,14 +404,27 @@ def main(argv):
         print(f'preempted: saved step {step} in {workdir}/checkpoints; rerun the same command to resume',
               flush=True)
         break
-  except RunError as e:
+  except (RunError, checkpointing.SaveError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     exit_code = 1
+  except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
+    print(f'error: {e}; the last good checkpoint is step {ckptr.last_good_step()} in {workdir}/checkpoints',
+          file=sys.stderr)
+    exit_code = 1
+  except readers.BadFrameError as e:  # nothing of this step is saved
+    logging.error('%s', e)
+    print(f'error: data: {e} (set data.skip_bad_frames=True to skip such frames)', file=sys.stderr)
+    exit_code = 2
   finally:
     progress.close()
     data.close()
-    ckptr.wait()
+    try:
+      ckptr.wait()
+    except checkpointing.SaveError as e:
+      if exit_code == 0:
+        print(f'error: {e}', file=sys.stderr)
+        exit_code = 1
     ckptr.close()
     if writer is not None:
       writer.close()
@@ -351,7 +436,9 @@ def run():
   from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
-  app.run(lambda argv: sys.exit(main(argv)))
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  app.run(lambda argv: sys.exit(run_main(argv)), flags_parser=config_checks.parse_flags)
 
 
 if __name__ == '__main__':

@@ -188,6 +188,21 @@ def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]
   return out
 
 
+def check_files(config: ml_collections.ConfigDict) -> None:
+  """Fails (BadFrameError naming the file) when a file that the training or evaluation splits name
+  does not exist; a stat per file, no decoding. Files skipped under `data.skip_bad_frames` pass."""
+  data = config.data
+  if data.skip_bad_frames:
+    return
+  paths = resolve_paths(data)
+  splits = [(name, 'train') for name in mixing.mode_sets(data.mode)]
+  splits += [(name, 'val') for name in data.eval_sets]
+  for name, split in splits:
+    reader = make_reader(paths, name, split)
+    if hasattr(reader, 'check_files'):
+      reader.check_files()
+
+
 def _weights(data: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
   return tuple((k, float(data.weights[k])) for k in sorted(data.weights.keys()))
 

@@ -134,4 +134,6 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'out'])
-  app.run(main)
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  app.run(main, flags_parser=config_checks.parse_flags)

@@ -137,16 +137,30 @@ def match_camera(color: list[int], depth: list[int], target_fps: float) -> dict[
   return out
 
 
-def _depth_png_to_npy(src: pathlib.Path, dst: pathlib.Path) -> None:
+def _colour_size(src: pathlib.Path) -> tuple[int, int]:
+  """(height, width) of a colour PNG, decoded in full so that a truncated file fails here."""
+  try:
+    with Image.open(src) as im:
+      im.load()
+      return im.size[1], im.size[0]
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f'{src}: unreadable colour PNG: {e}') from None
+
+
+def _depth_png_to_npy(src: pathlib.Path, dst: pathlib.Path, colour: pathlib.Path | None = None) -> None:
+  """uint16 mm PNG -> float32 m .npy; with `colour`, the depth frame must have the colour frame's size."""
   try:
     with Image.open(src) as im:
       mode = im.mode
       arr = np.asarray(im)
-  except OSError as e:
+  except (OSError, SyntaxError, ValueError) as e:
     raise ValueError(f'{src}: unreadable depth PNG: {e}') from None
   if arr.dtype != np.uint16 or arr.ndim != 2:
     raise ValueError(f'{src}: depth PNG must be single-channel uint16 millimetres, '
                      f'found mode {mode} ({arr.dtype}, shape {arr.shape})')
+  if colour is not None and arr.shape != _colour_size(colour):
+    raise ValueError(f'{src}: depth frame of {arr.shape[0]}x{arr.shape[1]} does not match its colour frame '
+                     f'{colour} of {"x".join(map(str, _colour_size(colour)))}')
   np.save(dst, arr.astype(np.float32) * np.float32(0.001))
 
 
@@ -218,7 +232,7 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
     def one(job):
       idx, cp, dp = job
       shutil.copyfile(cp, tmp / 'rgb' / f'{idx:06d}.png')
-      _depth_png_to_npy(dp, tmp / 'depth' / f'{idx:06d}.npy')
+      _depth_png_to_npy(dp, tmp / 'depth' / f'{idx:06d}.npy', colour=cp)
 
     with futures.ThreadPoolExecutor(num_threads) as pool:
       for f in console.iterate([pool.submit(one, j) for j in jobs], f'extract {seq.name}', unit='frame'):
@@ -250,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     s = extract(args.input, args.output, args.target_fps, cams)
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   for name, c in s['cameras'].items():
     src = 'D455 default (no intrinsics.yaml)' if c['intrinsics_form'] == 'default' else c['intrinsics_form']
     print(f'{name}: {c["num_color"]} colour, {c["num_depth"]} depth, {c["num_dropped"]} dropped '

@@ -433,6 +433,13 @@ class FileReader(Reader):
   def describe(self, i: int) -> str:
     return self.refs[i].where
 
+  def check_files(self) -> None:
+    """Raises BadFrameError naming the first file of the split that does not exist (stat only)."""
+    missing = [(p, ref.where) for ref in self.refs for p in ref.files.values() if not os.path.isfile(p)]
+    if missing:
+      raise BadFrameError(f'{missing[0][0]} ({missing[0][1]}): no such file'
+                          + (f'; {len(missing)} files of the {self.name} split are missing' if len(missing) > 1 else ''))
+
   def _record(self, i: int) -> tuple[dict[str, bytes], dict[str, str]]:
     ref = self.refs[i]
     names = {f: f'{p} ({ref.where}, {f})' for f, p in ref.files.items()}

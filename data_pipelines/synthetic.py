@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     info = generate(args.out, args.seed, args.size, args.workers, args.overwrite)
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   print(json.dumps({'counts': info['counts'], 'measured': info['measured']}, indent=1))
   print(f'wrote {args.out} in {time.time() - t0:.1f} s')
   return 0

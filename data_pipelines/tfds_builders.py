@@ -24,6 +24,7 @@ Read: `TfdsReader(DIR, 'nyu', 'train')`, through `builder.as_data_source(split)`
 import argparse
 import inspect
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -165,7 +166,7 @@ class TfdsReader(readers.Reader):
     return readers.assemble(record, names, self.domain, int(ex['index']), self.labels_to_6)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
 
@@ -185,10 +186,15 @@ def main(argv: list[str] | None = None) -> None:
   data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest
   data.lilocbench.manifest, data.corridor.manifest = args.lilocbench_manifest, args.corridor_manifest
   paths = datasets.resolve_paths(data)
-  for set_name in args.sets.split(','):
-    folder = build(set_name, paths, paths['tfds_dir'])
-    print(f'{set_name}: {folder}')
+  try:
+    for set_name in args.sets.split(','):
+      folder = build(set_name, paths, paths['tfds_dir'])
+      print(f'{set_name}: {folder}')
+  except (OSError, ValueError) as e:  # readers' errors (BadFrameError included) name the file
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

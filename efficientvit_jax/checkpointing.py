@@ -10,23 +10,46 @@ A training workdir keeps its root at `W/checkpoints/`. Trees are nested dicts wi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging as py_logging
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 MODEL_ITEMS = ('params', 'batch_stats', 'kendall', 'meta')
 TRAIN_ITEMS = ('opt_state', 'data_state')
+# Written into a step folder once orbax has finalised it: size and SHA-256 of every file.
+INTEGRITY_FILE = 'integrity.json'
+TMP_MARKER = '.orbax-checkpoint-tmp'  # orbax's suffix for a step folder still being written
+LOCK_FILE = 'train.lock'
 
 
 class CheckpointError(Exception):
   """A checkpoint source that cannot be read or does not fit the model; the message names it."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint step whose files differ from what was written (missing, truncated, altered)."""
+
+
+class SaveError(Exception):
+  """Writing a checkpoint failed (disk full, permission, vanished folder); the message names the
+  path and the last good step."""
+
+
+class LockError(Exception):
+  """The workdir is in use by another training process; the message names it."""
 
 
 @dataclasses.dataclass
@@ -132,15 +155,20 @@ def _save_args(ckpt: Checkpoint, extra: dict[str, Any] | None = None) -> ocp.arg
   return ocp.args.Composite(**items)
 
 
-def write_folder(dst: str | os.PathLike, ckpt: Checkpoint) -> pathlib.Path:
-  """Writes a new checkpoint folder (a root with the one step `ckpt.step`), atomically.
+def write_folder(dst: str | os.PathLike, ckpt: Checkpoint, *, overwrite: bool = False) -> pathlib.Path:
+  """Writes a new checkpoint folder (a root with the one step `ckpt.step`, sealed), atomically.
 
   Everything is written beside `dst` and renamed into place at the end, so on any error nothing is
-  left at `dst`. An existing non-empty `dst` is refused.
+  left at `dst`. An existing non-empty `dst` is refused unless `overwrite` (a folder only).
   """
   dst = pathlib.Path(dst).absolute()
-  if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-    raise CheckpointError(f'{dst} already exists; choose a new destination')
+  if dst.exists() and not dst.is_dir():
+    raise CheckpointError(f'{dst} exists and is not a folder; choose a new destination')
+  if dst.exists() and any(dst.iterdir()) and not overwrite:
+    raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
+  if dst.exists() and any(dst.iterdir()) and not _is_root(dst):
+    raise CheckpointError(f'{dst} is a folder that is not a checkpoint folder; --overwrite replaces only '
+                          'checkpoint folders: choose a new destination')
   # Checked up front: orbax reports bad leaves from a background thread that may still create
   # folders after the error reached us.
   for item, tree in (('params', ckpt.params), ('batch_stats', ckpt.batch_stats), ('kendall', ckpt.kendall)):
@@ -153,12 +181,72 @@ def write_folder(dst: str | os.PathLike, ckpt: Checkpoint) -> pathlib.Path:
     with ocp.CheckpointManager(tmp / 'root', item_names=MODEL_ITEMS) as manager:
       manager.save(ckpt.step, args=_save_args(ckpt))
       manager.wait_until_finished()
-    if dst.exists():
+    seal(tmp / 'root' / str(ckpt.step))
+    if overwrite and dst.exists():
+      os.replace(dst, tmp / 'old')  # removed with tmp once the new folder is in place
+    elif dst.exists():
       dst.rmdir()
     os.replace(tmp / 'root', dst)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return dst
+
+
+def seal(step_dir: str | os.PathLike) -> None:
+  """Records size and SHA-256 of every file of a finalised step folder in its `integrity.json`."""
+  step_dir = pathlib.Path(step_dir)
+  files = {}
+  for path in sorted(step_dir.rglob('*')):
+    rel = path.relative_to(step_dir).as_posix()
+    if path.is_file() and rel != INTEGRITY_FILE:
+      files[rel] = {'size': path.stat().st_size, 'sha256': _digest(path)}
+  tmp = step_dir / f'.{INTEGRITY_FILE}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'version': 1, 'files': files}, f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, step_dir / INTEGRITY_FILE)
+
+
+def _digest(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def verify(step_dir: str | os.PathLike) -> bool:
+  """Checks a step folder against its `integrity.json`; False when it has none (written before
+  integrity records existed, or killed between orbax's finalisation and the record).
+
+  Raises DamagedCheckpointError naming the first file that is missing, truncated or altered.
+  """
+  step_dir = pathlib.Path(step_dir)
+  record = step_dir / INTEGRITY_FILE
+  if not record.exists():
+    return False
+  try:
+    files = json.loads(record.read_text())['files']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DamagedCheckpointError(f'{record}: unreadable integrity record ({type(e).__name__})') from None
+  for rel, want in files.items():
+    path = step_dir / rel
+    if not path.is_file():
+      raise DamagedCheckpointError(f'{path}: missing')
+    size = path.stat().st_size
+    if size != want['size']:
+      raise DamagedCheckpointError(f'{path}: {size} bytes where {want["size"]} were written (truncated or altered)')
+    if _digest(path) != want['sha256']:
+      raise DamagedCheckpointError(f'{path}: content differs from what was written (checksum mismatch)')
+  return True
+
+
+def leftover_tmp(root: pathlib.Path) -> list[pathlib.Path]:
+  """Temporary step folders of saves that never finished (a crash, a full disk)."""
+  if not root.is_dir():
+    return []
+  return sorted(p for p in root.iterdir() if TMP_MARKER in p.name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,22 +276,39 @@ def steps(src: str | os.PathLike) -> list[int]:
 
 
 def restore_items(root: pathlib.Path, step: int | None, names: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
-  """Restores the named items of `step` (default: latest) as saved, numpy leaves."""
+  """Restores the named items of `step` (default: latest) as saved, numpy leaves.
+
+  The step is verified against its integrity record first (DamagedCheckpointError naming the file);
+  an error of orbax while reading is reported the same way.
+  """
   with ocp.CheckpointManager(root.absolute()) as manager:
     available = sorted(manager.all_steps())
+    unfinished = [p.name for p in leftover_tmp(root)]
+    if step is not None and step not in available:
+      if any(name.split('.')[0] == str(step) for name in unfinished):
+        raise DamagedCheckpointError(f'{root}/{step}: the save of step {step} never finished (only a temporary '
+                                     f'folder is left); available steps: {available}')
+      raise CheckpointError(f'{root}: no step {step}; available steps: {available}')
     if not available:
-      raise CheckpointError(f'{root}: no finished checkpoint step')
+      raise CheckpointError(f'{root}: no finished checkpoint step' +
+                            (f' (unfinished saves: {unfinished})' if unfinished else ''))
     if step is None:
       step = available[-1]
-    elif step not in available:
-      raise CheckpointError(f'{root}: no step {step}; available steps: {available}')
-    present = set(os.listdir(root / str(step)))
+    step_dir = root / str(step)
+    if not verify(step_dir):
+      logging.warning('%s has no %s (an older checkpoint, or a run stopped just after saving): not verified',
+                      step_dir, INTEGRITY_FILE)
+    present = set(os.listdir(step_dir))
     args = {}
     for name in names:
       if name not in present:
         continue
       args[name] = ocp.args.JsonRestore() if name in ('meta', 'data_state') else ocp.args.StandardRestore()
-    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged folders
+      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+      raise DamagedCheckpointError(f'{step_dir}: unreadable ({type(e).__name__}: {first})') from None
     return step, {name: restored[name] for name in args}
 
 
@@ -249,6 +354,18 @@ def lower_is_better(metric: str) -> bool:
                    'rmse, mae, abs_rel (lower is better), delta1, delta2, delta3, miou (higher is better)')
 
 
+class _OrbaxErrorsOnOneLine(py_logging.Filter):
+  """Orbax logs the errors of its background threads with their tracebacks; training reports a full
+  disk or a vanished folder as one line, so these log records keep only the exception's own line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.exc_info and f'{os.sep}orbax{os.sep}' in record.pathname:
+      kind, value, _ = record.exc_info
+      record.msg, record.args = f'{record.getMessage()} ({kind.__name__}: {value})', None
+      record.exc_info = record.exc_text = None
+    return True
+
+
 class TrainCheckpointer:
   """A workdir's checkpoints: the latest `keep` steps with every item at `W/checkpoints/`, and the
   best step by `best_metric` (model items only) at `W/best/`, both asynchronous orbax managers.
@@ -256,6 +373,11 @@ class TrainCheckpointer:
   Two managers because orbax 0.12.8's `best_fn` together with `max_to_keep` may delete the newest
   step, which resuming needs. `opt_state` is stored as its list of leaves (`'0'`, `'1'`, ...) and
   restored into the structure of the live optimiser state; `data_state` is JSON.
+
+  Once orbax has finalised a step, process 0 seals it (`seal`), and only then are older steps
+  deleted (here, not by orbax's `max_to_keep`): at any moment an intact step is on disk. A failed
+  save raises SaveError naming the path and the last good step. Leftover temporary folders of
+  unfinished saves are removed at start with a warning.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int, best_metric: str = '',
@@ -263,30 +385,109 @@ class TrainCheckpointer:
     workdir = pathlib.Path(workdir).absolute()
     if keep < 1:
       raise ValueError(f'keep_checkpoints must be >= 1, got {keep}')
+    self.keep = keep
+    self.is_main = jax.process_index() == 0
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _OrbaxErrorsOnOneLine) for f in handler.filters):
+      handler.addFilter(_OrbaxErrorsOnOneLine())
+    self.root = workdir / 'checkpoints'
+    self.damaged_dir = workdir / 'damaged'
+    if self.is_main:
+      for folder in (self.root, workdir / 'best'):
+        for tmp in leftover_tmp(folder):
+          logging.warning('removing %s: the temporary folder of a save that never finished', tmp)
+          shutil.rmtree(tmp, ignore_errors=True)
     # Each manager needs its own barrier names: with several processes, the two finalising the
     # same step at once would otherwise meet at one barrier and fail.
-    options = lambda n, name: ocp.CheckpointManagerOptions(
-        max_to_keep=n, create=True, enable_async_checkpointing=async_save,
+    options = lambda name: ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=True, enable_async_checkpointing=async_save,
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
-    self.latest = ocp.CheckpointManager(workdir / 'checkpoints', options=options(keep, 'latest'),
+    self.latest = ocp.CheckpointManager(self.root, options=options('latest'),
                                         item_names=MODEL_ITEMS + TRAIN_ITEMS)
     self.best_metric = best_metric
     self.best = None
     self.best_value = None
+    self._pending: dict[str, int] = {}  # manager name -> step saved but not yet sealed
+    self._last_good = self.latest.latest_step()
     if best_metric:
       self._lower = lower_is_better(best_metric)
-      self.best = ocp.CheckpointManager(workdir / 'best', options=options(1, 'best'), item_names=MODEL_ITEMS)
+      self.best = ocp.CheckpointManager(workdir / 'best', options=options('best'), item_names=MODEL_ITEMS)
       if self.best.latest_step() is not None:
-        _, items = restore_items(workdir / 'best', None, ('meta',))
-        self.best_value = (items.get('meta') or {}).get('metrics', {}).get(best_metric)
+        try:
+          _, items = restore_items(workdir / 'best', None, ('meta',))
+          self.best_value = (items.get('meta') or {}).get('metrics', {}).get(best_metric)
+        except DamagedCheckpointError as e:
+          logging.warning('best checkpoint: %s; the next evaluation replaces it', e)
+
+  def _managers(self) -> dict[str, tuple[ocp.CheckpointManager, int]]:
+    out = {'latest': (self.latest, self.keep)}
+    if self.best is not None:
+      out['best'] = (self.best, 1)
+    return out
+
+  def last_good_step(self) -> int | None:
+    """The newest step of W/checkpoints known intact (sealed by this run, or found at start)."""
+    return self._last_good
+
+  def _failed(self, path: pathlib.Path, e: BaseException | None, step: int) -> SaveError:
+    first = str(e).strip().splitlines()[0][:300] if e is not None and str(e).strip() else ''
+    reason = f'{type(e).__name__}: {first}' if e is not None else _write_probe(path.parent)
+    return SaveError(f'cannot write checkpoint step {step} to {path} ({reason}); the last good checkpoint '
+                     f'is step {self.last_good_step()} in {self.root}')
+
+  def _finish(self, name: str) -> None:
+    """Waits for the pending save of manager `name`, seals it and deletes steps beyond `keep`."""
+    manager, keep = self._managers()[name]
+    step = self._pending.pop(name)
+    step_dir = pathlib.Path(manager.directory) / str(step)
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # orbax re-raises the background thread's error
+      raise self._failed(step_dir, e, step) from None
+    if not step_dir.is_dir():  # orbax logs a failed background write and skips finalisation
+      raise self._failed(step_dir, None, step)
+    if self.is_main:
+      try:
+        seal(step_dir)
+      except OSError as e:
+        raise self._failed(step_dir / INTEGRITY_FILE, e, step) from None
+    if name == 'latest':
+      self._last_good = step
+    try:
+      manager.reload()
+      for old in sorted(manager.all_steps())[:-keep]:
+        manager.delete(old)
+    except (OSError, ValueError) as e:  # the folder vanished after the seal
+      raise SaveError(f'cannot list or delete old checkpoints in {manager.directory} ({type(e).__name__}: {e}); '
+                      f'the last good checkpoint is step {self._last_good} in {self.root}') from None
+
+  def poll(self) -> None:
+    """Seals finished saves without blocking (single process; several processes seal in `wait`)."""
+    if jax.process_count() > 1:
+      return
+    for name in list(self._pending):
+      if not self._managers()[name][0].is_saving_in_progress():
+        self._finish(name)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def _save(self, name: str, step: int, args: ocp.args.Composite, force: bool) -> None:
+    if name in self._pending:
+      self._finish(name)
+    manager = self._managers()[name][0]
+    try:
+      if self.is_main:  # orbax would fail in a background thread and wait for its timeout
+        check_writable(pathlib.Path(manager.directory))
+      manager.save(step, args=args, force=force)
+    except Exception as e:  # OSError, or orbax's ValueError wrapping one
+      raise self._failed(pathlib.Path(manager.directory) / str(step), e, step) from None
+    self._pending[name] = step
+
   def save(self, step: int, ckpt: Checkpoint, opt_state: Any, data_state: dict[str, Any], *,
            force: bool = False) -> None:
     leaves = {str(i): to_host(x) for i, x in enumerate(jax.tree.leaves(opt_state))}
-    self.latest.save(step, args=_save_args(ckpt, {'opt_state': leaves, 'data_state': data_state}), force=force)
+    self._save('latest', step, _save_args(ckpt, {'opt_state': leaves, 'data_state': data_state}), force)
 
   def maybe_save_best(self, step: int, ckpt: Checkpoint) -> bool:
     """Saves `ckpt` under W/best when its `meta['metrics'][best_metric]` beats the best so far."""
@@ -299,7 +500,7 @@ class TrainCheckpointer:
     if better:
       if self.best.latest_step() == step:  # the same step evaluated again after a resume
         return False
-      self.best.save(step, args=_save_args(ckpt), force=True)
+      self._save('best', step, _save_args(ckpt), True)
       self.best_value = value
     return better
 
@@ -318,21 +519,148 @@ class TrainCheckpointer:
       if value.shape != tuple(like.shape):
         raise CheckpointError(f'{root}/{step}: opt_state leaf {i} has shape {value.shape}, expected {tuple(like.shape)}')
       restored.append(value.astype(like.dtype))
+    if 'params' not in items:
+      raise DamagedCheckpointError(f'{root}/{step}/params: missing')
     meta = dict(items.get('meta') or {})
     ckpt = Checkpoint(params=items['params'], batch_stats=items.get('batch_stats') or {},
                       kendall={k: np.asarray(v, np.float32) for k, v in (items.get('kendall') or default_kendall()).items()},
                       meta=meta)
     return ckpt, jax.tree.unflatten(treedef, restored), dict(items.get('data_state') or {})
 
+  def restore_newest_intact(self, opt_state_like: Any) -> tuple[int, tuple[Checkpoint, Any, dict[str, Any]]] | None:
+    """Restores the newest step that passes verification, newest first; damaged steps are moved to
+    W/damaged/ with a warning naming the step and the file. None when no step is left."""
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.restore(step, opt_state_like)
+        self._last_good = step
+        return step, restored
+      except DamagedCheckpointError as e:
+        aside = self.damaged_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+        if self.is_main:
+          aside.parent.mkdir(parents=True, exist_ok=True)
+          os.replace(self.root / str(step), aside)
+        warn(f'checkpoint step {step} is damaged ({e}); moved it to {aside} and resuming from the newest '
+             'intact step')
+        self.latest.reload()
+    return None
+
   def reached_preemption(self, step: int) -> bool:
     return self.latest.reached_preemption(step)
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    if self.best is not None:
-      self.best.wait_until_finished()
+    """Waits for the saves in flight and seals them; SaveError if one failed."""
+    for name in list(self._managers()):
+      if name in self._pending:
+        self._finish(name)
+      else:
+        self._managers()[name][0].wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    if self.best is not None:
-      self.best.close()
+    for manager in (self.latest, self.best):
+      if manager is None:
+        continue
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except  # a failed save, reported already
+        logging.warning('closing %s: %s: %s', manager.directory, type(e).__name__, e)
+
+
+def warn(message: str) -> None:
+  """A warning the user must see: logged and printed on stderr as one line."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  logging.warning('%s', message)
+  print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def check_writable(folder: pathlib.Path) -> None:
+  """Creates `folder` if needed and a file in it; OSError (naming the path) when that fails."""
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
+      pass
+  except OSError as e:
+    raise OSError(f'{folder}: {e.strerror or e}') from None
+
+
+def _write_probe(folder: pathlib.Path) -> str:
+  """Why `folder` cannot take a new file (for save errors whose cause orbax only logged)."""
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
+      pass
+  except OSError as e:
+    return f'{type(e).__name__}: {e.strerror or e}'
+  return 'the save did not finish; see the log'
+
+
+def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Drops the rows of `metrics.jsonl` after `last_step` (steps a resumed run redoes) and a partial
+  last line left by a kill, so each step is logged once. Rewritten atomically."""
+  if not path.exists():
+    return
+  kept, dropped = [], 0
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+      if int(row['step']) <= last_step:
+        kept.append(line)
+        continue
+    except (ValueError, KeyError, TypeError):
+      pass
+    dropped += 1
+  if dropped:
+    logging.info('%s: dropped %d rows after step %d (redone by this run)', path, dropped, last_step)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(''.join(line + '\n' for line in kept))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# One writer per workdir
+
+
+class WorkdirLock:
+  """`W/train.lock`: an exclusive `flock` held while training, with the holder's pid, host and start
+  time in the file. The kernel releases the lock when its process dies, however it dies, so a lock
+  file left by a dead process is taken over (with a warning naming that process)."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = pathlib.Path(workdir).absolute() / LOCK_FILE
+    self._fd = None
+
+  def acquire(self) -> None:
+    import fcntl  # pylint: disable=g-import-not-at-top
+
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _describe_holder(os.pread(fd, 4096, 0))
+      os.close(fd)
+      raise LockError(f'{self.path.parent} is in use by {holder}; wait for it to finish, stop it, '
+                      'or use another --workdir') from None
+    previous = os.pread(fd, 4096, 0)
+    if previous.strip():
+      warn(f'{self.path}: taking over the lock of {_describe_holder(previous)}, which is no longer running')
+    me = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                     'started': time.strftime('%Y-%m-%d %H:%M:%S')})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode() + b'\n', 0)
+    os.fsync(fd)
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)  # an empty lock file = released cleanly
+      os.close(self._fd)
+      self._fd = None
+
+
+def _describe_holder(raw: bytes) -> str:
+  try:
+    info = json.loads(raw.decode())
+    return f'train.py process {info["pid"]} on host {info["host"]} (started {info["started"]})'
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    return 'another process'

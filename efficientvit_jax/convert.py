@@ -106,14 +106,24 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> M
     head = f.read(2)
   if not zipfile.is_zipfile(path) and head[:1] != b'\x80':
     raise CheckpointError(f'{path}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle)')
+  if zipfile.is_zipfile(path):  # torch.save records a CRC-32 per member: damaged bytes show here
+    try:
+      with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+      raise CheckpointError(f'{path}: damaged zip archive ({e})') from None
+    if bad is not None:
+      raise CheckpointError(f'{path}: damaged: member {bad} fails its CRC-32 check')
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+      obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
   except pickle.UnpicklingError as e:
     if not allow_pickle and 'Unsupported global' in str(e):
       found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
       raise CheckpointError(
-          f'{path}: holds objects ({found.group(1) if found else "unknown"}) that '
-          'torch.load(weights_only=True) refuses; if you trust the file, rerun with --allow-pickle') from None
+          f'{path}: holds objects ({found.group(1) if found else "unknown"}) beyond tensors, numbers and '
+          'numpy scalars, which torch.load(weights_only=True) refuses; if you trust the file, rerun with '
+          '--allow-pickle') from None
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
   except Exception as e:  # torch raises many types (RuntimeError, KeyError, EOFError) for bad bytes
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
@@ -121,6 +131,20 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> M
   if not isinstance(obj, Mapping):
     raise CheckpointError(f'{path}: holds a {type(obj).__name__}, not a checkpoint dict or state dict')
   return obj
+
+
+def numpy_safe_globals() -> list[Any]:
+  """What `weights_only` loading needs for plain numpy scalars (`np.float64(0.41)` in the
+  reference's metrics) under numpy 1.x and 2.x names: the scalar constructor and the numeric dtypes.
+  Object, string and void dtypes are left out: they could carry arbitrary objects."""
+  scalar = np._core.multiarray.scalar  # pylint: disable=protected-access
+  out: list[Any] = [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype]
+  for name in ('Bool', 'Int8', 'Int16', 'Int32', 'Int64', 'UInt8', 'UInt16', 'UInt32', 'UInt64', 'Float16',
+               'Float32', 'Float64', 'LongDouble', 'Complex64', 'Complex128', 'Byte', 'UByte', 'Short',
+               'UShort', 'Int', 'UInt', 'Long', 'ULong', 'LongLong', 'ULongLong'):
+    if hasattr(np.dtypes, name + 'DType'):
+      out.append(getattr(np.dtypes, name + 'DType'))
+  return out
 
 
 def split_checkpoint(obj: Mapping[str, Any], source: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
@@ -175,10 +199,11 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
       value = _numpy(sd[key])
       kind = _kind(path)
       expected = _torch_shape(path, shape_struct.shape)
+      if value.dtype != np.float32:  # first: a wrong dtype is reported as such
+        raise CheckpointError(f'{source}: key {key} has dtype {value.dtype}, expected float32')
       if value.shape != expected:
         raise CheckpointError(f'{source}: key {key} has shape {value.shape}, expected {expected}')
-      if value.dtype != np.float32:
-        raise CheckpointError(f'{source}: key {key} has dtype {value.dtype}, expected float32')
+      check_finite(value, f'{source}: key {key}')
       flat[path] = np.ascontiguousarray(value.transpose(_TO_JAX[kind]) if value.ndim == 4 else value)
       used.add(key)
     trees.append(checkpointing.unflatten(flat))
@@ -197,6 +222,13 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
     raise CheckpointError(f'{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected '
                           'keys in all); is this a checkpoint of this network?')
   return trees[0], trees[1], num_batches
+
+
+def check_finite(value: np.ndarray, name: str) -> None:
+  """CheckpointError naming `name` when `value` holds NaN or infinity."""
+  bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+  if bad:
+    raise CheckpointError(f'{name} holds {bad} non-finite values (NaN or infinity) of {np.size(value)}')
 
 
 def _torch_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -226,9 +258,13 @@ def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
   criterion = rest.get('criterion') or {}
   for name in kendall:
     if name in criterion:
-      value = _numpy(criterion[name]).astype(np.float32)
+      value = _numpy(criterion[name])
+      if not np.issubdtype(value.dtype, np.floating):
+        raise CheckpointError(f'{source}: criterion.{name} has dtype {value.dtype}, expected a float')
+      value = value.astype(np.float32)
       if value.shape != (1,):
         raise CheckpointError(f'{source}: criterion.{name} has shape {value.shape}, expected (1,)')
+      check_finite(value, f'{source}: criterion.{name}')
       kendall[name] = value
   metrics = {k: _json_safe(v) for k, v in rest.items()
              if k not in ('criterion', 'epoch', 'optimizer', 'scheduler', 'config')}
@@ -272,8 +308,11 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
                             'checkpoint cannot become a reference .pt')
     for path, value in flat.items():
       value = np.asarray(value)
+      if value.dtype != np.float32:
+        raise CheckpointError(f'{item}.{path} has dtype {value.dtype}, expected float32')
       if value.shape != tuple(shapes[path].shape):
         raise CheckpointError(f'{item}.{path} has shape {value.shape}, expected {tuple(shapes[path].shape)}')
+      check_finite(value, f'{item}.{path}')
       kind = _kind(path)
       values[torch_key(path)] = value.transpose(_TO_TORCH[kind]) if value.ndim == 4 else value
   counters = ckpt.meta.get('num_batches_tracked') or {}
@@ -290,6 +329,8 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
   the last finished epoch, -1 for none) (+ metric fields, + `optimizer`, `scheduler` when given)."""
   import torch  # pylint: disable=g-import-not-at-top
 
+  for name, value in ckpt.kendall.items():
+    check_finite(np.asarray(value), f'kendall.{name}')
   out: dict[str, Any] = {
       'model': state_dict_from_checkpoint(ckpt),
       'criterion': {k: torch.from_numpy(np.asarray(v, np.float32).reshape(1).copy())
@@ -304,11 +345,16 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
   return out
 
 
-def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[dict, dict] | None = None) -> None:
-  """Writes a reference `.pt` atomically (temporary file + rename)."""
+def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[dict, dict] | None = None,
+               *, overwrite: bool = False) -> None:
+  """Writes a reference `.pt` atomically (temporary file + rename); an existing `dst` only with
+  `overwrite`."""
   import torch  # pylint: disable=g-import-not-at-top
 
   dst = pathlib.Path(dst)
+  if dst.exists() and not (overwrite and dst.is_file()):
+    raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite'
+                          if dst.is_file() else f'{dst} exists and is not a file; choose a new destination')
   payload = torch_checkpoint(ckpt, training_state)
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = dst.with_name(f'.{dst.name}.tmp-{os.getpid()}')
@@ -472,21 +518,25 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('src')
   p.add_argument('dst')
   p.add_argument('--allow-pickle', action='store_true',
-                 help='fully unpickle files that weights_only loading refuses (trusted files only)')
+                 help='fully unpickle files holding objects beyond tensors, numbers and numpy scalars '
+                      '(trusted files only)')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
   p = sub.add_parser('orbax-to-torch', help='checkpoint folder / workdir -> reference .pt')
   p.add_argument('src')
   p.add_argument('dst')
   p.add_argument('--step', type=int, default=None)
   p.add_argument('--with-optimizer', action='store_true',
                  help="also the AdamW and scheduler state (training workdirs), for the reference's train.py --resume")
+  p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
   p = sub.add_parser('timm-encoder', help='timm ImageNet weights (.pth/.safetensors) -> encoder-only checkpoint')
   p.add_argument('src')
   p.add_argument('dst')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
   args = parser.parse_args(argv)
   try:
     if args.command == 'torch-to-orbax':
       ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
-      checkpointing.write_folder(args.dst, ckpt)
+      checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
       dropped = ckpt.meta['dropped']
       print(f'wrote {args.dst}: {len(checkpointing.flatten(ckpt.params))} parameters, '
             f'{len(checkpointing.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
@@ -495,15 +545,18 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == 'orbax-to-torch':
       if pathlib.Path(args.src).is_file():
         raise CheckpointError(f'{args.src}: orbax-to-torch reads a checkpoint folder or workdir')
+      dst = pathlib.Path(args.dst)
+      if dst.exists() and not args.overwrite:  # before loading: fail fast
+        raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
       ckpt = checkpointing.load_any(args.src, args.step)
       training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
-      save_torch(ckpt, args.dst, training_state)
+      save_torch(ckpt, args.dst, training_state, overwrite=args.overwrite)
       print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
             f'(0-based index of the last finished epoch; from step {ckpt.step})'
             + ('; optimizer (AdamW, 3 groups) and scheduler state' if training_state else ''))
     else:
       ckpt = encoder_checkpoint_from_timm(args.src)
-      checkpointing.write_folder(args.dst, ckpt)
+      checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
       print(f'wrote {args.dst}: encoder only ({len(checkpointing.flatten(ckpt.params))} parameters); '
             'use it as init_from')
   except CheckpointError as e:

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
+  parser.add_argument('--overwrite', action='store_true', help='replace existing outputs in --out')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
   runtime.enable_compilation_cache(args.compilation_cache)
@@ -204,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   out_dir = pathlib.Path(args.out)
+  suffixes = ('_depth.npy', '_seg.png', '_panel.png') + (('_seg_logits.npy',) if args.save_logits else ())
+  existing = [out_dir / f'{stem}{s}' for stem in stems for s in suffixes if (out_dir / f'{stem}{s}').exists()]
+  if existing and not args.overwrite:
+    print(f'error: {existing[0]} already exists ({len(existing)} outputs in all); choose another --out or '
+          'pass --overwrite', file=sys.stderr)
+    return 2
   out_dir.mkdir(parents=True, exist_ok=True)
   predictor = Predictor(model, args.size, args.batch_size)
   resized = [resize_rgb(rgb, args.size) for rgb in rgbs]

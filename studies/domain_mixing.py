@@ -467,7 +467,7 @@ def evaluate(study_dir: pathlib.Path, runs: Sequence[Run], role: str, expected_s
   batch = study_dir / 'evals' / f'_{role}.json'
   command = [sys.executable, 'eval.py', *(a for r in pending for a in ('--checkpoint', r.checkpoint)),
              '--dataset', dataset, '--data', data, '--split', split, '--size', f'{size[0]}x{size[1]}',
-             '--batch-size', str(batch_size), '--out', str(batch)]
+             '--batch-size', str(batch_size), '--out', str(batch), '--overwrite']
   print(f'  $ {shlex.join(command[1:])}', file=log, flush=True)
   log_path = study_dir / 'evals' / f'_{role}.log'
   log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -570,7 +570,9 @@ def main(argv: Sequence[str]) -> int:
 
 def run():
   """The `evit-study` command."""
-  app.run(lambda argv: sys.exit(main(argv)))
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_checks.parse_flags)
 
 
 if __name__ == '__main__':

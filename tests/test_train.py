@@ -161,7 +161,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
   import shutil
 
   shutil.copytree(uninterrupted, workdir)
-  proc = _train(workdir, synthetic_tiny, '--config.num_train_steps=20', '--config.optimizer.decoder_lr=inf', expect=1)
+  proc = _train(workdir, synthetic_tiny, '--config.num_train_steps=20', '--config.optimizer.decoder_lr=1e38', expect=1)
   assert 'non-finite loss at step 17' in proc.stderr
   assert checkpointing.steps(workdir)[-1] == 16
   a, b = _params(uninterrupted), _params(workdir)

@@ -1,0 +1,136 @@
+"""Start-up checks of a training configuration and of its command-line overrides.
+
+`check_ranges(config)` range-checks every numeric key (steps, epochs, rates, sizes, windows,
+shares) and raises ValueError naming the key. `parse_flags` is an `absl.app.run` flags parser that
+turns a bad flag or an unknown `--config.KEY` into one line on stderr (with the closest key names)
+and exit code 2, instead of ml_collections' traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import math
+import sys
+from typing import Any
+
+# key -> (minimum, maximum), both inclusive; None = unbounded. Keys not listed that hold numbers
+# must still be finite. `data.weights.*` are shares (>= 0, some > 0).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    'batch_size': (1, None),
+    'seed': (0, 2**31 - 1),
+    'num_epochs': (0, None),
+    'num_train_steps': (0, None),
+    'log_every_steps': (1, None),
+    'eval_every_steps': (0, None),
+    'checkpoint_every_steps': (1, None),
+    'keep_checkpoints': (1, None),
+    'freeze_encoder_epochs': (0, None),
+    'data.input_size': (32, 4096),
+    'data.num_threads': (1, 1024),
+    'data.num_workers': (0, 1024),
+    'data.prefetch_buffer_size': (1, None),
+    'optimizer.encoder_lr': (0, None),
+    'optimizer.decoder_lr': (0, None),
+    'optimizer.kendall_lr': (0, None),
+    'optimizer.weight_decay': (0, None),
+    'optimizer.clip_norm': (0, None),
+    'optimizer.warmup_steps': (0, None),
+    'loss.lambda_depth': (0, None),
+    'loss.lambda_seg': (0, None),
+    'loss.lambda_edge': (0, None),
+}
+
+
+def _leaves(tree: Any, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key in tree.keys():
+    value = tree[key]
+    name = f'{prefix}{key}'
+    if hasattr(value, 'keys'):
+      out.update(_leaves(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def _numbers(value: Any) -> list[Any]:
+  values = list(value) if isinstance(value, (tuple, list)) else [value]
+  return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def check_ranges(config: Any) -> None:
+  """Raises ValueError naming the first numeric key outside its range (or not finite)."""
+  leaves = _leaves(config)
+  for key, value in leaves.items():
+    for v in _numbers(value):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f'{key} must be a finite number, got {value!r}')
+      lo, hi = RANGES.get(key, (0, None) if key.startswith('data.weights.') else (None, None))
+      if (lo is not None and v < lo) or (hi is not None and v > hi):
+        bounds = f'>= {lo}' if hi is None else f'in {lo}..{hi}'
+        raise ValueError(f'{key} must be {bounds}, got {value!r}')
+  if 'data.input_size' in leaves and len(tuple(leaves['data.input_size'])) != 2:
+    raise ValueError(f'data.input_size must be (height, width), got {leaves["data.input_size"]!r}')
+  shares = {k: v for k, v in leaves.items() if k.startswith('data.weights.')}
+  if shares and not any(v > 0 for v in shares.values()):
+    raise ValueError(f'data.weights: at least one share must be > 0, got {shares}')
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _load(spec: str) -> Any:
+  path, _, param = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_checked_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(param) if param else module.get_config()
+
+
+def unknown_override(argv: list[str]) -> str | None:
+  """The message for the first `--config.KEY` override naming no key of the config, or None."""
+  spec = _config_arg(argv)
+  if spec is None:
+    return None
+  try:
+    known = set(_leaves(_load(spec)))
+  except Exception:  # pylint: disable=broad-except
+    return None  # absl reports an unloadable config file itself
+  groups = {k.rsplit('.', i)[0] for k in known for i in range(1, k.count('.') + 1)}
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg[len('--config.'):].split('=', 1)[0]
+    if key in known or any(k.startswith(key + '.') for k in known):
+      continue
+    close = difflib.get_close_matches(key, sorted(known | groups), n=3, cutoff=0.6)
+    hint = f'; did you mean {" or ".join(close)}?' if close else '; see configs/default.py for the keys'
+    return f'--config.{key}: {spec.partition(":")[0]} has no key {key}{hint}'
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`absl.app.run(flags_parser=...)`: bad flags -> one line on stderr, exit code 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  message = unknown_override(argv)
+  if message is None:
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      message = str(e).strip().splitlines()[0]
+    except Exception as e:  # pylint: disable=broad-except  # ml_collections: AttributeError, KeyError, TypeError
+      message = unknown_override(argv) or f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
