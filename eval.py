@@ -7,7 +7,7 @@
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
 PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
-or of the corridor set. `--protocol ours` (default) uses SPEC §6's definitions (nearest-neighbour
+or of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics (nearest-neighbour
 ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
 reference's NYU validation (per-batch averages over batches of 16, gt > 0, bilinear ground-truth
 depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers, and for
@@ -51,7 +51,7 @@ def data_paths(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = None) -> str:
-  """One row per result (checkpoint), like SPEC §6's table, plus the split's baselines.
+  """One row per result (checkpoint), like the reference's results table (docs/evaluation.md), plus the split's baselines.
 
   labels: the first column (default: each result's checkpoint).
   """

@@ -228,7 +228,7 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
   """Per-process training batches for steps `start_step` .. `num_steps - 1`.
 
-  Each batch: the element keys of INTERFACES stacked, leading dim batch_size / process_count.
+  Each batch: the element keys (docs/data.md#data-element) stacked, leading dim batch_size / process_count.
   `step` is the step of the next batch (the data state to checkpoint); `skipped` counts bad
   frames replaced under `data.skip_bad_frames`.
   """

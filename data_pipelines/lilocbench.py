@@ -1,4 +1,4 @@
-"""LILocBench extraction: raw "individual files" sequence -> frames at a target rate (SPEC §3.2).
+"""LILocBench extraction: raw "individual files" sequence -> frames at a target rate (docs/data.md#lilocbench).
 
 Input `SEQ/camera_*/` with colour PNGs in one of `color/images`, `color_images`, `color`,
 `rgb/images`, `rgb`, depth PNGs (uint16 millimetres) in one of `depth/images`, `depth_images`,

@@ -1,4 +1,4 @@
-"""Readers for the on-disk layouts of SPEC §3: the NYU cache (+ teacher manifest), the extracted
+"""Readers for the on-disk layouts of docs/data.md: the NYU cache (+ teacher manifest), the extracted
 LILocBench manifest and the corridor evaluation manifest.
 
 A reader is a list of frames of one split: `len(reader)`, `reader.read(i) -> raw frame`. Reading
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 DOMAINS = {'nyu': 0, 'lilocbench': 1, 'corridor': 2}
-# Valid depth (metres) per domain: the training-target window and the evaluation window (SPEC §3, §6).
+# Valid depth (metres) per domain: the training-target window and the evaluation window (docs/data.md#depth-windows).
 DEPTH_WINDOW = {0: (0.1, 10.0), 1: (0.1, 15.0), 2: (0.1, 5.0)}
 MIN_CONFIDENCE = 0.5
 NUM_CLASSES = 6
@@ -345,7 +345,7 @@ def nyu_split_ids(cache: str, split: str) -> list[int]:
 
 def lilocbench_split(entries: Sequence[Mapping[str, Any]]) -> list[str]:
   """'train' / 'val' per manifest entry: per (sequence, camera), frames after 80 % of that
-  camera's time span are validation. A pure function of the manifest (SPEC §3.2)."""
+  camera's time span are validation. A pure function of the manifest (docs/data.md#extracted-layout)."""
   spans: dict[tuple[str, str], list[float]] = {}
   for e in entries:
     key, t = (str(e['sequence']), str(e['camera'])), float(e['timestamp'])
@@ -447,7 +447,7 @@ class FileReader(Reader):
 
 
 class NyuReader(FileReader):
-  """NYU cache `root/nyu_cache/{rgb,depth,seg}` + optional teacher manifest (SPEC §3.1).
+  """NYU cache `root/nyu_cache/{rgb,depth,seg}` + optional teacher manifest (docs/data.md#nyu-depth-v2).
 
   `index` = the NYU frame id (file number). Split order = the index file's or the reference rule's.
   """
@@ -474,7 +474,7 @@ class NyuReader(FileReader):
 
 
 class LilocbenchReader(FileReader):
-  """Extracted LILocBench `manifest.jsonl` (SPEC §3.2); `index` = 0-based manifest frame line.
+  """Extracted LILocBench `manifest.jsonl` (docs/data.md#lilocbench); `index` = 0-based manifest frame line.
 
   Splits keep manifest order; 'all' = train frames, then val frames."""
 
@@ -506,7 +506,7 @@ class LilocbenchReader(FileReader):
 
 
 class CorridorReader(FileReader):
-  """Corridor evaluation `manifest.jsonl` (SPEC §3.3): every frame is an evaluation frame."""
+  """Corridor evaluation `manifest.jsonl` (docs/data.md#corridor-set): every frame is an evaluation frame."""
 
   name, domain = 'corridor', 2
   REQUIRED = ('rgb', ('depth', 'sensor_depth'))

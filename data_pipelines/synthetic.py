@@ -1,4 +1,4 @@
-"""Synthetic two-domain data in the real on-disk layouts (INTERFACES, SPEC §3), deterministic per seed.
+"""Synthetic two-domain data in the real on-disk layouts (docs/data.md), deterministic per seed.
 
   python -m data_pipelines.synthetic --out DIR [--seed S] [--size tiny|small|default] [--workers N]
 
@@ -228,7 +228,7 @@ def plan(seed: int, size: str) -> dict:
     cams[cam[0]] = bursts
   train, val = nyu_split(sz.nyu)
   n_lil = sum(1 for bs in cams.values() for b in bs if b.kind != 'lost')
-  # LILocBench split of SPEC §3.2: the last 20 % of each camera's time span is validation.
+  # LILocBench split (docs/data.md#extracted-layout): the last 20 % of each camera's time span is validation.
   lil_train = 0
   for bs in cams.values():
     t = [b.time_ns for b in bs if b.kind != 'lost']
@@ -647,7 +647,7 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m data_pipelines.synthetic', description=__doc__.split('\n')[0])
-  parser.add_argument('--out', required=True, help='output root (ROOT of INTERFACES)')
+  parser.add_argument('--out', required=True, help='output data root (docs/data.md#data-root)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--size', choices=sorted(SIZES), default='default')
   parser.add_argument('--workers', type=int, default=None, help='render processes (default: all cores; tiny: 1)')

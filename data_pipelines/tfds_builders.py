@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--root', required=True, help='data root (ROOT of INTERFACES)')
+  parser.add_argument('--root', required=True, help='data root (docs/data.md#data-root)')
   parser.add_argument('--out', default='', help='TFDS folder (default ROOT/tfds)')
   parser.add_argument('--sets', default='nyu,lilocbench,corridor')
   parser.add_argument('--nyu-root', default='')

@@ -1,4 +1,4 @@
-"""Checkpoint folders (INTERFACES "Checkpoint folders") and `load_any`.
+"""Checkpoint folders (docs/checkpoints.md#checkpoint-folders) and `load_any`.
 
 A checkpoint folder is an orbax `CheckpointManager` root whose steps hold the items `params`,
 `batch_stats`, `kendall` (`log_sigma_d`, `log_sigma_s`, shape [1]) and `meta` (JSON: `step`, `epoch`,

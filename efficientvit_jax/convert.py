@@ -1,4 +1,4 @@
-"""Conversion between the reference's PyTorch checkpoints and our checkpoint folders (SPEC §2).
+"""Conversion between the reference's PyTorch checkpoints and our checkpoint folders (docs/checkpoints.md#conversion).
 
   python -m efficientvit_jax.convert torch-to-orbax SRC.pt DST [--allow-pickle]
   python -m efficientvit_jax.convert orbax-to-torch SRC DST.pt [--step N] [--with-optimizer]

@@ -58,7 +58,7 @@ COLUMNS = (
     ('source_miou', 'source', ('seg', 'miou'), 'source val mIoU (%)', 100.0, 1),
     ('target_rmse', 'target', ('depth', 'frame_mean', 'rmse'), 'target val RMSE (m)', 1.0, 3),
 )
-# SPEC §6: the reference's published results (its documents; real data, its own protocols).
+# The reference's published results (docs/evaluation.md#the-references-published-results) (its documents; real data, its own protocols).
 REFERENCE = {
     'V5': {'deployment_rmse': 2.186, 'source_rmse': 0.572, 'source_miou': 0.637},
     'V7': {'deployment_rmse': 1.982, 'source_rmse': 1.315, 'source_miou': 0.475, 'target_rmse': 0.445},
@@ -261,7 +261,7 @@ def summarise(row_list: Sequence[Row], runs: Sequence[Run],
 
 
 def markdown_table(summary: Mapping[str, Mapping[str, Any]], reference_rows: Mapping[str, str]) -> str:
-  """Our rows, then the reference's published rows (SPEC §6), marked as real data and other protocols."""
+  """Our rows, then the reference's published rows (docs/evaluation.md), marked as real data and other protocols."""
   analogue = {ours: ref for ref, ours in reference_rows.items()}
   header = ['row', 'seeds', *(c[3] for c in COLUMNS)]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -317,7 +317,7 @@ def report(summary: Mapping[str, Mapping[str, Any]], reference_rows: Mapping[str
       'Cells: mean ± sample standard deviation (ddof 1) over the seeds (`study.json` holds every '
       'value, min and max). RMSE: mean over frames; source and target on their validation splits, '
       'the corridor set (never trained on) on all frames, 0.1-5 m, confidence >= 0.5. `~ Vn`: the '
-      "reference's analogous protocol. The reference rows are its published numbers (SPEC §6) on real "
+      "reference's analogous protocol. The reference rows are its published numbers (docs/evaluation.md) on real "
       'data with its own protocol (V7/V8/V9 trained 50 epochs of different lengths, LILocBench on a '
       'leaky random split, NYU by per-batch averages): a different protocol, beside ours for the '
       'shape of the trade-off only.', '',
