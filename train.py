@@ -357,16 +357,23 @@ def main(argv):
   tick, tick_step = time.perf_counter(), start_step
   step = start_step
   exit_code = 0
+  data_error = None  # an error reading batch t + 1, raised once step t is logged and saved
+  saved_step = start_step
   try:
     batch = next_batch()
     input_wait = time.perf_counter() - tick
     while step < total_steps:
+      if data_error is not None:
+        raise data_error
       step_fn = frozen_step if step < freeze_steps else train_step
       state, metrics = step_fn(state, batch)
       step += 1
       if step < total_steps:
         wait_start = time.perf_counter()
-        batch = next_batch()
+        try:
+          batch = next_batch()
+        except readers.BadFrameError as e:
+          data_error = e
         input_wait += time.perf_counter() - wait_start
       pending.append(metrics)
       ckptr.poll()  # seals a finished save (integrity record), then drops old steps
@@ -394,12 +401,14 @@ def main(argv):
         last_metrics = run_eval(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or evaluated:
         save(step, last_metrics if evaluated else {})
+        saved_step = step
       if evaluated or step % config.checkpoint_every_steps == 0:
         # images/s and input_wait measure training steps only
         tick, tick_step, input_wait = time.perf_counter(), step, 0.0
       preempted = stop['signal'] or (num_processes > 1 and ckptr.reached_preemption(step))
       if preempted and step < total_steps:
-        save(step, {}, force=True)
+        if saved_step != step:
+          save(step, {}, force=True)
         ckptr.wait()
         print(f'preempted: saved step {step} in {workdir}/checkpoints; rerun the same command to resume',
               flush=True)

@@ -234,6 +234,18 @@ def _to_numpy(x: Any) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
+def _real_frames(stats: Mapping[str, Any], drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """One batch of per-frame statistics -> numpy, padding frames (`frame_mask` False) removed."""
+  host = {k: _to_numpy(v) for k, v in stats.items()}
+  keep = host['frame_mask'].astype(bool)
+  return {k: v[keep] for k, v in host.items() if k not in ('frame_mask', *drop)}
+
+
+def _concatenated(chunks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Batches of `_real_frames` -> one array per statistic ({} when there are none)."""
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+
+
 def _json_float(x: Any) -> float | None:
   """A Python float, or None for undefined (None, NaN, inf)."""
   if x is None:
@@ -305,21 +317,20 @@ class MetricAccumulator:
 
   def update(self, stats: Mapping[str, Any]) -> None:
     """Adds one batch of `frame_stats` output (device or numpy arrays)."""
-    host = {k: _to_numpy(v) for k, v in stats.items()}
-    keep = host['frame_mask'].astype(bool)
-    if 'confusion' in host:
-      conf = host['confusion']
+    frames = _real_frames(stats)
+    if 'confusion' in frames:
+      conf = frames.pop('confusion')
       if conf.shape[1:] != self._confusion.shape:
         raise ValueError(f'confusion has shape {conf.shape}, expected [N, {len(self.class_names)}, '
                          f'{len(self.class_names)}] for classes {self.class_names}')
-      self._confusion += conf[keep].sum(0, dtype=np.int64)
-    self._chunks.append({k: v[keep] for k, v in host.items() if k not in ('confusion', 'frame_mask')})
+      self._confusion += conf.sum(0, dtype=np.int64)
+    self._chunks.append(frames)
 
   def stats(self) -> dict[str, np.ndarray]:
     """All real frames' statistics, concatenated in update order ([F, ...] each)."""
     if not self._chunks:
       return {k: np.zeros((0, len(self.bin_names)) if k.startswith('bin_') else (0,)) for k in _FRAME_KEYS}
-    return {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
+    return _concatenated(self._chunks)
 
   def frame_metrics(self) -> dict[str, np.ndarray]:
     """Per-frame metrics [F] float64 (NaN where undefined): the six depth metrics, `ms_` + the
@@ -414,14 +425,12 @@ class ReferenceAccumulator:
 
   def update(self, stats: Mapping[str, Any]) -> None:
     """Adds one batch of `reference_frame_stats` output (device or numpy arrays)."""
-    host = {k: _to_numpy(v) for k, v in stats.items()}
-    keep = host.pop('frame_mask').astype(bool)
-    self._chunks.append({k: v[keep] for k, v in host.items()})
+    self._chunks.append(_real_frames(stats))
 
   def result(self) -> dict[str, Any]:
     """{`num_frames`, `num_batches`, `batch_size`, `depth`: {`rmse`}, `seg`: {`miou`}} (`seg`
     absent when no segmentation statistics were given; None values when there are no frames)."""
-    s = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]} if self._chunks else {}
+    s = _concatenated(self._chunks)
     num_frames = len(s['ref_n_valid']) if s else 0
     starts = np.arange(0, num_frames, self.batch_size)
     out: dict[str, Any] = {'num_frames': num_frames, 'num_batches': len(starts), 'batch_size': self.batch_size}
@@ -522,12 +531,10 @@ class CorridorReferenceAccumulator:
     self._chunks: list[dict[str, np.ndarray]] = []
 
   def update(self, stats: Mapping[str, Any]) -> None:
-    host = {k: _to_numpy(v) for k, v in stats.items()}
-    keep = host.pop('frame_mask').astype(bool)
-    self._chunks.append({k: v[keep] for k, v in host.items()})
+    self._chunks.append(_real_frames(stats))
 
   def result(self) -> dict[str, Any]:
-    s = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]} if self._chunks else {}
+    s = _concatenated(self._chunks)
     num_frames = len(s['cr_n']) if s else 0
     total = lambda k: np.sum(s[k], axis=0, dtype=np.float64) if s else np.zeros(len(CORRIDOR_REGIONS))
     sq, ab, rel, nd, cnt = (total(k) for k in ('cr_sum_sq', 'cr_sum_abs', 'cr_sum_rel', 'cr_n_delta', 'cr_n'))
