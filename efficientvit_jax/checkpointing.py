@@ -4,7 +4,8 @@ A checkpoint folder is an orbax `CheckpointManager` root whose steps hold the it
 `batch_stats`, `kendall` (`log_sigma_d`, `log_sigma_s`, shape [1]) and `meta` (JSON: `step`, `epoch`,
 `num_batches_tracked`, `source`, `config`, `metrics`); training adds `opt_state` and `data_state`.
 A training workdir keeps its root at `W/checkpoints/`. Trees are nested dicts with string keys
-(`nnx.List` indices as '0', '1', ...) of float32 numpy arrays, as orbax restores them.
+(`nnx.List` indices as '0', '1', ...) of float32 numpy arrays, as orbax restores them; `opt_state`
+is the optimiser state as such a tree, keyed by its pytree paths (`opt_state_tree`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,60 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
       var[...] = jax.numpy.asarray(value, var[...].dtype)
       copied.append(name)
   return copied
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+  """A pytree path -> 'a.b.0.c': dict keys, namedtuple fields and sequence indices by name."""
+  return '.'.join(jax.tree_util.keystr((key,), simple=True) for key in path)
+
+
+def opt_state_tree(opt_state: Any) -> dict[str, Any]:
+  """An optimiser state -> the nested dict `opt_state` stores: one key per path element (namedtuple
+  fields such as `mu` / `nu` by name, dict keys, tuple indices as '0', '1', ...), numpy leaves."""
+  flat = {_path_name(path): to_host(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
+  if len(flat) != len(jax.tree.leaves(opt_state)):
+    raise ValueError('opt_state_tree: two leaves of the optimiser state have the same path name')
+  return unflatten(flat)
+
+
+def opt_state_from_tree(saved: dict[str, Any], like: Any, root: pathlib.Path, step: int) -> Any:
+  """The stored `opt_state` tree of `root/step` (as restored) in the structure of `like` (the live
+  state or `jax.eval_shape(tx.init, ...)`), numpy leaves, each taken by its path name.
+
+  The saved paths, shapes and dtypes must equal `like`'s exactly: a state that differs (another
+  optimiser configuration, optax renaming or regrouping its state) is refused with a one-line
+  CheckpointError naming the step folder and the first path that differs, never loaded into the
+  wrong leaves. The numbered leaves (`'0'`, `'1'`, ...) of older versions are refused as well:
+  their order cannot be checked (Adam's two moments have the same shapes).
+  """
+  source = f'{root}/{step}'
+  if not saved:
+    raise CheckpointError(f'{source}: no opt_state item (not a training checkpoint)')
+  got = flatten(saved)
+  flat_like, treedef = jax.tree_util.tree_flatten_with_path(like)
+  names = [_path_name(path) for path, _ in flat_like]
+  missing = [name for name in names if name not in got]
+  known = set(names)
+  unexpected = [name for name in got if name not in known]
+  if missing or unexpected:
+    if all(k.isdigit() and not isinstance(v, dict) for k, v in saved.items()):
+      raise CheckpointError(
+          f'{source}: opt_state was written by an older efficientvit-jax as numbered leaves, which cannot '
+          f'be matched to this optimiser safely; its weights are still usable: start a new workdir from '
+          f'them with a fresh optimiser (--config.init_from={root}), or convert them without --with-optimizer')
+    detail = (f'this optimiser has {missing[0]}, the checkpoint does not' if missing else
+              f'the checkpoint has {unexpected[0]}, this optimiser does not')
+    raise CheckpointError(f'{source}: opt_state does not match this optimiser: {detail} ({len(missing)} '
+                          f'missing, {len(unexpected)} unexpected); written with another optimiser '
+                          'configuration or optax version?')
+  leaves = []
+  for name, (_, want) in zip(names, flat_like):
+    value = np.asarray(got[name])
+    if value.shape != tuple(want.shape) or value.dtype != want.dtype:
+      raise CheckpointError(f'{source}: opt_state {name} is {value.dtype}{list(value.shape)}, this '
+                            f'optimiser expects {np.dtype(want.dtype)}{list(want.shape)}')
+    leaves.append(value)
+  return jax.tree.unflatten(treedef, leaves)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,8 +426,9 @@ class TrainCheckpointer:
   best step by `best_metric` (model items only) at `W/best/`, both asynchronous orbax managers.
 
   Two managers because orbax 0.12.8's `best_fn` together with `max_to_keep` may delete the newest
-  step, which resuming needs. `opt_state` is stored as its list of leaves (`'0'`, `'1'`, ...) and
-  restored into the structure of the live optimiser state; `data_state` is JSON.
+  step, which resuming needs. `opt_state` is stored as a tree keyed by its paths and restored
+  only into an optimiser state of exactly that structure (`opt_state_from_tree`); `data_state` is
+  JSON.
 
   Once orbax has finalised a step, process 0 seals it (`seal`), and only then are older steps
   deleted (here, not by orbax's `max_to_keep`): at any moment an intact step is on disk. A failed
@@ -486,8 +542,8 @@ class TrainCheckpointer:
 
   def save(self, step: int, ckpt: Checkpoint, opt_state: Any, data_state: dict[str, Any], *,
            force: bool = False) -> None:
-    leaves = {str(i): to_host(x) for i, x in enumerate(jax.tree.leaves(opt_state))}
-    self._save('latest', step, _save_args(ckpt, {'opt_state': leaves, 'data_state': data_state}), force)
+    trees = {'opt_state': opt_state_tree(opt_state), 'data_state': data_state}
+    self._save('latest', step, _save_args(ckpt, trees), force)
 
   def maybe_save_best(self, step: int, ckpt: Checkpoint) -> bool:
     """Saves `ckpt` under W/best when its `meta['metrics'][best_metric]` beats the best so far."""
@@ -508,24 +564,14 @@ class TrainCheckpointer:
     """(model checkpoint, opt_state in the structure of `opt_state_like`, data_state) of `step`."""
     root = pathlib.Path(self.latest.directory)
     _, items = restore_items(root, step, MODEL_ITEMS + TRAIN_ITEMS)
-    leaves, treedef = jax.tree.flatten(opt_state_like)
-    saved = items.get('opt_state') or {}
-    if len(saved) != len(leaves):
-      raise CheckpointError(f'{root}/{step}: opt_state has {len(saved)} leaves, this optimiser {len(leaves)}; '
-                            'was the checkpoint written with another optimiser configuration?')
-    restored = []
-    for i, like in enumerate(leaves):
-      value = np.asarray(saved[str(i)])
-      if value.shape != tuple(like.shape):
-        raise CheckpointError(f'{root}/{step}: opt_state leaf {i} has shape {value.shape}, expected {tuple(like.shape)}')
-      restored.append(value.astype(like.dtype))
+    opt_state = opt_state_from_tree(items.get('opt_state') or {}, opt_state_like, root, step)
     if 'params' not in items:
       raise DamagedCheckpointError(f'{root}/{step}/params: missing')
     meta = dict(items.get('meta') or {})
     ckpt = Checkpoint(params=items['params'], batch_stats=items.get('batch_stats') or {},
                       kendall={k: np.asarray(v, np.float32) for k, v in (items.get('kendall') or default_kendall()).items()},
                       meta=meta)
-    return ckpt, jax.tree.unflatten(treedef, restored), dict(items.get('data_state') or {})
+    return ckpt, opt_state, dict(items.get('data_state') or {})
 
   def restore_newest_intact(self, opt_state_like: Any) -> tuple[int, tuple[Checkpoint, Any, dict[str, Any]]] | None:
     """Restores the newest step that passes verification, newest first; damaged steps are moved to

@@ -409,7 +409,6 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   import warnings  # pylint: disable=g-import-not-at-top
 
   import ml_collections  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
   from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
@@ -428,11 +427,7 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
   abstract = nnx.eval_shape(lambda: model_lib.create())
   like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
-  leaves, treedef = jax.tree.flatten(like)
-  saved = items['opt_state']
-  if len(saved) != len(leaves):
-    raise CheckpointError(f'{root}/{ckpt.step}: opt_state has {len(saved)} leaves, this optimiser {len(leaves)}')
-  opt_state = jax.tree.unflatten(treedef, [np.asarray(saved[str(i)]) for i in range(len(leaves))])
+  opt_state = checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step)
 
   model = torch_model.DepthSegNet()
   kendall = [torch.nn.Parameter(torch.zeros(1)) for _ in ('log_sigma_d', 'log_sigma_s')]
@@ -443,9 +438,7 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
       scheduler.step()
   params = {**dict(model.named_parameters()), 'log_sigma_d': kendall[0], 'log_sigma_s': kendall[1]}
   for name, group in zip(optimizer_lib.GROUPS, optimizer.param_groups):
-    adam = [x for x in jax.tree.leaves(opt_state[1].inner_states[name],
-                                       is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-            if isinstance(x, optax.ScaleByAdamState)][0]
+    adam = optimizer_lib.adam_state(opt_state, name)
     count = int(adam.count)
     if count == 0:
       continue

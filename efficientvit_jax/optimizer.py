@@ -26,6 +26,7 @@ Usage:
   updates, opt_state = tx.update(grads, opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   learning_rates(opt_state)  # {'lr/encoder': ..., 'lr/decoder': ..., 'lr/kendall': ...}
+  adam_state(opt_state, 'decoder')  # that group's Adam count, mu, nu
 """
 
 from __future__ import annotations
@@ -197,3 +198,15 @@ def learning_rates(opt_state: Any) -> dict[str, jax.Array]:
   """
   groups = opt_state[1].inner_states
   return {f'lr/{name}': groups[name].inner_state.hyperparams['learning_rate'] for name in GROUPS}
+
+
+def adam_state(opt_state: Any, group: str) -> optax.ScaleByAdamState:
+  """The AdamW state of `group` in a `make_optimizer` state: `count` (that group's Adam steps),
+  `mu`, `nu` (first and second moments, shaped like the trained pytree with the other groups'
+  leaves masked out), found by type and read by field name."""
+  found = [x for x in jax.tree.leaves(opt_state[1].inner_states[group],
+                                      is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+           if isinstance(x, optax.ScaleByAdamState)]
+  if len(found) != 1:
+    raise ValueError(f'optimizer: the {group!r} group holds {len(found)} Adam states, expected 1')
+  return found[0]

@@ -1,5 +1,7 @@
-"""optimizer.py: groups, schedule, clipping, freezing; against numpy AdamW and torch.optim.AdamW."""
+"""optimizer.py: groups, schedule, clipping, freezing; against numpy AdamW and torch.optim.AdamW.
+The optimiser state in a training checkpoint: saved and restored by its paths."""
 
+import collections
 import math
 
 import jax
@@ -11,6 +13,7 @@ import torch
 from flax import nnx
 
 from configs import default
+from efficientvit_jax import checkpointing
 from efficientvit_jax import optimizer
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
@@ -244,3 +247,89 @@ def test_matches_torch_adamw_with_requires_grad_freezing():
   for n in names:
     np.testing.assert_allclose(
         got[n][1], tparams[n].detach().numpy(), rtol=2e-5, atol=1e-6, err_msg=n)
+
+
+def _saved_opt_state(tmp_path, tx, stored=None):
+  """A training checkpoint (step 2) of the state of `tx` after two updates; (checkpointer, state).
+  `stored(state)`, when given, is what is written as `opt_state` instead (an older layout)."""
+  rng = np.random.default_rng(7)
+  params = _random_tree(rng)
+  step = _step_fn(tx)
+  state = tx.init(params)
+  for _ in range(2):
+    params, state, _ = step(_random_tree(rng), state, params)
+  ckpt = checkpointing.Checkpoint(params={'w': np.zeros((1,), np.float32)}, batch_stats={},
+                                  kendall=checkpointing.default_kendall(), meta={'step': 2})
+  ckptr = checkpointing.TrainCheckpointer(tmp_path / 'w', keep=1, async_save=False)
+  if stored is None:
+    ckptr.save(2, ckpt, state, {'step': 2})
+  else:
+    ckptr._save('latest', 2, checkpointing._save_args(ckpt, {'opt_state': stored(state)}), True)  # pylint: disable=protected-access
+  ckptr.wait()
+  return ckptr, state
+
+
+def test_opt_state_round_trips_exactly_by_path(tmp_path):
+  tx = optimizer.make_optimizer(_config(), steps_per_epoch=2, total_steps=8)
+  ckptr, state = _saved_opt_state(tmp_path, tx)
+  like = jax.eval_shape(tx.init, _random_tree(np.random.default_rng(0)))
+  _, restored, _ = ckptr.restore(2, like)
+  ckptr.close()
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+  adam = optimizer.adam_state(restored, 'decoder')
+  assert int(adam.count) == 2 and not np.array_equal(adam.mu['model']['depth_d1']['w'], adam.nu['model']['depth_d1']['w'])
+  # Stored by name: the first moment is found under its path, not by its position.
+  _, items = checkpointing.restore_items(tmp_path / 'w' / 'checkpoints', 2, ('opt_state',))
+  stored = checkpointing.flatten(items['opt_state'])
+  np.testing.assert_array_equal(stored['1.inner_states.decoder.inner_state.inner_state.0.mu.model.depth_d1.w'],
+                                adam.mu['model']['depth_d1']['w'])
+
+
+def test_opt_state_of_another_structure_is_refused_naming_the_path(tmp_path):
+  tx = optimizer.make_optimizer(_config(), steps_per_epoch=2, total_steps=8)
+  ckptr, state = _saved_opt_state(tmp_path, tx)
+  like = jax.eval_shape(tx.init, _random_tree(np.random.default_rng(0)))
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  source = f'{tmp_path}/w/checkpoints/2'
+
+  # optax declaring Adam's fields in another order: restored by name, the moments stay in place.
+  reordered_adam = collections.namedtuple('ScaleByAdamState', 'nu count mu')
+  target = jax.tree.map(lambda s: reordered_adam(nu=s.nu, count=s.count, mu=s.mu) if is_adam(s) else s,
+                        like, is_leaf=is_adam)
+  _, restored, _ = ckptr.restore(2, target)
+  adams = [x for x in jax.tree.leaves(restored, is_leaf=lambda x: isinstance(x, reordered_adam))
+           if isinstance(x, reordered_adam)]
+  want = optimizer.adam_state(state, 'encoder')
+  np.testing.assert_array_equal(adams[1].mu['model']['encoder']['w'], want.mu['model']['encoder']['w'])
+  np.testing.assert_array_equal(adams[1].nu['model']['encoder']['w'], want.nu['model']['encoder']['w'])
+
+  renamed_adam = collections.namedtuple('ScaleByAdamState', 'count m v')
+  renamed = jax.tree.map(lambda s: renamed_adam(*s) if is_adam(s) else s, like, is_leaf=is_adam)
+  reordered_chain = (like[1], like[0])
+  params = _random_tree(np.random.default_rng(0))
+  params['model']['encoder']['w'] = jnp.zeros((4, 2), jnp.float32)
+  wider = jax.eval_shape(tx.init, params)
+  for target, named in (
+      (renamed, 'this optimiser has 1.inner_states.decoder.inner_state.inner_state.0.m.model.depth_d1.w, '
+                'the checkpoint does not'),
+      (reordered_chain, 'this optimiser has 0.inner_states.decoder.inner_state.count, the checkpoint does not'),
+      (wider, 'opt_state 1.inner_states.encoder.inner_state.inner_state.0.mu.model.encoder.w is '
+              'float32[3, 2], this optimiser expects float32[4, 2]'),
+  ):
+    with pytest.raises(checkpointing.CheckpointError) as e:
+      ckptr.restore(2, target)
+    assert str(e.value).startswith(f'{source}: ') and named in str(e.value) and '\n' not in str(e.value)
+  ckptr.close()
+
+
+def test_opt_state_of_numbered_leaves_is_refused_as_older(tmp_path):
+  tx = optimizer.make_optimizer(_config(), steps_per_epoch=2, total_steps=8)
+  numbered = lambda state: {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+  ckptr, _ = _saved_opt_state(tmp_path, tx, numbered)
+  like = jax.eval_shape(tx.init, _random_tree(np.random.default_rng(0)))
+  with pytest.raises(checkpointing.CheckpointError, match=r'written by an older efficientvit-jax as numbered '
+                     r'leaves.*--config\.init_from=.*/w/checkpoints\)'):
+    ckptr.restore_newest_intact(like)
+  ckptr.close()
