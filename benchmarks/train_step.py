@@ -420,7 +420,7 @@ def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import images  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-size', type=int, default=16)
@@ -436,7 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="the twin's autocast dtype on CUDA (float16: with a GradScaler, the reference's)")
   parser.add_argument('--json', default='', help='write the results here')
   parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
-  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input HxW')
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for both (0: all schedulable)')
   parser.add_argument('--release-memory', action='store_true',
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")

@@ -56,7 +56,7 @@ def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> 
       ax.imshow(img, interpolation='nearest', **kw)
       ax.set_xticks([])
       ax.set_yticks([])
-    domain = mixing.SETS[int(batch['domain'][r])] if batch['domain'][r] < 2 else 'corridor'
+    domain = mixing.TRAIN_SETS[int(batch['domain'][r])] if batch['domain'][r] < 2 else 'corridor'
     axes[r, 0].set_ylabel(f'{domain} {int(batch["index"][r])}', fontsize=8)
     if batch['depth_valid'][r].any():
       valid = batch['depth'][r][batch['depth_valid'][r]]
@@ -84,7 +84,7 @@ def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
   """The printed summary of `inspect` (see module docstring)."""
   domains = np.concatenate([l['domain'] for l in lines]) if lines else np.zeros(0, int)
   out = [f'{len(lines)} global batches, {len(domains)} frames']
-  for d, name in enumerate(mixing.SETS):
+  for d, name in enumerate(mixing.TRAIN_SETS):
     share = float(np.mean(domains == d)) if len(domains) else 0.0
     seen = collections.Counter(i for l in lines for dd, i in zip(l['domain'], l['index']) if dd == d)
     repeated = sum(1 for c in seen.values() if c > 1)
@@ -94,7 +94,7 @@ def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
     v = np.concatenate(chunks) if chunks else np.zeros(0)
     if v.size:
       p = np.percentile(v, [1, 5, 25, 50, 75, 95, 99])
-      out.append(f'{mixing.SETS[d]:11s} target depth m p1/5/25/50/75/95/99: '
+      out.append(f'{mixing.TRAIN_SETS[d]:11s} target depth m p1/5/25/50/75/95/99: '
                  + ' '.join(f'{x:.2f}' for x in p))
   total = class_counts.sum()
   if total:
