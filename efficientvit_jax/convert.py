@@ -23,7 +23,6 @@ of the three parameter groups and the per-epoch cosine scheduler in the referenc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re

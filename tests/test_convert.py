@@ -13,6 +13,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
+from efficientvit_jax import trees
 
 from conftest import DATA
 
@@ -57,7 +58,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_converted_folder_keeps_metadata(reference_folder):
-  ckpt = checkpointing.load_any(reference_folder)
+  ckpt = convert.load_any(reference_folder)
   assert ckpt.meta['epoch'] == 43  # the .pt's last finished epoch is 42 (0-based): 43 finished
   assert len(ckpt.meta['num_batches_tracked']) == 47
   assert set(ckpt.meta['num_batches_tracked'].values()) == {1000}
@@ -122,7 +123,7 @@ def test_pickled_objects_need_allow_pickle(tmp_path, capsys):
   _refused(tmp_path, capsys, obj, '--allow-pickle')
   dst = tmp_path / 'ok'
   assert convert.main(['torch-to-orbax', str(tmp_path / 'bad.pt'), str(dst), '--allow-pickle']) == 0
-  assert checkpointing.load_any(dst).meta['config']['DATA_ROOT'] == "PurePosixPath('/data')"
+  assert convert.load_any(dst).meta['config']['DATA_ROOT'] == "PurePosixPath('/data')"
 
 
 def test_existing_destination_is_refused(tmp_path, capsys, reference_folder):
@@ -158,11 +159,11 @@ def test_timm_encoder(tmp_path, reference_io, fmt):
     save_file({k: v.contiguous() for k, v in sd.items()}, src)
   dst = tmp_path / 'encoder'
   assert convert.main(['timm-encoder', str(src), str(dst)]) == 0
-  ckpt = checkpointing.load_any(dst)
+  ckpt = convert.load_any(dst)
   assert set(ckpt.params) == {'encoder'}
   model = model_lib.create(seed=1)
   copied = checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, partial=True)
-  assert len(copied) == len(checkpointing.flatten(ckpt.params)) + len(checkpointing.flatten(ckpt.batch_stats))
+  assert len(copied) == len(trees.flatten(ckpt.params)) + len(trees.flatten(ckpt.batch_stats))
   graphdef, state = nnx.split(model)
   feats = jax.jit(lambda s, x: nnx.merge(graphdef, s).features(x))(state, jnp.asarray(reference_io['image']))
   for i in range(4):
