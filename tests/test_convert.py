@@ -171,3 +171,15 @@ def test_timm_encoder(tmp_path, reference_io, fmt):
   # An encoder-only checkpoint cannot become a full reference .pt.
   with pytest.raises(checkpointing.CheckpointError, match='encoder-only'):
     convert.save_torch(ckpt, tmp_path / 'x.pt')
+
+
+def test_batchnorm_counters(reference_ckpt):
+  stats = reference_ckpt.batch_stats
+  zeros = convert.start_counters(stats)
+  assert len(zeros) == 47 and set(zeros.values()) == {0}
+  init = convert.start_counters(stats, init_from=reference_ckpt.meta)  # the fixture's counters: 1000
+  assert set(init.values()) == {1000}
+  meta = convert.counters_meta(init, 12, frozen_steps=5)
+  assert meta['init_num_batches_tracked'] == init
+  assert meta['num_batches_tracked']['neck.1'] == 1007 and meta['num_batches_tracked']['depth_d1.bn'] == 1012
+  assert convert.start_counters(stats, resumed={**reference_ckpt.meta, **meta}) == init
