@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-SETS = ('nyu', 'lilocbench', 'corridor')
-CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
+from efficientvit_jax import classes, domains, images
+
 PANELS_PER_CHECKPOINT = 6
 
 
@@ -55,11 +55,11 @@ def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = Non
 
   labels: the first column (default: each result's checkpoint).
   """
-  classes = next((r['seg'].get('classes') for r in results if (r.get('seg') or {}).get('classes')), None)
-  classes = classes or list(CLASS_NAMES)
+  names = next((r['seg'].get('classes') for r in results if (r.get('seg') or {}).get('classes')), None)
+  names = names or list(classes.CLASS_NAMES)
   head = ['checkpoint' if labels is None else 'result', 'dataset', 'split', 'protocol', 'frames', 'RMSE', 'MAE',
           'AbsRel', 'δ1', 'RMSE (median-scaled)', 'RMSE (pooled)', 'mIoU', 'pixel acc.',
-          *(f'IoU {c}' for c in classes)]
+          *(f'IoU {c}' for c in names)]
   rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   fmt = lambda v, pct=False: '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
   labels = labels or [r['checkpoint'] for r in results]
@@ -74,14 +74,14 @@ def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = Non
                 f"{fmt(fm.get('rmse'))} | {fmt(fm.get('mae'))} | {fmt(fm.get('abs_rel'))} | "
                 f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(pooled.get('rmse'))} | "
                 f"{fmt(seg.get('miou'), True)} | {fmt(seg.get('pixel_accuracy'), True)} | "
-                + ' | '.join(fmt(iou.get(c), True) for c in classes) + ' |')
+                + ' | '.join(fmt(iou.get(c), True) for c in names) + ' |')
   same_split = len({(r['dataset'], r['split'], r['protocol']) for r in results}) == 1
   base = results[0].get('baselines')
   if base and same_split:
     rows.append(f"| baseline: mean depth / majority class | {results[0]['dataset']} | {results[0]['split']} | "
                 f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
                 f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |"
-                + ' |' * (len(classes) + 1))
+                + ' |' * (len(names) + 1))
   notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent. RMSE, MAE, AbsRel, δ1: means over frames '
            'with >= 100 valid pixels; RMSE (pooled): over all valid pixels of the split, the measure of the '
            'mean-depth baseline.']
@@ -166,7 +166,7 @@ class PredictionWriter:
       Image.fromarray(batch['gt_seg'][i].astype(np.uint8)).save(self.out / f'{stem}_gt_seg.png')
       if self.panels < PANELS_PER_CHECKPOINT:
         rgb = batch['image'][i]
-        has_labels = bool((batch['gt_seg'][i] != 255).any())
+        has_labels = bool((batch['gt_seg'][i] != classes.IGNORE_LABEL).any())
         panels.evaluation_panel(self.out / f'{stem}_panel.png', rgb, gt, preds['depth'][i], preds['seg'][i],
                                 batch['gt_seg'][i] if has_labels else None)
         self.panels += 1
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                       help='print one table of these eval results side by side (no evaluation)')
   parser.add_argument('--checkpoint', action='append', help='checkpoint folder, workdir or .pt (repeatable)')
   parser.add_argument('--step', type=int, default=None, help='step of a checkpoint folder / workdir (default: latest)')
-  parser.add_argument('--dataset', choices=SETS)
+  parser.add_argument('--dataset', choices=domains.SETS)
   parser.add_argument('--data', help='NYU root, or LILocBench / corridor folder or manifest.jsonl')
   parser.add_argument('--teacher-manifest', default=None, help="NYU teacher manifest (default: <data>/teacher/manifest.jsonl if present; 'none')")
   parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--out', help='metrics JSON; the Markdown table (.md) and pictures (.png) go beside it')
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
   parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
-  parser.add_argument('--size', default='240x320', help='model input size HxW (default 240x320)')
+  parser.add_argument('--size', type=images.parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
@@ -210,11 +210,6 @@ def main(argv: list[str] | None = None) -> int:
   missing = [f'--{k}' for k in ('checkpoint', 'dataset', 'data', 'out') if not getattr(args, k)]
   if missing:
     parser.error(f'the following arguments are required: {", ".join(missing)} (or --compare)')
-  try:
-    size = tuple(int(v) for v in args.size.lower().split('x'))
-    assert len(size) == 2 and min(size) >= 32
-  except (ValueError, AssertionError):
-    parser.error(f'--size must be HxW with both sides >= 32, got {args.size!r}')
   if args.protocol == 'reference' and args.dataset == 'lilocbench':
     parser.error('--protocol reference reproduces the reference\'s NYU validation and corridor evaluation; '
                  'use it with --dataset nyu or corridor')
@@ -234,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -251,24 +247,24 @@ def main(argv: list[str] | None = None) -> int:
   results = []
   try:
     for src in args.checkpoint:
-      ckpt = checkpointing.load_any(src, args.step, allow_pickle=args.allow_pickle)
+      ckpt = convert.load_any(src, args.step, allow_pickle=args.allow_pickle)
       model = model_lib.create()
       checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
       graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
       params, batch_stats = training.put_replicated((params, batch_stats), mesh)
       if corridor_reference:  # the sensor depth, nearest-resized; the metric applies the window
         reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
-        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=size)
+        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=args.size)
       else:
         batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
-                                         process_index=process, process_count=num_processes, input_size=size,
+                                         process_index=process, process_count=num_processes, input_size=args.size,
                                          protocol=args.protocol)
       writer = None
       if args.save_predictions:
         name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
         # The reference's NYU validation uses every pixel with gt > 0.
         window = ((1e-12, float('inf')) if args.protocol == 'reference' and not corridor_reference
-                  else evaluation.DEPTH_WINDOWS[args.dataset])
+                  else domains.DEPTH_WINDOWS[args.dataset])
         writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
       bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
                              unit='batch', batch_size=args.batch_size, quiet=process != 0)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class JaxForward:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--steps', type=int, default=20, help='timed forwards per batch size')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input HxW')
   parser.add_argument('--threads', type=int, default=0, help='CPU cores (0: all schedulable)')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'))
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import datasets, readers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--threads', default='1,2,4,8')
   parser.add_argument('--batches', type=int, default=20)
   parser.add_argument('--batch-size', type=int, default=16)
-  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input size HxW')
+  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input size HxW')
   parser.add_argument('--format', default='files,decoded', help='comma-separated: files, decoded, tfds')
   parser.add_argument('--json', default='', help='also write the results as JSON here')
   args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
 from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The reference code's random weights, with realistic BatchNorm statistics. Not a freshly
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--checkpoint', default=str(FIXTURE), help='checkpoint source (default: the test fixture)')
   parser.add_argument('--batch-sizes', default='1,8')
-  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input HxW')
   parser.add_argument('--steps', type=int, default=30, help='timed calls per runtime and batch size')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for every runtime (0: all schedulable)')
@@ -114,9 +115,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   except (ValueError, AssertionError):
     parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
   threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
 
-  ckpt = checkpointing.load_any(args.checkpoint)
+  ckpt = convert.load_any(args.checkpoint)
   rows = []
   for b, contestants in runners(ckpt, args.size, batches, threads, not args.no_fp16).items():
     times, _ = train_step.interleaved(contestants, args.warmup, args.steps)

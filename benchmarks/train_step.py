@@ -98,12 +98,14 @@ def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[
   """A training batch as the host pipeline ships it (docs/data.md#data-element), numpy."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from efficientvit_jax import classes  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   h, w = size
   depth = rng.uniform(0.5, 8.0, (batch_size, h, w)).astype(np.float32)
   valid = rng.uniform(size=(batch_size, h, w)) < 0.8
-  seg = rng.integers(0, 6, (batch_size, h, w)).astype(np.int32)
-  seg[rng.uniform(size=seg.shape) < 0.1] = 255
+  seg = rng.integers(0, classes.NUM_CLASSES, (batch_size, h, w)).astype(np.int32)
+  seg[rng.uniform(size=seg.shape) < 0.1] = classes.IGNORE_LABEL
   return {
       'image': rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8),
       'depth': np.where(valid, depth, 0.0).astype(np.float32),
@@ -174,13 +176,15 @@ def torch_loss(depth, seg_logits, batch, log_sigma_d, log_sigma_s, lambda_edge: 
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
+  from efficientvit_jax import classes  # pylint: disable=g-import-not-at-top
+
   depth, seg_logits = depth[:, 0].float(), seg_logits.float()
   target, valid = batch['depth'], batch['depth_valid'] & (batch['depth'] > 0)
   e = torch.where(valid, (depth - target).abs(), torch.zeros_like(depth))
   c = 0.2 * e.max().detach()
   berhu = torch.where(e <= c, e, (e * e + c * c) / (2 * c + 1e-8))
   l_depth = (berhu * valid).sum() / valid.sum().clamp(min=1)
-  l_seg = F.cross_entropy(seg_logits, batch['seg'], ignore_index=255)
+  l_seg = F.cross_entropy(seg_logits, batch['seg'], ignore_index=classes.IGNORE_LABEL)
   image = batch['image_nchw']
   i_dx = (image[..., :-1] - image[..., 1:]).abs().mean(1)
   i_dy = (image[..., :-1, :] - image[..., 1:, :]).abs().mean(1)
@@ -420,7 +424,7 @@ def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import images  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-size', type=int, default=16)
@@ -436,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="the twin's autocast dtype on CUDA (float16: with a GradScaler, the reference's)")
   parser.add_argument('--json', default='', help='write the results here')
   parser.add_argument('--sweep', default='', help='comma-separated batch sizes (a table)')
-  parser.add_argument('--size', default=(240, 320), type=predict.parse_size, help='input HxW')
+  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input HxW')
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for both (0: all schedulable)')
   parser.add_argument('--release-memory', action='store_true',
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")

@@ -21,7 +21,6 @@ Example::
 import dataclasses
 import functools
 import math
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -32,58 +31,24 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import decoded, mixing, readers, transforms
+from efficientvit_jax import classes, domains
 
-EVAL_SETS = ('nyu', 'lilocbench', 'corridor')
-
-
-def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, str | None]:
-  """Every data path of `config.data`, with empty ones derived from `data.root`.
-
-  Returns keys root, nyu_root (ROOT/nyu), nyu_teacher_manifest (<nyu_root>/teacher/manifest.jsonl,
-  None for 'none' or when the derived file does not exist), nyu_class_mapping (None when empty),
-  lilocbench_manifest (ROOT/lilocbench/manifest.jsonl), corridor_manifest
-  (ROOT/corridor/manifest.jsonl), tfds_dir (ROOT/tfds), decoded_dir (ROOT/decoded), format,
-  input_size.
-  """
-  root = data.root
-  nyu_root = data.nyu.root or os.path.join(root, 'nyu')
-  teacher = data.nyu.teacher_manifest
-  if teacher.lower() == 'none':
-    teacher = None
-  elif not teacher:
-    teacher = os.path.join(nyu_root, 'teacher', 'manifest.jsonl')
-    if not os.path.isfile(teacher):
-      logging.warning('no NYU teacher manifest at %s: training targets are the NYU depth and '
-                      'labels (set data.nyu.teacher_manifest)', teacher)
-      teacher = None
-  return {
-      'root': root,
-      'nyu_root': nyu_root,
-      'nyu_teacher_manifest': teacher,
-      'nyu_class_mapping': data.nyu.class_mapping or None,
-      'lilocbench_manifest': data.lilocbench.manifest or os.path.join(root, 'lilocbench', 'manifest.jsonl'),
-      'corridor_manifest': data.corridor.manifest or os.path.join(root, 'corridor', 'manifest.jsonl'),
-      'tfds_dir': data.tfds_dir or os.path.join(root, 'tfds'),
-      'decoded_dir': data.decoded_dir or os.path.join(root, 'decoded'),
-      'format': data.format,
-      'input_size': tuple(int(s) for s in data.input_size),
-  }
+def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Every data path of `config.data` (`readers.layout_paths`: empty ones derived from `data.root`),
+  plus `format` and `input_size`."""
+  paths = readers.layout_paths(
+      data.root, nyu_root=data.nyu.root, teacher_manifest=data.nyu.teacher_manifest,
+      class_mapping=data.nyu.class_mapping, lilocbench_manifest=data.lilocbench.manifest,
+      corridor_manifest=data.corridor.manifest, tfds_dir=data.tfds_dir, decoded_dir=data.decoded_dir)
+  return {**paths, 'format': data.format, 'input_size': tuple(int(s) for s in data.input_size)}
 
 
 def color_jitter_flags(data: ml_collections.ConfigDict) -> tuple[bool, ...]:
   """`data.color_jitter` per domain id (0 NYU, 1 LILocBench, 2 corridor), for the train step."""
-  unknown = set(data.color_jitter.keys()) - set(EVAL_SETS)
+  unknown = set(data.color_jitter.keys()) - set(domains.SETS)
   if unknown:
-    raise ValueError(f'data.color_jitter: unknown set(s) {sorted(unknown)}; expected some of {EVAL_SETS}')
-  return tuple(bool(data.color_jitter.get(name, False)) for name in EVAL_SETS)
-
-
-def available_sets(paths: Mapping[str, Any]) -> tuple[str, ...]:
-  """The sets whose file layouts exist at `paths` (`resolve_paths` output)."""
-  found = {'nyu': os.path.isdir(os.path.join(paths['nyu_root'], 'nyu_cache')),
-           'lilocbench': os.path.isfile(paths['lilocbench_manifest']),
-           'corridor': os.path.isfile(paths['corridor_manifest'])}
-  return tuple(name for name in EVAL_SETS if found[name])
+    raise ValueError(f'data.color_jitter: unknown set(s) {sorted(unknown)}; expected some of {domains.SETS}')
+  return tuple(bool(data.color_jitter.get(name, False)) for name in domains.SETS)
 
 
 def make_reader(paths: Mapping[str, Any], set_name: str, split: str,
@@ -184,7 +149,7 @@ def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]
     reader = make_reader(paths, name, 'train', data.skip_bad_frames)
     for message in reader.skipped:
       logging.warning('skipped manifest line: %s', message)
-    out[mixing.SETS.index(name)] = reader
+    out[mixing.TRAIN_SETS.index(name)] = reader
   return out
 
 
@@ -207,13 +172,13 @@ def _weights(data: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
   return tuple((k, float(data.weights[k])) for k in sorted(data.weights.keys()))
 
 
-def schedule(config: ml_collections.ConfigDict,
-             train_readers: Mapping[int, readers.Reader] | None = None) -> dict[str, Any]:
+def steps_plan(config: ml_collections.ConfigDict,
+               train_readers: Mapping[int, readers.Reader] | None = None) -> dict[str, Any]:
   """{'sizes': {set: frames}, 'steps_per_epoch', 'num_steps'} of a training config
   (`num_train_steps` > 0 overrides `num_epochs * steps_per_epoch`)."""
   data = config.data
   train_readers = train_readers or _train_readers(data)
-  sizes = {mixing.SETS[d]: len(r) for d, r in train_readers.items()}
+  sizes = {mixing.TRAIN_SETS[d]: len(r) for d, r in train_readers.items()}
   spe = mixing.steps_per_epoch(data.mode, sizes, config.batch_size, dict(_weights(data)))
   steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
   return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
@@ -242,9 +207,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f'seed must be >= 0, got {config.seed}')
     local = _local_batch_size(config.batch_size, process_count)
     train_readers = _train_readers(data)
-    sched = schedule(config, train_readers)
+    steps = steps_plan(config, train_readers)
     self.sizes, self.steps_per_epoch, self.num_steps = (
-        sched['sizes'], sched['steps_per_epoch'], sched['num_steps'])
+        steps['sizes'], steps['steps_per_epoch'], steps['num_steps'])
     self.local_batch_size = local
     self.step = start_step
     self.skipped = SkipLog()
@@ -304,8 +269,8 @@ class _EvalSample:
     h, w = self.input_size
     return {'image': np.zeros((h, w, 3), np.uint8), 'depth': np.zeros((h, w), np.float32),
             'depth_valid': np.zeros((h, w), bool), 'gt_depth': np.zeros((h, w), np.float32),
-            'seg': np.full((h, w), readers.IGNORE, np.int32),
-            'gt_seg': np.full((h, w), readers.IGNORE, np.int32),
+            'seg': np.full((h, w), classes.IGNORE_LABEL, np.int32),
+            'gt_seg': np.full((h, w), classes.IGNORE_LABEL, np.int32),
             'domain': np.int32(self.reader.domain), 'index': np.int32(-1), 'frame_mask': np.bool_(False)}
 
   def __call__(self, k: int) -> dict[str, np.ndarray]:
@@ -368,8 +333,8 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   skip_bad_frames (defaults from the config, else (240, 320), 8, 32, False) and protocol ('ours',
   or 'reference': the reference's NYU validation targets, see `transforms.eval_transform`).
   """
-  if set_name not in EVAL_SETS:
-    raise ValueError(f'unknown evaluation set {set_name!r}: expected one of {EVAL_SETS}')
+  if set_name not in domains.SETS:
+    raise ValueError(f'unknown evaluation set {set_name!r}: expected one of {domains.SETS}')
   if isinstance(source, ml_collections.ConfigDict):
     data = source.data if 'data' in source else source
     paths = resolve_paths(data)

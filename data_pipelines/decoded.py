@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import readers, transforms
+from efficientvit_jax import domains, images
 
 FORMAT_VERSION = 1
 INFO = 'decoded.json'
@@ -157,7 +158,7 @@ def write_split(reader: readers.FileReader, folder: str, size: tuple[int, int] |
 
 def write(paths: Mapping[str, Any], out: str, input_size: tuple[int, int], sets: tuple[str, ...],
           threads: int = 8, overwrite: bool = False, root: str = '') -> str:
-  """Writes the decoded folder `out` from the file layouts of `paths` (`datasets.resolve_paths`)."""
+  """Writes the decoded folder `out` from the file layouts of `paths` (`readers.layout_paths`)."""
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f'{out} exists; pass --overwrite to replace it')
@@ -272,7 +273,7 @@ class DecodedReader(readers.Reader):
       raise ValueError(f'unknown data set {set_name!r}: expected one of {tuple(SPLITS)}')
     if set_name == 'corridor' and split == 'val':
       split = 'all'
-    self.folder, self.name, self.domain = os.path.abspath(folder), set_name, readers.DOMAINS[set_name]
+    self.folder, self.name, self.domain = os.path.abspath(folder), set_name, domains.domain_id(set_name)
     self.key = f'{set_name}_{split}'
     info = read_info(self.folder)
     if tuple(info['input_size']) != tuple(input_size):
@@ -318,24 +319,11 @@ class DecodedReader(readers.Reader):
 # Command line
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-  try:
-    h, w = (int(v) for v in text.lower().split('x'))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected HxW, e.g. 240x320, got {text!r}') from None
-  if h < 32 or w < 32:
-    raise argparse.ArgumentTypeError(f'the network needs at least 32x32, got {text!r}')
-  return h, w
-
-
 def main(argv: list[str] | None = None) -> int:
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', help='data root holding nyu/, lilocbench/, corridor/')
   parser.add_argument('--out', default='', help='decoded folder (default ROOT/decoded)')
-  parser.add_argument('--input-size', default=(240, 320), type=_parse_size, help='training input HxW')
+  parser.add_argument('--input-size', default=(240, 320), type=images.parse_size, help='training input HxW')
   parser.add_argument('--sets', default='', help='comma-separated; default: every set under ROOT')
   parser.add_argument('--nyu-root', default='')
   parser.add_argument('--teacher-manifest', default='', help="NYU teacher manifest ('none': none)")
@@ -355,13 +343,11 @@ def main(argv: list[str] | None = None) -> int:
       return 2 if problems else 0
     if not args.root:
       parser.error('--root is required (or --verify DIR)')
-    data = default.get_config().data
-    data.root, data.decoded_dir = args.root, args.out
-    data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest
-    data.nyu.class_mapping = args.class_mapping
-    data.lilocbench.manifest, data.corridor.manifest = args.lilocbench_manifest, args.corridor_manifest
-    paths = datasets.resolve_paths(data)
-    sets = tuple(s for s in args.sets.split(',') if s) or datasets.available_sets(paths)
+    paths = readers.layout_paths(
+        args.root, nyu_root=args.nyu_root, teacher_manifest=args.teacher_manifest,
+        class_mapping=args.class_mapping, lilocbench_manifest=args.lilocbench_manifest,
+        corridor_manifest=args.corridor_manifest, decoded_dir=args.out)
+    sets = tuple(s for s in args.sets.split(',') if s) or readers.available_sets(paths)
     if not sets:
       raise FileNotFoundError(f'{args.root}: no nyu/, lilocbench/manifest.jsonl or '
                               'corridor/manifest.jsonl to decode')

@@ -31,23 +31,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
-SETS = ('nyu', 'lilocbench')  # position = set id = domain id of the data element
-MODES = ('nyu', 'lilocbench', 'joint', 'downsample', 'concat')
+from efficientvit_jax import domains
+
+TRAIN_SETS = domains.SETS[:2]  # ('nyu', 'lilocbench'); position = set id = domain id of the data element
+MODES = (*TRAIN_SETS, 'joint', 'downsample', 'concat')
 
 
 def mode_sets(mode: str) -> tuple[str, ...]:
   """The training sets a mode reads, in set-id order."""
-  if mode in ('nyu', 'lilocbench'):
+  if mode in TRAIN_SETS:
     return (mode,)
   if mode in ('joint', 'downsample', 'concat'):
-    return SETS
+    return TRAIN_SETS
   raise ValueError(f'data.mode must be one of {MODES}, got {mode!r}')
 
 
 def _sizes(mode: str, sizes: Mapping[str, int]) -> tuple[int, int]:
   """Sizes of (nyu, lilocbench) with unused sets 0; checks the used ones are non-empty."""
   out = []
-  for name in SETS:
+  for name in TRAIN_SETS:
     n = int(sizes.get(name, 0)) if name in mode_sets(mode) else 0
     if name in mode_sets(mode) and n <= 0:
       raise ValueError(f'data.mode={mode!r} needs the {name} training set, which has no frames')
@@ -74,14 +76,14 @@ def batch_counts(mode: str, sizes: Mapping[str, int], batch_size: int,
     return 0, 0
   if weights is None:
     raise ValueError(f'data.mode={mode!r} needs data.weights')
-  w = np.array([float(weights.get(name, 0.0)) for name in SETS])
+  w = np.array([float(weights.get(name, 0.0)) for name in TRAIN_SETS])
   if np.any(w < 0) or w.sum() <= 0:
     raise ValueError(f'data.weights must be non-negative with a positive sum, got {dict(weights)}')
   w = w / w.sum()
   larger = int(np.argmax(n))
   counts = [math.ceil(w[s] * batch_size - 0.5) for s in range(2)]
   counts[larger] = batch_size - counts[1 - larger]
-  for s, name in enumerate(SETS):
+  for s, name in enumerate(TRAIN_SETS):
     if counts[s] <= 0:
       raise ValueError(
           f'data.weights={dict(weights)} gives {counts[s]} {name} frames per batch of '
@@ -94,8 +96,8 @@ def steps_per_epoch(mode: str, sizes: Mapping[str, int], batch_size: int,
   """Whole global batches per epoch (see the module table); an error if that is 0."""
   n = _sizes(mode, sizes)
   counts = batch_counts(mode, sizes, batch_size, weights)
-  if mode in ('nyu', 'lilocbench'):
-    s = SETS.index(mode)
+  if mode in TRAIN_SETS:
+    s = TRAIN_SETS.index(mode)
     steps = n[s] // batch_size
   elif mode == 'concat':
     steps = (n[0] + n[1]) // batch_size
@@ -104,7 +106,7 @@ def steps_per_epoch(mode: str, sizes: Mapping[str, int], batch_size: int,
     s = int(np.argmax(n)) if mode == 'joint' else int(np.argmin(n))
     steps = n[s] // counts[s]
   if steps <= 0:
-    raise ValueError(f'data.mode={mode!r} with set sizes {dict(zip(SETS, n))} holds no whole '
+    raise ValueError(f'data.mode={mode!r} with set sizes {dict(zip(TRAIN_SETS, n))} holds no whole '
                      f'batch of {batch_size}: lower batch_size')
   return steps
 

@@ -32,14 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
-DOMAINS = {'nyu': 0, 'lilocbench': 1, 'corridor': 2}
-# Valid depth (metres) per domain: the training-target window and the evaluation window (docs/data.md#depth-windows).
-DEPTH_WINDOW = {0: (0.1, 10.0), 1: (0.1, 15.0), 2: (0.1, 5.0)}
+from efficientvit_jax import classes, domains
+
 MIN_CONFIDENCE = 0.5
-NUM_CLASSES = 6
-IGNORE = 255
 FIELDS = ('rgb', 'depth', 'labels', 'teacher_depth', 'teacher_seg', 'confidence')
 # Teacher maps whose aspect ratio differs from the frame's by more than this are an error (DA3
 # rounds its sides to multiples of 14, which changes the ratio by < 1 %).
@@ -52,7 +50,7 @@ class BadFrameError(ValueError):
 
 def _nyu40_to_6() -> np.ndarray:
   lut = np.full(41, 5, np.uint8)  # every other id -> other
-  lut[0] = IGNORE
+  lut[0] = classes.IGNORE_LABEL
   lut[[2, 20]] = 0  # floor, floor mat
   lut[[1, 8, 9, 22]] = 1  # wall, door, window, ceiling
   lut[31] = 2  # person
@@ -220,7 +218,7 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
       raise BadFrameError(f'{name(field)}: shape {arr.shape} differs from the RGB frame\'s {hw}')
     return arr
 
-  lo, hi = DEPTH_WINDOW[domain]
+  lo, hi = domains.DEPTH_WINDOWS[domains.SETS[domain]]
   sensor = same_size(decode_npy(record['depth'], name('depth'), 'float'), 'depth')
   sensor = np.nan_to_num(sensor.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
   usable = (sensor >= lo) & (sensor <= hi)
@@ -247,11 +245,12 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
       raise ValueError(f'{name("labels")}: human labels need a label mapping')
     gt_seg = labels_to_6(labels, name('labels'))
   else:
-    gt_seg = np.full(hw, IGNORE, np.int32)
+    gt_seg = np.full(hw, classes.IGNORE_LABEL, np.int32)
   if record.get('teacher_seg'):
     teacher_seg = decode_npy(record['teacher_seg'], name('teacher_seg'), 'int')
-    if np.any((teacher_seg > NUM_CLASSES - 1) & (teacher_seg != IGNORE)) or np.any(teacher_seg < 0):
-      raise BadFrameError(f'{name("teacher_seg")}: labels must be 0..{NUM_CLASSES - 1} or {IGNORE}')
+    ignore, top = classes.IGNORE_LABEL, classes.NUM_CLASSES - 1
+    if np.any((teacher_seg > top) & (teacher_seg != ignore)) or np.any(teacher_seg < 0):
+      raise BadFrameError(f'{name("teacher_seg")}: labels must be 0..{top} or {ignore}')
     _check_aspect(teacher_seg.shape, hw, name('teacher_seg'))
     seg = resize_nearest(teacher_seg, hw).astype(np.int32)
   else:
@@ -557,11 +556,50 @@ def _checked_timestamps(path: str, entries: list[tuple[int, dict[str, Any]]], sk
   return good, bad
 
 
+def layout_paths(root: str, *, nyu_root: str = '', teacher_manifest: str = '', class_mapping: str = '',
+                 lilocbench_manifest: str = '', corridor_manifest: str = '', tfds_dir: str = '',
+                 decoded_dir: str = '') -> dict[str, str | None]:
+  """Every data path (docs/data.md#data-root), with empty ones derived from `root`.
+
+  Returns keys root, nyu_root (ROOT/nyu), nyu_teacher_manifest (<nyu_root>/teacher/manifest.jsonl;
+  None for 'none' or when the derived file does not exist), nyu_class_mapping (None when empty),
+  lilocbench_manifest (ROOT/lilocbench/manifest.jsonl), corridor_manifest
+  (ROOT/corridor/manifest.jsonl), tfds_dir (ROOT/tfds), decoded_dir (ROOT/decoded).
+  """
+  nyu_root = nyu_root or os.path.join(root, 'nyu')
+  teacher: str | None = teacher_manifest
+  if teacher.lower() == 'none':
+    teacher = None
+  elif not teacher:
+    teacher = os.path.join(nyu_root, 'teacher', 'manifest.jsonl')
+    if not os.path.isfile(teacher):
+      logging.warning('no NYU teacher manifest at %s: training targets are the NYU depth and '
+                      'labels (set data.nyu.teacher_manifest)', teacher)
+      teacher = None
+  return {
+      'root': root,
+      'nyu_root': nyu_root,
+      'nyu_teacher_manifest': teacher,
+      'nyu_class_mapping': class_mapping or None,
+      'lilocbench_manifest': lilocbench_manifest or os.path.join(root, 'lilocbench', 'manifest.jsonl'),
+      'corridor_manifest': corridor_manifest or os.path.join(root, 'corridor', 'manifest.jsonl'),
+      'tfds_dir': tfds_dir or os.path.join(root, 'tfds'),
+      'decoded_dir': decoded_dir or os.path.join(root, 'decoded'),
+  }
+
+
+def available_sets(paths: Mapping[str, Any]) -> tuple[str, ...]:
+  """The sets whose file layouts exist at `paths` (`layout_paths` output)."""
+  found = {'nyu': os.path.isdir(os.path.join(paths['nyu_root'], 'nyu_cache')),
+           'lilocbench': os.path.isfile(paths['lilocbench_manifest']),
+           'corridor': os.path.isfile(paths['corridor_manifest'])}
+  return tuple(name for name in domains.SETS if found[name])
+
+
 def make_file_reader(set_name: str, split: str, paths: Mapping[str, str | None],
                      skip_bad_frames: bool = False) -> FileReader:
-  """A file reader for `set_name` (nyu | lilocbench | corridor) from resolved paths (keys of
-  `datasets.resolve_paths`: nyu_root, nyu_teacher_manifest, nyu_class_mapping,
-  lilocbench_manifest, corridor_manifest)."""
+  """A file reader for `set_name` (nyu | lilocbench | corridor) from `layout_paths` output (keys
+  nyu_root, nyu_teacher_manifest, nyu_class_mapping, lilocbench_manifest, corridor_manifest)."""
   if set_name == 'nyu':
     return NyuReader(paths['nyu_root'], split, paths.get('nyu_teacher_manifest'),
                      paths.get('nyu_class_mapping'), skip_bad_frames)
@@ -569,5 +607,4 @@ def make_file_reader(set_name: str, split: str, paths: Mapping[str, str | None],
     return LilocbenchReader(paths['lilocbench_manifest'], split, skip_bad_frames)
   if set_name == 'corridor':
     return CorridorReader(paths['corridor_manifest'], split, skip_bad_frames)
-  raise ValueError(f'unknown data set {set_name!r}: expected one of {tuple(DOMAINS)}')
-
+  raise ValueError(f'unknown data set {set_name!r}: expected one of {domains.SETS}')

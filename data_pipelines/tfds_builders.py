@@ -38,7 +38,7 @@ except ImportError as e:  # an extra: the default (files) path never imports thi
                     "pip install 'efficientvit-jax[tfds]'") from e
 
 from data_pipelines import readers
-from efficientvit_jax import console
+from efficientvit_jax import console, domains
 
 VERSION = '1.0.0'
 
@@ -119,7 +119,7 @@ class TfdsReader(readers.Reader):
     super().__init__()
     if set_name not in BUILDERS:
       raise ValueError(f'unknown data set {set_name!r}: expected one of {tuple(BUILDERS)}')
-    self.name, self.domain = set_name, readers.DOMAINS[set_name]
+    self.name, self.domain = set_name, domains.domain_id(set_name)
     splits = BUILDERS[set_name].SPLITS
     if set_name == 'corridor' and split in ('all', 'val'):
       split = 'test'
@@ -167,9 +167,6 @@ class TfdsReader(readers.Reader):
 
 
 def main(argv: list[str] | None = None) -> int:
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', required=True, help='data root (docs/data.md#data-root)')
   parser.add_argument('--out', default='', help='TFDS folder (default ROOT/tfds)')
@@ -181,11 +178,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
   args = parser.parse_args(argv)
   console.setup(args.verbose)
-  data = default.get_config().data
-  data.root, data.tfds_dir = args.root, args.out
-  data.nyu.root, data.nyu.teacher_manifest = args.nyu_root, args.teacher_manifest
-  data.lilocbench.manifest, data.corridor.manifest = args.lilocbench_manifest, args.corridor_manifest
-  paths = datasets.resolve_paths(data)
+  paths = readers.layout_paths(
+      args.root, nyu_root=args.nyu_root, teacher_manifest=args.teacher_manifest,
+      lilocbench_manifest=args.lilocbench_manifest, corridor_manifest=args.corridor_manifest,
+      tfds_dir=args.out)
   try:
     for set_name in args.sets.split(','):
       folder = build(set_name, paths, paths['tfds_dir'])

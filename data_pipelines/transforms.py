@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from data_pipelines import readers
+from efficientvit_jax import images
 
 REFERENCE_CROP = (240, 320)  # the reference crops 240x320 at native scale from 480x640 NYU frames
 MAPS = ('depth', 'depth_valid', 'gt_depth', 'seg', 'gt_seg')  # resized by nearest neighbour
@@ -45,13 +45,6 @@ def crop_window(frame_hw: tuple[int, int], input_size: tuple[int, int]) -> tuple
   scale = max(1.0, REFERENCE_CROP[0] / h_in, REFERENCE_CROP[1] / w_in)
   ch, cw = int(round(h_in * scale)), int(round(w_in * scale))
   return (ch, cw) if frame_hw[0] > ch and frame_hw[1] > cw else None
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """uint8 [h, w, 3] -> uint8 [size[0], size[1], 3], bilinear."""
-  if rgb.shape[:2] == tuple(size):
-    return rgb
-  return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def _element(rgb: np.ndarray, maps: Mapping[str, np.ndarray], frame: Mapping[str, Any]
@@ -83,7 +76,7 @@ def eval_transform(frame: Mapping[str, Any], input_size: tuple[int, int],
     maps['gt_seg'] = maps['seg']
   elif protocol != 'ours':
     raise ValueError(f'protocol must be ours or reference, got {protocol!r}')
-  return _element(resize_rgb(frame['rgb'], size), maps, frame)
+  return _element(images.resize_rgb(frame['rgb'], size), maps, frame)
 
 
 def train_transform(frame: Mapping[str, Any], rng: np.random.Generator,
@@ -101,6 +94,6 @@ def train_transform(frame: Mapping[str, Any], rng: np.random.Generator,
     crop = (slice(y, y + window[0]), slice(x, x + window[1]))
     rgb = rgb[crop]
     maps = {k: v[crop] for k, v in maps.items()}
-  rgb = resize_rgb(np.ascontiguousarray(rgb), size)
+  rgb = images.resize_rgb(np.ascontiguousarray(rgb), size)
   maps = {k: readers.resize_nearest(v, size) for k, v in maps.items()}
   return _element(rgb, maps, frame)

@@ -1,4 +1,5 @@
-"""Checkpoint folders (docs/checkpoints.md#checkpoint-folders) and `load_any`.
+"""Checkpoint folders (docs/checkpoints.md#checkpoint-folders): writing, verifying, `load`, training
+workdirs. A reference `.pt` is read by `convert` (`convert.load_any` takes any source).
 
 A checkpoint folder is an orbax `CheckpointManager` root whose steps hold the items `params`,
 `batch_stats`, `kendall` (`log_sigma_d`, `log_sigma_s`, shape [1]) and `meta` (JSON: `step`, `epoch`,
@@ -27,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+
+from efficientvit_jax.trees import flatten, unflatten
 
 MODEL_ITEMS = ('params', 'batch_stats', 'kendall', 'meta')
 TRAIN_ITEMS = ('opt_state', 'data_state')
@@ -69,30 +72,6 @@ class Checkpoint:
 
 def default_kendall() -> dict[str, np.ndarray]:
   return {'log_sigma_d': np.zeros((1,), np.float32), 'log_sigma_s': np.zeros((1,), np.float32)}
-
-
-def flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Nested dict -> {'a.b.c': leaf} with string keys."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(flatten(value, name + '.'))
-    else:
-      flat[name] = value
-  return flat
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  """{'a.b.c': leaf} -> nested dict."""
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split('.')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
 
 
 def to_host(x: Any) -> np.ndarray:
@@ -367,18 +346,13 @@ def restore_items(root: pathlib.Path, step: int | None, names: tuple[str, ...]) 
     return step, {name: restored[name] for name in args}
 
 
-def load_any(src: str | os.PathLike, step: int | None = None, *, allow_pickle: bool = False) -> Checkpoint:
-  """Loads a checkpoint folder, a training workdir (latest step or `step`) or a reference `.pt`.
-
-  A `.pt` is converted on the fly (needs torch, imported lazily); `step` does not apply to it.
-  """
+def load(src: str | os.PathLike, step: int | None = None) -> Checkpoint:
+  """Loads a checkpoint folder or a training workdir (latest step, or `step`); a file (a reference
+  `.pt`) is refused: `convert.load_any` reads every kind of source."""
   path = pathlib.Path(src)
   if path.is_file():
-    if step is not None:
-      raise CheckpointError(f'{src}: --step applies to checkpoint folders and workdirs, not to a .pt file')
-    from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
-
-    return convert.checkpoint_from_torch_file(path, allow_pickle=allow_pickle)
+    raise CheckpointError(f'{src}: a file, not a checkpoint folder or workdir (a reference .pt is read '
+                          'by convert.load_any)')
   root = resolve_root(path)
   step, items = restore_items(root, step, MODEL_ITEMS)
   if 'params' not in items:

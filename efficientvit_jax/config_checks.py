@@ -14,6 +14,8 @@ import math
 import sys
 from typing import Any
 
+from efficientvit_jax import trees
+
 # key -> (minimum, maximum), both inclusive; None = unbounded. Keys not listed that hold numbers
 # must still be finite. `data.weights.*` are shares (>= 0, some > 0).
 RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -42,18 +44,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def _leaves(tree: Any, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key in tree.keys():
-    value = tree[key]
-    name = f'{prefix}{key}'
-    if hasattr(value, 'keys'):
-      out.update(_leaves(value, name + '.'))
-    else:
-      out[name] = value
-  return out
-
-
 def _numbers(value: Any) -> list[Any]:
   values = list(value) if isinstance(value, (tuple, list)) else [value]
   return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -61,7 +51,7 @@ def _numbers(value: Any) -> list[Any]:
 
 def check_ranges(config: Any) -> None:
   """Raises ValueError naming the first numeric key outside its range (or not finite)."""
-  leaves = _leaves(config)
+  leaves = trees.flatten(config)
   for key, value in leaves.items():
     for v in _numbers(value):
       if isinstance(v, float) and not math.isfinite(v):
@@ -104,7 +94,7 @@ def unknown_override(argv: list[str]) -> str | None:
   if spec is None:
     return None
   try:
-    known = set(_leaves(_load(spec)))
+    known = set(trees.flatten(_load(spec)))
   except Exception:  # pylint: disable=broad-except
     return None  # absl reports an unloadable config file itself
   groups = {k.rsplit('.', i)[0] for k in known for i in range(1, k.count('.') + 1)}

@@ -9,6 +9,10 @@ the leaf (`_LEAVES`); layouts differ only by transposes (`_TO_JAX`), so a round 
 Strict both ways: every torch key is used, or checked and dropped (`img_mean`, `img_std`), every
 shape checked, and errors name the key. torch is imported lazily (conversion only).
 
+`load_any` reads any checkpoint source: a checkpoint folder or workdir (`checkpointing.load`) or a
+reference `.pt`. The torch-only BatchNorm counters (`num_batches_tracked`) that training keeps in
+a checkpoint's meta are computed here too (`start_counters`, `counters_meta`).
+
 Epochs: a .pt's `epoch` is, as in the reference, the 0-based index of its last finished epoch (its
 `train.py --resume` starts at `epoch + 1`); our checkpoints' `meta['epoch']` counts finished epochs.
 Conversion translates (`meta['epoch'] = epoch + 1`). `--with-optimizer` also writes the AdamW state
@@ -19,7 +23,6 @@ of the three parameter groups and the per-epoch cosine scheduler in the referenc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
@@ -33,6 +36,7 @@ from flax import nnx
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import model as model_lib
+from efficientvit_jax import trees
 from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
 
 # JAX module path pieces that the reference names by position in an nn.Sequential.
@@ -75,13 +79,45 @@ def torch_key(path: str) -> str:
 
 def bn_prefixes(batch_stats: dict[str, Any]) -> list[str]:
   """Torch module names of the BatchNorm layers (the owners of `num_batches_tracked`)."""
-  return sorted({torch_key(p).rsplit('.', 1)[0] for p in checkpointing.flatten(batch_stats)})
+  return sorted({torch_key(p).rsplit('.', 1)[0] for p in trees.flatten(batch_stats)})
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNorm counters (docs/checkpoints.md#batchnorm-counters): torch's `num_batches_tracked`, kept in
+# a checkpoint's meta keyed by torch module name, since Flax's BatchNorm has none.
+
+
+def start_counters(batch_stats: dict[str, Any], *, resumed: Mapping[str, Any] | None = None,
+                   init_from: Mapping[str, Any] | None = None) -> dict[str, int]:
+  """The counters a training run starts from, one per BatchNorm layer of `batch_stats`: 0; or, given
+  the meta of the checkpoint a run resumes, the counters that run started from; or, given the meta
+  of its `init_from` checkpoint, the counts that checkpoint reached (for the layers it has)."""
+  counters = {bn: 0 for bn in bn_prefixes(batch_stats)}
+  if resumed is not None:
+    return {bn: int(n) for bn, n in (resumed.get('init_num_batches_tracked') or counters).items()}
+  if init_from is not None:
+    counters.update({bn: int(n) for bn, n in (init_from.get('num_batches_tracked') or {}).items() if bn in counters})
+  return counters
+
+
+def num_batches_tracked(start: Mapping[str, int], step: int, *, frozen_steps: int = 0) -> dict[str, int]:
+  """The counters after `step` train-mode steps from `start`; the encoder's and neck's layers do not
+  count the first `frozen_steps` steps (run with those layers in eval mode: `freeze_bn_when_frozen`)."""
+  frozen = min(step, frozen_steps)
+  return {bn: int(n) + step - (frozen if bn.startswith(('encoder.', 'neck.')) else 0) for bn, n in start.items()}
+
+
+def counters_meta(start: Mapping[str, int], step: int, *, frozen_steps: int = 0) -> dict[str, dict[str, int]]:
+  """The meta entries of a training checkpoint at `step`: `num_batches_tracked` and the counters the
+  run started from (`init_num_batches_tracked`, what `start_counters(resumed=...)` reads back)."""
+  return {'num_batches_tracked': num_batches_tracked(start, step, frozen_steps=frozen_steps),
+          'init_num_batches_tracked': dict(start)}
 
 
 def _template() -> tuple[dict[str, Any], dict[str, Any]]:
   """Shapes of our params and batch stats (no weights computed)."""
   abstract = nnx.eval_shape(lambda: model_lib.create())
-  return (checkpointing.flatten(checkpointing.unflatten(
+  return (trees.flatten(trees.unflatten(
               {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(abstract, kind))}))
           for kind in (nnx.Param, nnx.BatchStat))
 
@@ -187,7 +223,7 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
   param_shapes, stat_shapes = _template()
   keep = lambda p: only is None or p.split('.')[0] in only
   used: set[str] = set()
-  trees = []
+  mapped = []
   for shapes in (param_shapes, stat_shapes):
     flat = {}
     for path, shape_struct in shapes.items():
@@ -206,9 +242,9 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
       check_finite(value, f'{source}: key {key}')
       flat[path] = np.ascontiguousarray(value.transpose(_TO_JAX[kind]) if value.ndim == 4 else value)
       used.add(key)
-    trees.append(checkpointing.unflatten(flat))
+    mapped.append(trees.unflatten(flat))
   num_batches = {}
-  for bn in bn_prefixes(trees[1]):
+  for bn in bn_prefixes(mapped[1]):
     key = f'{prefix}{bn}.num_batches_tracked'
     if key not in sd:
       raise CheckpointError(f'{source}: missing key {key} (expected shape ())')
@@ -221,7 +257,7 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
   if unexpected:
     raise CheckpointError(f'{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected '
                           'keys in all); is this a checkpoint of this network?')
-  return trees[0], trees[1], num_batches
+  return mapped[0], mapped[1], num_batches
 
 
 def check_finite(value: np.ndarray, name: str) -> None:
@@ -284,6 +320,17 @@ def checkpoint_from_torch_file(path: str | os.PathLike, *, allow_pickle: bool = 
   return checkpoint_from_torch(read_torch_file(path, allow_pickle=allow_pickle), os.fspath(path))
 
 
+def load_any(src: str | os.PathLike, step: int | None = None, *, allow_pickle: bool = False) -> Checkpoint:
+  """Loads any checkpoint source: a checkpoint folder or training workdir (latest step, or `step`;
+  `checkpointing.load`) or a reference `.pt` (converted in memory; needs torch, imported lazily)."""
+  path = pathlib.Path(src)
+  if not path.is_file():
+    return checkpointing.load(path, step)
+  if step is not None:
+    raise CheckpointError(f'{src}: --step applies to checkpoint folders and workdirs, not to a .pt file')
+  return checkpoint_from_torch_file(path, allow_pickle=allow_pickle)
+
+
 # --------------------------------------------------------------------------------------------------
 # ours -> torch
 
@@ -300,7 +347,7 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
   }
   param_shapes, stat_shapes = _template()
   for tree, shapes, item in ((ckpt.params, param_shapes, 'params'), (ckpt.batch_stats, stat_shapes, 'batch_stats')):
-    flat = checkpointing.flatten(tree)
+    flat = trees.flatten(tree)
     if set(flat) != set(shapes):
       missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
       raise CheckpointError(f'{item}: the checkpoint does not cover the whole model '
@@ -531,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
       ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
       checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
       dropped = ckpt.meta['dropped']
-      print(f'wrote {args.dst}: {len(checkpointing.flatten(ckpt.params))} parameters, '
-            f'{len(checkpointing.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
+      print(f'wrote {args.dst}: {len(trees.flatten(ckpt.params))} parameters, '
+            f'{len(trees.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
             f'epoch {ckpt.meta["epoch"]}'
             + (f'; not converted: {", ".join(dropped)} (training here starts a fresh optimiser)' if dropped else ''))
     elif args.command == 'orbax-to-torch':
@@ -541,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
       dst = pathlib.Path(args.dst)
       if dst.exists() and not args.overwrite:  # before loading: fail fast
         raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
-      ckpt = checkpointing.load_any(args.src, args.step)
+      ckpt = checkpointing.load(args.src, args.step)
       training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
       save_torch(ckpt, args.dst, training_state, overwrite=args.overwrite)
       print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
@@ -550,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       ckpt = encoder_checkpoint_from_timm(args.src)
       checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
-      print(f'wrote {args.dst}: encoder only ({len(checkpointing.flatten(ckpt.params))} parameters); '
+      print(f'wrote {args.dst}: encoder only ({len(trees.flatten(ckpt.params))} parameters); '
             'use it as init_from')
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -18,11 +18,10 @@ from jax.sharding import Mesh
 
 from efficientvit_jax import augment
 from efficientvit_jax import console
+from efficientvit_jax import domains
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import training
 
-# Valid ground-truth window per evaluation set (docs/data.md#depth-windows), metres.
-DEPTH_WINDOWS = {'nyu': (0.1, 10.0), 'lilocbench': (0.1, 15.0), 'corridor': (0.1, 5.0)}
 PROTOCOLS = ('ours', 'reference')
 REFERENCE_BATCH_SIZE = 16  # the reference averaged its metrics over validation batches of 16
 
@@ -38,7 +37,7 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f'protocol must be one of {PROTOCOLS}, got {protocol!r}')
-  min_depth, max_depth = DEPTH_WINDOWS[set_name]
+  min_depth, max_depth = domains.DEPTH_WINDOWS[set_name]
 
   def eval_step(params, batch_stats, batch):
     out = nnx.merge(graphdef, params, batch_stats)(augment.to_float(batch['image']), train=False)
@@ -67,10 +66,6 @@ def local_rows(x: jax.Array) -> np.ndarray:
   for shard in x.addressable_shards:
     shards.setdefault(shard.index[0].start or 0, shard.data)
   return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
-
-
-def has_seg_labels(batch: dict[str, np.ndarray]) -> bool:
-  return 'gt_seg' in batch
 
 
 class SensorDepthAsGroundTruth:

@@ -28,6 +28,8 @@ import tempfile
 import warnings
 
 from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import images
 from efficientvit_jax.checkpointing import Checkpoint
 
 FORMATS = ('onnx', 'stablehlo')
@@ -46,7 +48,6 @@ def torch_deploy_module(ckpt: Checkpoint):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
-  from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
 
   class DeployNet(torch.nn.Module):
@@ -210,14 +211,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-  from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top
-
   parser = _Parser(prog='python -m efficientvit_jax.export', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--out', required=True, help='the file to write')
-  parser.add_argument('--size', type=predict.parse_size, default=(240, 320), help='input size HxW (default 240x320)')
+  parser.add_argument('--size', type=images.parse_size, default=(240, 320), help='input size HxW (default 240x320)')
   parser.add_argument('--dynamic-batch', action='store_true', help='a symbolic batch axis instead of 1')
   parser.add_argument('--fp16', action='store_true', help='float16 weights and activations (see the module doc)')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
   if not out.parent.is_dir():
     parser.error(f'--out {out}: folder {out.parent} does not exist')
   try:
-    ckpt = checkpointing.load_any(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
+    ckpt = convert.load_any(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
     nbytes = export(ckpt, args.format, out, args.size, dynamic_batch=args.dynamic_batch, fp16=args.fp16)
   except checkpointing.CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)

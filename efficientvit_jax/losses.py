@@ -23,7 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-IGNORE_LABEL = 255
+from efficientvit_jax.classes import IGNORE_LABEL
+
 BERHU_FRACTION = 0.2  # c = 0.2 * max |e|, Laina et al. 2016
 BERHU_EPS = 1e-8  # the reference's guard in (e^2 + c^2) / (2c + eps)
 LOG_SIGMA_RANGE = (-2.0, 2.0)

@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
-IGNORE_LABEL = 255
+from efficientvit_jax.classes import CLASS_NAMES
+
 # (name, lower bound inclusive, upper bound exclusive), metres of ground truth.
 DEPTH_BINS: tuple[tuple[str, float, float], ...] = (('near', 0.3, 1.0), ('mid', 1.0, 2.0), ('far', 2.0, 4.0))
 MIN_VALID_PIXELS = 100

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from efficientvit_jax import classes
 from efficientvit_jax import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -273,7 +274,7 @@ class DepthSegNet(nnx.Module):
   `{'depth': [N, H, W] float32 metres >= 0, 'seg_logits': [N, H, W, C] float32}`.
   """
 
-  def __init__(self, *, num_classes: int = 6, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, *, num_classes: int = classes.NUM_CLASSES, dtype=jnp.float32, rngs: nnx.Rngs):
     self.encoder = EfficientVitB1(dtype=dtype, rngs=rngs)
     self.neck = ConvNormAct(256, 128, 1, use_bias=True, act='relu', dtype=dtype, rngs=rngs)
     for task in ('depth', 'seg'):
@@ -311,6 +312,6 @@ class DepthSegNet(nnx.Module):
     return {'depth': jax.nn.relu(outputs['depth'][..., 0]), 'seg_logits': outputs['seg']}
 
 
-def create(*, num_classes: int = 6, dtype=jnp.float32, seed: int = 0) -> DepthSegNet:
+def create(*, num_classes: int = classes.NUM_CLASSES, dtype=jnp.float32, seed: int = 0) -> DepthSegNet:
   """A freshly initialised model (PyTorch default init, BN scale 1 / bias 0 / mean 0 / var 1)."""
   return DepthSegNet(num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))

@@ -17,30 +17,12 @@ import numpy as np  # pylint: disable=wrong-import-position
 from matplotlib import colors as mcolors  # pylint: disable=wrong-import-position
 from matplotlib.patches import Patch  # pylint: disable=wrong-import-position
 
-CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
-PALETTE = np.array([
-    [128, 64, 128],   # floor
-    [70, 130, 180],   # wall
-    [220, 20, 60],    # person
-    [190, 153, 53],   # furniture
-    [0, 220, 220],    # glass
-    [152, 251, 152],  # other
-], np.uint8)
-IGNORE_COLOUR = np.array([0, 0, 0], np.uint8)
-
-
-def colorize_seg(labels: np.ndarray) -> np.ndarray:
-  """[H, W] class ids (255 = ignore) -> [H, W, 3] uint8."""
-  labels = np.asarray(labels)
-  out = np.broadcast_to(IGNORE_COLOUR, (*labels.shape, 3)).copy()
-  known = labels < len(PALETTE)
-  out[known] = PALETTE[labels[known]]
-  return out
+from efficientvit_jax import classes  # pylint: disable=wrong-import-position
 
 
 def _legend(ax, labels_list: list[np.ndarray]) -> None:
-  present = sorted({int(c) for labels in labels_list for c in np.unique(labels) if c < len(CLASS_NAMES)})
-  handles = [Patch(color=PALETTE[c] / 255.0, label=CLASS_NAMES[c]) for c in present]
+  present = sorted({int(c) for labels in labels_list for c in np.unique(labels) if c < classes.NUM_CLASSES})
+  handles = [Patch(color=classes.PALETTE[c] / 255.0, label=classes.CLASS_NAMES[c]) for c in present]
   if handles:
     ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
 
@@ -59,7 +41,7 @@ def prediction_panel(path: str | os.PathLike, rgb: np.ndarray, depth: np.ndarray
   axes[0].imshow(rgb)
   axes[0].set_title('RGB', fontsize=9)
   _depth_axes(fig, axes[1], depth, float(max(np.percentile(depth, 99), 1e-3)), 'depth')
-  axes[2].imshow(colorize_seg(seg))
+  axes[2].imshow(classes.colorize(seg))
   axes[2].set_title('classes', fontsize=9)
   _legend(axes[2], [seg])
   for ax in axes:
@@ -87,7 +69,7 @@ def evaluation_panel(path: str | os.PathLike, rgb: np.ndarray, gt_depth: np.ndar
               f'|error| (RMSE {rmse:.3f} m)', cmap='magma')
   if gt_seg is not None:
     h = seg.shape[0]
-    stacked = np.concatenate([colorize_seg(gt_seg)[: h // 2], colorize_seg(seg)[h // 2:]], axis=0)
+    stacked = np.concatenate([classes.colorize(gt_seg)[: h // 2], classes.colorize(seg)[h // 2:]], axis=0)
     axes[4].imshow(stacked)
     axes[4].axhline(h // 2, color='white', lw=1)
     axes[4].set_title('labels: GT (top) / prediction (bottom)', fontsize=9)
@@ -108,18 +90,18 @@ def confusion_figure(path: str | os.PathLike,
   fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 4.6 * rows_), squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis('off')
-  for ax, (title, classes, counts) in zip(axes.flat, matrices):
+  for ax, (title, names, counts) in zip(axes.flat, matrices):
     c = np.asarray(counts, np.float64)
     rows = c.sum(1, keepdims=True)
     frac = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
     ax.imshow(frac, cmap='Blues', vmin=0.0, vmax=1.0)
-    for i in range(len(classes)):
-      for j in range(len(classes)):
+    for i in range(len(names)):
+      for j in range(len(names)):
         if c[i, j]:
           ax.text(j, i, f'{100 * frac[i, j]:.0f}', ha='center', va='center', fontsize=7,
                   color='white' if frac[i, j] > 0.5 else 'black')
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha='right', fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha='right', fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel('prediction', fontsize=8)
     ax.set_ylabel('ground truth', fontsize=8)
     ax.set_title(f'{title} (% of each true class)', fontsize=9)

@@ -32,6 +32,8 @@ from flax import nnx
 from PIL import Image
 
 from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import images as images_lib
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import ops
 from efficientvit_jax import panels
@@ -60,13 +62,6 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     raise ImageError(f'{path}: no such file') from None
   except Exception as e:  # PIL raises several types for corrupt data
     raise ImageError(f'{path}: cannot be decoded as an image ({e})') from None
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """[h, w, 3] uint8 -> [H, W, 3] uint8, bilinear (Pillow); unchanged when already that size."""
-  if rgb.shape[:2] == tuple(size):
-    return rgb
-  return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR), np.uint8)
 
 
 @dataclasses.dataclass
@@ -118,7 +113,7 @@ class ImagePredictor:
       raise ValueError(f'images must be [H, W, 3] or [N, H, W, 3] uint8 RGB, got {images.dtype} {images.shape}')
     single = images.ndim == 3
     batch = images[None] if single else images
-    resized = np.stack([resize_rgb(rgb, self.size) for rgb in batch])
+    resized = np.stack([images_lib.resize_rgb(rgb, self.size) for rgb in batch])
     out = self._predictor(resized.astype(np.float32) / 255.0)
     if native_size and batch.shape[1:3] != self.size:
       out = [to_native({k: v[i] for k, v in out.items()}, batch.shape[1:3]) for i in range(len(batch))]
@@ -154,7 +149,7 @@ def read_depth_png(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_model(src: str, *, step: int | None = None, dtype=jnp.float32, allow_pickle: bool = False):
-  ckpt = checkpointing.load_any(src, step, allow_pickle=allow_pickle)
+  ckpt = convert.load_any(src, step, allow_pickle=allow_pickle)
   model = model_lib.create(dtype=dtype)
   checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
   return model, ckpt
@@ -167,22 +162,12 @@ def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
   return {'depth': np.asarray(depth), 'seg_logits': np.asarray(logits)}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-  try:
-    h, w = (int(v) for v in text.lower().split('x'))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'--size must be HxW, e.g. 240x320, got {text!r}') from None
-  if h < 32 or w < 32:
-    raise argparse.ArgumentTypeError(f'--size {text}: both sides must be >= 32')
-  return h, w
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.predict', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--size', type=parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
+  parser.add_argument('--size', type=images_lib.parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
   parser.add_argument('--native-size', action='store_true', help="outputs at each image's own size")
   parser.add_argument('--save-logits', action='store_true', help='also write <stem>_seg_logits.npy')
   parser.add_argument('--depth-png', action='store_true',
@@ -213,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   out_dir.mkdir(parents=True, exist_ok=True)
   predictor = Predictor(model, args.size, args.batch_size)
-  resized = [resize_rgb(rgb, args.size) for rgb in rgbs]
+  resized = [images_lib.resize_rgb(rgb, args.size) for rgb in rgbs]
   outputs = predictor(np.stack(resized).astype(np.float32) / 255.0)
   for i, (stem, rgb) in enumerate(zip(stems, rgbs)):
     out = {k: v[i] for k, v in outputs.items()}

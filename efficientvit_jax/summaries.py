@@ -10,19 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from efficientvit_jax import classes
+from efficientvit_jax import trees
 
-def flat_hparams(config: Mapping[str, Any], prefix: str = '') -> dict[str, bool | int | float | str]:
+
+def flat_hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
   """A config (nested JSON dict) -> {'optimizer.decoder_lr': 0.001, ...}; lists become strings."""
-  out: dict[str, bool | int | float | str] = {}
-  for key, value in config.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      out.update(flat_hparams(value, name + '.'))
-    elif isinstance(value, (bool, int, float, str)):
-      out[name] = value
-    else:
-      out[name] = json.dumps(value)
-  return out
+  return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in trees.flatten(config).items()}
 
 
 def write_config(writer: Any, config: Mapping[str, Any], metrics: Sequence[str]) -> None:
@@ -61,7 +55,7 @@ def write_panels(writer: Any, tag: str, frames: Sequence[Mapping[str, np.ndarray
     if rgb.dtype != np.uint8:  # evaluation batches carry uint8 images; float ones are in [0, 1]
       rgb = (rgb * 255).round().clip(0, 255).astype(np.uint8)
     gt_seg = frame.get('gt_seg')
-    if gt_seg is not None and not (gt_seg != 255).any():
+    if gt_seg is not None and not (gt_seg != classes.IGNORE_LABEL).any():
       gt_seg = None
     image = panel_image(rgb, frame['gt_depth'], frame['depth'], frame['seg'], gt_seg)
     writer.add_image(f'{tag}/{int(frame["index"]):05d}', image, step, dataformats='HWC')

@@ -41,6 +41,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from efficientvit_jax import trees
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Study directory: runs, evaluations, table, plot.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the plan (every command) and exit.')
@@ -104,18 +106,6 @@ class Run:
     return bool(self.preset)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'data': {'mode': 'joint'}} -> {'data.mode': 'joint'} (ConfigDicts and dicts alike)."""
-  out = {}
-  for key in tree.keys():
-    value = tree[key]
-    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def flag_value(value: Any) -> str:
   """A config value as `--config.k=v` text that ml_collections parses back to the same value."""
   if isinstance(value, (tuple, list)):
@@ -171,14 +161,14 @@ def plan(config: ml_collections.ConfigDict, study_dir: pathlib.Path) -> list[Run
   if not config.seeds:
     raise StudyError('seeds is empty: give at least one seed (3 or more to see the spread)')
   study_dir = study_dir.absolute()
-  common = {**flatten(config.common), **data_overrides(config)}
+  common = {**trees.flatten(config.common), **data_overrides(config)}
   runs = []
   if config.source_checkpoint:
     source = _path(config.source_checkpoint)
     runs.append(Run('source_only', None, source))
   else:
     source = str(study_dir / 'runs' / 'source_only')
-    overrides = {**common, **flatten(config.pretrain.overrides), 'seed': config.pretrain.seed}
+    overrides = {**common, **trees.flatten(config.pretrain.overrides), 'seed': config.pretrain.seed}
     if config.pretrain.init_from:
       overrides['init_from'] = _path(config.pretrain.init_from)
     if config.pretrain.steps > 0:
@@ -194,7 +184,7 @@ def plan(config: ml_collections.ConfigDict, study_dir: pathlib.Path) -> list[Run
       if not row.protocol:
         continue
       p = config.protocols[row.protocol]
-      overrides = {**common, **flatten(p.overrides), 'seed': int(seed),
+      overrides = {**common, **trees.flatten(p.overrides), 'seed': int(seed),
                    'num_train_steps': int(config.finetune_steps), 'init_from': starts[p.start]}
       if row.ratio is not None:
         overrides['data.weights.nyu'] = row.ratio
@@ -400,9 +390,9 @@ def resolve_finetune_steps(config: ml_collections.ConfigDict) -> int:
     return int(config.finetune_steps)
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
 
-  probe = Run('probe', 0, '', 'configs/v7.py', {**flatten(config.common), **data_overrides(config),
+  probe = Run('probe', 0, '', 'configs/v7.py', {**trees.flatten(config.common), **data_overrides(config),
                                                  'data.mode': 'lilocbench'})
-  return int(config.finetune_epochs) * datasets.schedule(train_config(probe))['steps_per_epoch']
+  return int(config.finetune_epochs) * datasets.steps_plan(train_config(probe))['steps_per_epoch']
 
 
 def _env() -> dict[str, str]:
@@ -507,12 +497,12 @@ def main(argv: Sequence[str]) -> int:
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
 
   try:
-    total = {rid: datasets.schedule(c)['num_steps'] for rid, c in configs.items()}
+    total = {rid: datasets.steps_plan(c)['num_steps'] for rid, c in configs.items()}
   except (ValueError, FileNotFoundError) as e:
     print(f'error: the training data: {e}', file=sys.stderr)
     return 2
   any_config = next(iter(configs.values()), None) or train_config(
-      Run('probe', 0, '', 'configs/default.py', {**flatten(config.common), **data_overrides(config)}))
+      Run('probe', 0, '', 'configs/default.py', {**trees.flatten(config.common), **data_overrides(config)}))
   paths = datasets.resolve_paths(any_config.data)
   data = {'source': paths['nyu_root'], 'target': paths['lilocbench_manifest'],
           'deployment': paths['corridor_manifest']}

@@ -1,10 +1,12 @@
-"""Checkpoint folders, workdirs and `load_any`."""
+"""Checkpoint folders, workdirs, `checkpointing.load` and `convert.load_any`."""
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import trees
 from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
 
 from conftest import DATA
@@ -24,32 +26,34 @@ def test_workdir_latest_and_given_step(tmp_path, reference_ckpt):
   workdir = tmp_path / 'run'
   _write_steps(workdir / 'checkpoints', reference_ckpt, [10, 20])
   assert checkpointing.steps(workdir) == [10, 20]
-  latest = checkpointing.load_any(workdir)
+  latest = checkpointing.load(workdir)
   assert latest.step == 20 and latest.meta['epoch'] == 2
   np.testing.assert_array_equal(latest.params['encoder']['x'], [20, 20])
-  first = checkpointing.load_any(workdir / 'checkpoints', step=10)
+  first = checkpointing.load(workdir / 'checkpoints', step=10)
   assert first.step == 10
   with pytest.raises(CheckpointError, match=r'no step 15; available steps: \[10, 20\]'):
-    checkpointing.load_any(workdir, step=15)
+    checkpointing.load(workdir, step=15)
 
 
 def test_load_any_pt_and_folder_agree(reference_folder):
-  a = checkpointing.load_any(DATA / 'student_random.pt')
-  b = checkpointing.load_any(reference_folder)
-  fa, fb = checkpointing.flatten(a.params), checkpointing.flatten(b.params)
+  a = convert.load_any(DATA / 'student_random.pt')
+  b = convert.load_any(reference_folder)
+  fa, fb = trees.flatten(a.params), trees.flatten(b.params)
   assert fa.keys() == fb.keys()
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k])
   with pytest.raises(CheckpointError, match='--step applies'):
-    checkpointing.load_any(DATA / 'student_random.pt', step=3)
+    convert.load_any(DATA / 'student_random.pt', step=3)
 
 
 def test_bad_sources(tmp_path):
   with pytest.raises(CheckpointError, match='no such file or folder'):
-    checkpointing.load_any(tmp_path / 'nothing')
+    checkpointing.load(tmp_path / 'nothing')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(CheckpointError, match='neither a checkpoint folder'):
-    checkpointing.load_any(tmp_path / 'empty')
+    checkpointing.load(tmp_path / 'empty')
+  with pytest.raises(CheckpointError, match='a reference .pt is read by convert.load_any'):
+    checkpointing.load(DATA / 'student_random.pt')
 
 
 def test_write_is_atomic(tmp_path, reference_ckpt):
@@ -64,9 +68,9 @@ def test_load_into_model_checks_shapes(reference_ckpt):
   from efficientvit_jax import model as model_lib
 
   model = model_lib.create()
-  params = checkpointing.flatten(reference_ckpt.params)
+  params = trees.flatten(reference_ckpt.params)
   params['neck.conv.kernel'] = np.zeros((1, 1, 256, 64), np.float32)
   with pytest.raises(CheckpointError, match=r'neck.conv.kernel has shape \(1, 1, 256, 64\), the model expects \(1, 1, 256, 128\)'):
-    checkpointing.load_into_model(model, checkpointing.unflatten(params), reference_ckpt.batch_stats)
+    checkpointing.load_into_model(model, trees.unflatten(params), reference_ckpt.batch_stats)
   with pytest.raises(CheckpointError, match='missing Param'):
     checkpointing.load_into_model(model, {'encoder': reference_ckpt.params['encoder']}, reference_ckpt.batch_stats)

@@ -13,6 +13,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
+from efficientvit_jax import trees
 
 from conftest import DATA
 
@@ -57,7 +58,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_converted_folder_keeps_metadata(reference_folder):
-  ckpt = checkpointing.load_any(reference_folder)
+  ckpt = convert.load_any(reference_folder)
   assert ckpt.meta['epoch'] == 43  # the .pt's last finished epoch is 42 (0-based): 43 finished
   assert len(ckpt.meta['num_batches_tracked']) == 47
   assert set(ckpt.meta['num_batches_tracked'].values()) == {1000}
@@ -122,7 +123,7 @@ def test_pickled_objects_need_allow_pickle(tmp_path, capsys):
   _refused(tmp_path, capsys, obj, '--allow-pickle')
   dst = tmp_path / 'ok'
   assert convert.main(['torch-to-orbax', str(tmp_path / 'bad.pt'), str(dst), '--allow-pickle']) == 0
-  assert checkpointing.load_any(dst).meta['config']['DATA_ROOT'] == "PurePosixPath('/data')"
+  assert convert.load_any(dst).meta['config']['DATA_ROOT'] == "PurePosixPath('/data')"
 
 
 def test_existing_destination_is_refused(tmp_path, capsys, reference_folder):
@@ -158,11 +159,11 @@ def test_timm_encoder(tmp_path, reference_io, fmt):
     save_file({k: v.contiguous() for k, v in sd.items()}, src)
   dst = tmp_path / 'encoder'
   assert convert.main(['timm-encoder', str(src), str(dst)]) == 0
-  ckpt = checkpointing.load_any(dst)
+  ckpt = convert.load_any(dst)
   assert set(ckpt.params) == {'encoder'}
   model = model_lib.create(seed=1)
   copied = checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, partial=True)
-  assert len(copied) == len(checkpointing.flatten(ckpt.params)) + len(checkpointing.flatten(ckpt.batch_stats))
+  assert len(copied) == len(trees.flatten(ckpt.params)) + len(trees.flatten(ckpt.batch_stats))
   graphdef, state = nnx.split(model)
   feats = jax.jit(lambda s, x: nnx.merge(graphdef, s).features(x))(state, jnp.asarray(reference_io['image']))
   for i in range(4):
@@ -170,3 +171,15 @@ def test_timm_encoder(tmp_path, reference_io, fmt):
   # An encoder-only checkpoint cannot become a full reference .pt.
   with pytest.raises(checkpointing.CheckpointError, match='encoder-only'):
     convert.save_torch(ckpt, tmp_path / 'x.pt')
+
+
+def test_batchnorm_counters(reference_ckpt):
+  stats = reference_ckpt.batch_stats
+  zeros = convert.start_counters(stats)
+  assert len(zeros) == 47 and set(zeros.values()) == {0}
+  init = convert.start_counters(stats, init_from=reference_ckpt.meta)  # the fixture's counters: 1000
+  assert set(init.values()) == {1000}
+  meta = convert.counters_meta(init, 12, frozen_steps=5)
+  assert meta['init_num_batches_tracked'] == init
+  assert meta['num_batches_tracked']['neck.1'] == 1007 and meta['num_batches_tracked']['depth_d1.bn'] == 1012
+  assert convert.start_counters(stats, resumed={**reference_ckpt.meta, **meta}) == init

@@ -145,7 +145,7 @@ def test_other_modes(scaled, mode):
     domain, _ = mixing.global_batch(mode, sizes, 8, step, 0, {'nyu': 0.5, 'lilocbench': 0.5})
     np.testing.assert_array_equal(batch['domain'], domain)
     if mode in ('nyu', 'lilocbench'):
-      assert np.all(batch['domain'] == mixing.SETS.index(mode))
+      assert np.all(batch['domain'] == mixing.TRAIN_SETS.index(mode))
 
 
 def test_eval_iterator_pads_and_shards(scaled):

@@ -107,8 +107,8 @@ def test_stablehlo_in_a_fresh_process(tmp_path, jax_model):
 @pytest.mark.parametrize('args, expect', [
     (['--format', 'tflite'], "--format: invalid choice: 'tflite'"),
     (['--checkpoint', '{tmp}/none.pt'], 'none.pt: no such file'),
-    (['--size', '16x320'], '--size 16x320: both sides must be >= 32'),
-    (['--size', '240xwide'], "--size must be HxW"),
+    (['--size', '16x320'], '--size: the network needs at least 32x32, got 16x320'),
+    (['--size', '240xwide'], "--size: must be HxW"),
     (['--out', '{tmp}/exists.onnx'], 'exists.onnx exists (pass --overwrite'),
     (['--out', '{tmp}/no/such/dir/m.onnx'], 'does not exist'),
 ])

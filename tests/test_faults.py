@@ -19,6 +19,7 @@ import torch
 from conftest import DATA, ROOT
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
+from efficientvit_jax import trees
 
 STEPS = 6
 
@@ -53,8 +54,8 @@ def _error(proc):
 
 
 def _values(src, step=None):
-  ckpt = checkpointing.load_any(src, step)
-  return {**checkpointing.flatten(ckpt.params), **{f'stats.{k}': v for k, v in checkpointing.flatten(ckpt.batch_stats).items()},
+  ckpt = convert.load_any(src, step)
+  return {**trees.flatten(ckpt.params), **{f'stats.{k}': v for k, v in trees.flatten(ckpt.batch_stats).items()},
           **{f'kendall.{k}': v for k, v in ckpt.kendall.items()}}
 
 
@@ -342,13 +343,13 @@ def test_reference_numpy_metrics_load_without_allow_pickle_and_nothing_is_overwr
   code, out = _convert(capsys, 'torch-to-orbax', str(src), str(dst))
   assert code == 0, out.err
   first = _values(dst)
-  assert checkpointing.load_any(dst).meta['metrics']['best_rmse'] == pytest.approx(0.41)
+  assert convert.load_any(dst).meta['metrics']['best_rmse'] == pytest.approx(0.41)
   assert checkpointing.verify(dst / '0')
   code, out = _convert(capsys, 'torch-to-orbax', str(DATA / 'student_random.pt'), str(dst))
   assert code == 2 and '--overwrite' in out.err
   _assert_same(_values(dst), first)
   code, out = _convert(capsys, 'torch-to-orbax', str(DATA / 'student_random.pt'), str(dst), '--overwrite')
-  assert code == 0 and 'best_rmse' not in checkpointing.load_any(dst).meta['metrics']
+  assert code == 0 and 'best_rmse' not in convert.load_any(dst).meta['metrics']
   pt = tmp_path / 'back.pt'
   pt.write_bytes(b'precious')
   code, out = _convert(capsys, 'orbax-to-torch', str(dst), str(pt))
@@ -374,10 +375,10 @@ def test_reference_numpy_metrics_load_without_allow_pickle_and_nothing_is_overwr
 
 def test_non_finite_checkpoint_is_not_converted(tmp_path, capsys):
   ckpt = convert.checkpoint_from_torch_file(DATA / 'student_random.pt')
-  flat = checkpointing.flatten(ckpt.params)
+  flat = trees.flatten(ckpt.params)
   name = sorted(flat)[0]
   flat[name] = np.full_like(flat[name], np.nan)
-  ckpt.params = checkpointing.unflatten(flat)
+  ckpt.params = trees.unflatten(flat)
   checkpointing.write_folder(tmp_path / 'nan', ckpt)
   code, out = _convert(capsys, 'orbax-to-torch', str(tmp_path / 'nan'), str(tmp_path / 'nan.pt'))
   assert code == 2 and f'params.{name} holds' in out.err and not (tmp_path / 'nan.pt').exists()

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from efficientvit_jax import classes
 from efficientvit_jax import metrics
 
 STATIC = ('min_depth', 'max_depth', 'num_classes', 'bins')
@@ -161,7 +162,7 @@ def test_segmentation_absent_classes_and_majority_baseline():
   seg_pred = np.array([[[0, 1, 1], [1, 1, 2]]], np.int32)
   acc, r = _result(pred, gt, seg_pred, gt_seg)
   iou = r['seg']['iou']
-  assert list(iou) == list(metrics.CLASS_NAMES)
+  assert list(iou) == list(classes.CLASS_NAMES)
   assert iou['floor'] == pytest.approx(0.5)  # TP 1, FN 1
   assert iou['wall'] == pytest.approx(0.75)  # TP 3, FP 1
   assert all(iou[c] is None for c in ('person', 'furniture', 'glass', 'other'))  # person only on a 255 pixel
@@ -254,8 +255,8 @@ def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
           'bins': bins,
       },
       'seg': {'miou': np.mean([x for x in iou if x is not None]),
-              'iou': dict(zip(metrics.CLASS_NAMES, iou)),
-              'pixel_accuracy': np.trace(conf) / conf.sum(), 'classes': list(metrics.CLASS_NAMES),
+              'iou': dict(zip(classes.CLASS_NAMES, iou)),
+              'pixel_accuracy': np.trace(conf) / conf.sum(), 'classes': list(classes.CLASS_NAMES),
               'confusion': conf.tolist()},
       'baselines': {'mean_depth_rmse': np.std(g),
                     'majority_class_miou': gt_counts.max() / gt_counts.sum() / np.count_nonzero(gt_counts)},

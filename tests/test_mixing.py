@@ -78,7 +78,7 @@ def test_concat_natural_share_and_single_sets():
     spe = mixing.steps_per_epoch(mode, SIZES, 16)
     assert spe == n // 16
     epoch = batches(mode, spe)
-    assert all(np.all(d == mixing.SETS.index(mode)) for d, _ in epoch)
+    assert all(np.all(d == mixing.TRAIN_SETS.index(mode)) for d, _ in epoch)
     idx = np.concatenate([i for _, i in epoch])
     assert len(np.unique(idx)) == len(idx)
 

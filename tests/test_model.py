@@ -11,6 +11,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
+from efficientvit_jax import trees
 
 
 def _forward(model, image, train):
@@ -73,7 +74,7 @@ def test_batchnorm_statistics_follow_pytorch(reference_ckpt):
   model = model_lib.create()
   checkpointing.load_into_model(model, reference_ckpt.params, reference_ckpt.batch_stats)
   _, _, state = _forward(model, image, train=True)
-  stats = checkpointing.flatten(checkpointing.state_to_tree(nnx.filter_state(state, nnx.BatchStat)))
+  stats = trees.flatten(checkpointing.state_to_tree(nnx.filter_state(state, nnx.BatchStat)))
   assert len(stats) == 94
   for path, value in stats.items():
     np.testing.assert_allclose(value, expected[convert.torch_key(path)].numpy(), rtol=1e-5, atol=1e-5,

@@ -26,6 +26,8 @@ import pytest
 
 from conftest import ROOT
 from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import trees
 
 TIMEOUT_S = 600
 TRAIN_KEYS = ('train/loss', 'train/depth', 'train/seg', 'train/edge', 'train/log_sigma_d',
@@ -96,9 +98,9 @@ def _val(workdir):
 
 
 def _state(workdir):
-  ckpt = checkpointing.load_any(workdir)
-  return {**{f'params.{k}': v for k, v in checkpointing.flatten(ckpt.params).items()},
-          **{f'stats.{k}': v for k, v in checkpointing.flatten(ckpt.batch_stats).items()},
+  ckpt = convert.load_any(workdir)
+  return {**{f'params.{k}': v for k, v in trees.flatten(ckpt.params).items()},
+          **{f'stats.{k}': v for k, v in trees.flatten(ckpt.batch_stats).items()},
           **{f'kendall.{k}': v for k, v in ckpt.kendall.items()}}
 
 
@@ -143,5 +145,5 @@ def test_two_process_run_resumed_by_one_process_ends_where_one_process_does(runs
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  meta = checkpointing.load_any(runs['resumed']).meta
+  meta = convert.load_any(runs['resumed']).meta
   assert meta['step'] == 4 and set(meta['num_batches_tracked'].values()) == {4}

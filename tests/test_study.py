@@ -16,6 +16,7 @@ import eval as eval_script
 from configs import study_synthetic
 from conftest import ROOT
 from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
 from studies import domain_mixing as dm
 
 
@@ -221,11 +222,11 @@ def test_toy_study_table_equals_eval_rerun_on_the_saved_checkpoints(tmp_path, sy
   assert list(rows) == ['source_only', 'sequential', 'joint@0.25', 'joint@0.5', 'concat']
   assert 'reference V8' in table and '`joint@0.5` ~ V8' in table
   # Every run took its steps from the one pretrained checkpoint.
-  pre = checkpointing.load_any(study_dir / 'runs' / 'source_only')
+  pre = convert.load_any(study_dir / 'runs' / 'source_only')
   assert pre.step == 2
   for name in ('sequential', 'joint@0.25', 'joint@0.5', 'concat'):
     for seed in (0, 1):
-      ckpt = checkpointing.load_any(study_dir / 'runs' / name / f'seed_{seed}')
+      ckpt = convert.load_any(study_dir / 'runs' / name / f'seed_{seed}')
       assert ckpt.step == 2 and ckpt.meta['source'] == f"init_from:{study_dir / 'runs' / 'source_only'}"
   # eval.py rerun on the saved checkpoints gives the table's numbers.
   for name in ('source_only', 'joint@0.5'):

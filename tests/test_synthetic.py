@@ -1,4 +1,4 @@
-"""The stated properties of the synthetic data (data_pipelines/synthetic.py), on the tiny size."""
+"""The stated properties of the synthetic data (data_pipelines/synthetic/), on the tiny size."""
 
 import hashlib
 import json

@@ -16,6 +16,7 @@ from conftest import DATA, ROOT
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import torch_model
+from efficientvit_jax import trees
 
 PT = str(DATA / 'student_random.pt')
 
@@ -47,8 +48,8 @@ def _metrics(workdir):
 
 
 def _params(src):
-  ckpt = checkpointing.load_any(src)
-  return {**checkpointing.flatten(ckpt.params), **{f'stats.{k}': v for k, v in checkpointing.flatten(ckpt.batch_stats).items()},
+  ckpt = convert.load_any(src)
+  return {**trees.flatten(ckpt.params), **{f'stats.{k}': v for k, v in trees.flatten(ckpt.batch_stats).items()},
           **{f'kendall.{k}': v for k, v in ckpt.kendall.items()}}
 
 
@@ -73,7 +74,7 @@ def test_short_run_learns(uninterrupted):
   assert json.loads((uninterrupted / 'config.json').read_text())['batch_size'] == 4
   assert os.listdir(uninterrupted / 'tb')
   assert checkpointing.steps(uninterrupted) == [12, 16] or checkpointing.steps(uninterrupted)[-1] == 16
-  meta = checkpointing.load_any(uninterrupted).meta
+  meta = convert.load_any(uninterrupted).meta
   assert meta['step'] == 16 and set(meta['num_batches_tracked'].values()) == {16}
 
 
@@ -124,7 +125,7 @@ def test_trained_checkpoint_converts_to_pt_and_back(tmp_path, uninterrupted):
   pt = tmp_path / 'trained.pt'
   assert convert.main(['orbax-to-torch', str(uninterrupted), str(pt)]) == 0
   obj = torch.load(pt, weights_only=True)
-  assert obj['epoch'] == checkpointing.load_any(uninterrupted).meta['epoch'] - 1  # the reference's: last finished
+  assert obj['epoch'] == convert.load_any(uninterrupted).meta['epoch'] - 1  # the reference's: last finished
   torch_model.DepthSegNet().load_state_dict(obj['model'], strict=True)
   assert int(obj['model']['neck.1.num_batches_tracked']) == 16
   back = tmp_path / 'back'
@@ -139,9 +140,9 @@ def test_init_from_copies_weights(tmp_path, synthetic_tiny):
   _train(workdir, synthetic_tiny, '--config.num_train_steps=1', f'--config.init_from={PT}',
          '--config.optimizer.encoder_lr=0', '--config.optimizer.decoder_lr=0', '--config.optimizer.kendall_lr=0',
          '--config.optimizer.weight_decay=0')
-  trained, init = checkpointing.load_any(workdir), checkpointing.load_any(PT)
-  for k, v in checkpointing.flatten(init.params).items():
-    np.testing.assert_array_equal(checkpointing.flatten(trained.params)[k], v, err_msg=k)
+  trained, init = convert.load_any(workdir), convert.load_any(PT)
+  for k, v in trees.flatten(init.params).items():
+    np.testing.assert_array_equal(trees.flatten(trained.params)[k], v, err_msg=k)
   np.testing.assert_array_equal(trained.kendall['log_sigma_d'], init.kendall['log_sigma_d'])
   assert trained.meta['num_batches_tracked']['neck.1'] == 1001  # the fixture's 1000 + one step
 

@@ -1,4 +1,4 @@
-"""Look at what training would see: `python -m data_pipelines.inspect --config CFG [--config.k=v]
+"""Look at what training would see: `python -m data_pipelines.preview --config CFG [--config.k=v]
 --batches N --out F.jsonl [--grid PNG] [--start_step S]`.
 
 Writes one JSON line per global batch, `{"step", "domain": [...], "index": [...]}`, prints a
@@ -16,26 +16,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import datasets, mixing, readers
+from data_pipelines import datasets, mixing
+from efficientvit_jax import classes, domains
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 _BATCHES = flags.DEFINE_integer('batches', 10, 'Number of global batches to read.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSONL, one line per global batch.')
 _GRID = flags.DEFINE_string('grid', None, 'Optional PNG drawing the first batch.')
 _START = flags.DEFINE_integer('start_step', 0, 'First step to read.')
-
-CLASS_NAMES = ('floor', 'wall', 'person', 'furniture', 'glass', 'other')
-# Colours of the 6 classes (255 = ignore, black).
-PALETTE = np.array([[128, 64, 128], [70, 70, 70], [220, 20, 60], [190, 153, 153], [0, 200, 255],
-                    [107, 142, 35]], np.uint8)
-
-
-def colorize(seg: np.ndarray) -> np.ndarray:
-  """int [H, W] class ids -> uint8 [H, W, 3]; 255 -> black."""
-  out = np.zeros(seg.shape + (3,), np.uint8)
-  known = seg < len(PALETTE)
-  out[known] = PALETTE[seg[known]]
-  return out
 
 
 def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> None:
@@ -50,13 +38,13 @@ def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> 
   for r in range(n):
     depth = np.where(batch['depth_valid'][r], batch['depth'][r], np.nan)
     panels = [(batch['image'][r], {}), (depth, {'cmap': 'turbo'}),
-              (colorize(batch['seg'][r]), {}), (colorize(batch['gt_seg'][r]), {})]
+              (classes.colorize(batch['seg'][r]), {}), (classes.colorize(batch['gt_seg'][r]), {})]
     for c, (img, kw) in enumerate(panels):
       ax = axes[r, c]
       ax.imshow(img, interpolation='nearest', **kw)
       ax.set_xticks([])
       ax.set_yticks([])
-    domain = mixing.SETS[int(batch['domain'][r])] if batch['domain'][r] < 2 else 'corridor'
+    domain = domains.SETS[int(batch['domain'][r])]
     axes[r, 0].set_ylabel(f'{domain} {int(batch["index"][r])}', fontsize=8)
     if batch['depth_valid'][r].any():
       valid = batch['depth'][r][batch['depth_valid'][r]]
@@ -81,11 +69,11 @@ def augmented(batch: dict[str, np.ndarray], config, step: int) -> dict[str, np.n
 
 def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
               class_counts: np.ndarray, sizes: dict[str, int]) -> str:
-  """The printed summary of `inspect` (see module docstring)."""
-  domains = np.concatenate([l['domain'] for l in lines]) if lines else np.zeros(0, int)
-  out = [f'{len(lines)} global batches, {len(domains)} frames']
-  for d, name in enumerate(mixing.SETS):
-    share = float(np.mean(domains == d)) if len(domains) else 0.0
+  """The printed summary (see module docstring)."""
+  ids = np.concatenate([l['domain'] for l in lines]) if lines else np.zeros(0, int)
+  out = [f'{len(lines)} global batches, {len(ids)} frames']
+  for d, name in enumerate(mixing.TRAIN_SETS):
+    share = float(np.mean(ids == d)) if len(ids) else 0.0
     seen = collections.Counter(i for l in lines for dd, i in zip(l['domain'], l['index']) if dd == d)
     repeated = sum(1 for c in seen.values() if c > 1)
     out.append(f'{name:11s} share {share:6.1%}  distinct {len(seen):6d} of {sizes.get(name, 0):6d}'
@@ -94,12 +82,12 @@ def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
     v = np.concatenate(chunks) if chunks else np.zeros(0)
     if v.size:
       p = np.percentile(v, [1, 5, 25, 50, 75, 95, 99])
-      out.append(f'{mixing.SETS[d]:11s} target depth m p1/5/25/50/75/95/99: '
+      out.append(f'{mixing.TRAIN_SETS[d]:11s} target depth m p1/5/25/50/75/95/99: '
                  + ' '.join(f'{x:.2f}' for x in p))
   total = class_counts.sum()
   if total:
     out.append('classes (training labels): ' + '  '.join(
-        f'{n} {c / total:.1%}' for n, c in zip(CLASS_NAMES, class_counts)))
+        f'{n} {c / total:.1%}' for n, c in zip(classes.CLASS_NAMES, class_counts)))
   return '\n'.join(out)
 
 
@@ -108,7 +96,7 @@ def main(argv: Sequence[str]) -> None:
   config = _CONFIG.value
   it = datasets.train_iterator(config, start_step=_START.value)
   lines, depth_samples = [], collections.defaultdict(list)
-  class_counts = np.zeros(readers.NUM_CLASSES, np.int64)
+  class_counts = np.zeros(classes.NUM_CLASSES, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, 'w') as f:
     for _ in range(_BATCHES.value):
@@ -123,7 +111,7 @@ def main(argv: Sequence[str]) -> None:
       for j, d in enumerate(batch['domain']):
         depth_samples[int(d)].append(batch['depth'][j][batch['depth_valid'][j]][::7])
       seg = batch['seg']
-      class_counts += np.bincount(seg[seg < readers.NUM_CLASSES].ravel(), minlength=readers.NUM_CLASSES)
+      class_counts += np.bincount(seg[seg < classes.NUM_CLASSES].ravel(), minlength=classes.NUM_CLASSES)
       if _GRID.value and len(lines) == 1:
         draw_grid(augmented(batch, config, step), _GRID.value)
   it.close()

@@ -21,16 +21,10 @@ import math
 
 import numpy as np
 
-# Raw NYU40 ids used by the builders, with their 6-class id (0 floor, 1 wall, 2 person,
-# 3 furniture, 4 glass, 5 other), following docs/data.md (NYU40 -> 6 classes).
+# Raw NYU40 ids used by the builders (their 6 classes: `readers.NYU40_TO_6`, docs/data.md).
 WALL, FLOOR, CABINET, BED, CHAIR, SOFA, TABLE, DOOR, WINDOW = 1, 2, 3, 4, 5, 6, 7, 8, 9
 BOOKSHELF, PICTURE, COUNTER, DESK, PILLOW, MIRROR, FLOOR_MAT, CEILING = 10, 11, 12, 14, 18, 19, 20, 22
 TV, BOX, WHITEBOARD, PERSON, NIGHTSTAND, LAMP, OTHERPROP = 25, 29, 30, 31, 32, 35, 40
-NYU40_TO_6 = {
-  WALL: 1, FLOOR: 0, CABINET: 3, BED: 3, CHAIR: 3, SOFA: 3, TABLE: 3, DOOR: 1, WINDOW: 1,
-  BOOKSHELF: 3, PICTURE: 5, COUNTER: 3, DESK: 3, PILLOW: 5, MIRROR: 4, FLOOR_MAT: 0, CEILING: 1,
-  TV: 5, BOX: 5, WHITEBOARD: 5, PERSON: 2, NIGHTSTAND: 3, LAMP: 5, OTHERPROP: 5,
-}
 
 _EPS = 1e-4
 

@@ -1,4 +1,4 @@
-"""`python -m data_pipelines.inspect`: JSONL per global batch, summary, grid."""
+"""`python -m data_pipelines.preview`: JSONL per global batch, summary, grid."""
 
 import json
 import os
@@ -15,9 +15,9 @@ def root(synthetic_tiny):
   return str(synthetic_tiny)
 
 
-def test_inspect_writes_jsonl_summary_and_grid(root, tmp_path):
+def test_preview_writes_jsonl_summary_and_grid(root, tmp_path):
   out, grid = tmp_path / 'b.jsonl', tmp_path / 'grid.png'
-  cmd = [sys.executable, '-m', 'data_pipelines.inspect', '--config', 'configs/quickstart.py',
+  cmd = [sys.executable, '-m', 'data_pipelines.preview', '--config', 'configs/quickstart.py',
          f'--config.data.root={root}', '--config.batch_size=4', '--config.data.num_threads=2',
          '--batches', '3', '--out', str(out), '--grid', str(grid)]
   res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
