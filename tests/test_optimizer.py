@@ -15,6 +15,7 @@ from flax import nnx
 from configs import default
 from efficientvit_jax import checkpointing
 from efficientvit_jax import optimizer
+from efficientvit_jax import trees
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 BASE = {'encoder': 1e-2, 'decoder': 3e-2, 'kendall': 5e-2}
@@ -282,7 +283,7 @@ def test_opt_state_round_trips_exactly_by_path(tmp_path):
   assert int(adam.count) == 2 and not np.array_equal(adam.mu['model']['depth_d1']['w'], adam.nu['model']['depth_d1']['w'])
   # Stored by name: the first moment is found under its path, not by its position.
   _, items = checkpointing.restore_items(tmp_path / 'w' / 'checkpoints', 2, ('opt_state',))
-  stored = checkpointing.flatten(items['opt_state'])
+  stored = trees.flatten(items['opt_state'])
   np.testing.assert_array_equal(stored['1.inner_states.decoder.inner_state.inner_state.0.mu.model.depth_d1.w'],
                                 adam.mu['model']['depth_d1']['w'])
 
