@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.decoded_dir = ''  # '' = ROOT/decoded
   c.data.tfds_dir = ''  # '' = ROOT/tfds; a file system path (a gcsfuse mount for a bucket, not gs://)
   c.data.color_jitter = ml_collections.ConfigDict({'nyu': True, 'lilocbench': False})
+  c.data.nyu_crop = True  # the reference's random crop at native scale; False: resize NYU frames whole
   c.data.eval_sets = ('nyu',)  # validation sets evaluated during training: nyu, lilocbench, corridor
   c.data.num_threads = 8  # grain ReadOptions.num_threads per process
   c.data.num_workers = 0  # > 0: grain worker processes (mp_prefetch), each with num_threads threads

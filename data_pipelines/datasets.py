@@ -122,6 +122,7 @@ class _TrainSample:
   seed: int
   input_size: tuple[int, int]
   skip: SkipLog | None
+  nyu_crop: bool = True
 
   def __call__(self, k: int) -> dict[str, np.ndarray]:
     step, r = divmod(int(k), self.local_batch_size)
@@ -139,7 +140,7 @@ class _TrainSample:
       frame = _read_or_skip(reader, (i + n) % len(reader), self.skip)
       n += 1
     rng = transforms.frame_rng(self.seed, step, position)
-    return transforms.train_transform(frame, rng, self.input_size)
+    return transforms.train_transform(frame, rng, self.input_size, nyu_crop=self.nyu_crop)
 
 
 def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]:
@@ -218,7 +219,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         weights=_weights(data), batch_size=config.batch_size, local_batch_size=local,
         process_index=process_index, seed=config.seed,
         input_size=tuple(int(s) for s in data.input_size),
-        skip=self.skipped if data.skip_bad_frames else None)
+        skip=self.skipped if data.skip_bad_frames else None, nyu_crop=bool(data.nyu_crop))
     ds = grain.MapDataset.range(start_step * local, max(start_step, self.num_steps) * local).map(sample)
     workers = data.num_workers
     if workers > 0:

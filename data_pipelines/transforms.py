@@ -80,14 +80,15 @@ def eval_transform(frame: Mapping[str, Any], input_size: tuple[int, int],
 
 
 def train_transform(frame: Mapping[str, Any], rng: np.random.Generator,
-                    input_size: tuple[int, int]) -> dict[str, np.ndarray]:
+                    input_size: tuple[int, int], *, nyu_crop: bool = True) -> dict[str, np.ndarray]:
   """Raw frame -> training element before the per-pixel augmentation (module docstring): the
   geometry only (NYU crop window at native scale, or resize). Flip and colour jitter follow on the
-  device (`efficientvit_jax.augment`)."""
+  device (`efficientvit_jax.augment`). `nyu_crop=False` (`data.nyu_crop`) resizes NYU frames whole
+  too, so training sees the field of view and object scale that validation sees."""
   size = tuple(input_size)
   rgb = frame['rgb']
   maps = {k: frame[k] for k in MAPS}
-  window = crop_window(rgb.shape[:2], size) if frame['domain'] == 0 else None
+  window = crop_window(rgb.shape[:2], size) if frame['domain'] == 0 and nyu_crop else None
   if window is not None:
     y = int(rng.integers(0, rgb.shape[0] - window[0] + 1))
     x = int(rng.integers(0, rgb.shape[1] - window[1] + 1))

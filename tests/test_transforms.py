@@ -79,6 +79,16 @@ def test_crop_window_rule():
   assert transforms.crop_window((480, 640), (480, 640)) is None
 
 
+def test_nyu_crop_off_resizes_whole_frame():
+  frame = make_frame()
+  want = transforms.eval_transform(frame, (96, 128))
+  el = transforms.train_transform(frame, transforms.frame_rng(0, 0, 0), (96, 128), nyu_crop=False)
+  for k in want:
+    np.testing.assert_array_equal(el[k], want[k])
+  cropped = transforms.train_transform(frame, transforms.frame_rng(0, 0, 0), (96, 128))
+  assert not np.array_equal(cropped['image'], want['image'])
+
+
 def test_lilocbench_full_frame_resize():
   frame = make_frame(domain=1)
   want = transforms.eval_transform(frame, (96, 128))
