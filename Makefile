@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo study wheels device-check clean
+.PHONY: setup test test-fast test-slow demo study wheels device-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# test: the default suite, what CI runs; test-fast: without the e2e tests; test-slow: also the slow ones.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q --run-slow $(PYTEST_ARGS)

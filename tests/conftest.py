@@ -1,4 +1,9 @@
-"""Shared pytest setup: a persistent JAX compilation cache and the opt-in `slow` marker."""
+"""Shared pytest setup: a persistent JAX compilation cache and the opt-in `slow` marker.
+
+Tiers: `make test-fast` (`-m 'not e2e'`) < `make test` (everything but `slow`) < `make test-slow`
+(`--run-slow`). Mark a test `e2e` when it runs a command line end to end, trains, compiles the whole
+training step or runs a benchmark; every module keeps at least one test without the mark.
+"""
 
 import os
 import pathlib

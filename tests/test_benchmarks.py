@@ -28,6 +28,7 @@ def _reset_ops_impl():
   ops.set_impl(None)
 
 
+@pytest.mark.e2e
 def test_train_step_sweep_json_with_torch(tmp_path, capsys):
   out = tmp_path / 'step.json'
   _load('train_step').main(['--sweep', '1,2', '--steps', '2', '--warmup', '1', '--size', '64x64',
@@ -76,6 +77,7 @@ def test_freed_memory_is_retained_only_when_jax_runs_on_cpu(monkeypatch, platfor
   assert host_memory.retain_freed_memory_on_cpu_hosts() is on_cpu
 
 
+@pytest.mark.e2e
 def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
   result = _load('train_step').main(['--batch-size', '2', '--steps', '2', '--warmup', '1', '--size', '64x64',
                                      '--release-memory', '--profile', str(tmp_path)])
@@ -86,6 +88,7 @@ def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
   assert '| op kind | s/step | share |' in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_device_check_cpu_mode_reports_every_part(tmp_path):
   """`make device-check`'s script in its CPU mode: every part runs in its own process and reports."""
   check = _load('device_check')
@@ -186,3 +189,20 @@ def test_device_check_markdown_of_a_gpu_report():
   assert '| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 | 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |' in md
   assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
   assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
+
+
+def test_input_pipeline_table_on_given_data(tmp_path, synthetic_tiny, capsys):
+  out = tmp_path / 'pipeline.json'
+  _load('input_pipeline').main(['--root', str(synthetic_tiny), '--format', 'files', '--modes', 'nyu', '--threads', '1',
+                                '--batches', '2', '--batch-size', '2', '--size', '48x64', '--json', str(out)])
+  result = json.loads(out.read_text())
+  assert [(r['format'], r['mode'], r['threads']) for r in result['results']] == [('files', 'nyu', 1)]
+  assert result['results'][0]['images_per_s'] > 0 and result['png_decode_frames_per_s'] > 0
+  assert '| files | nyu |' in capsys.readouterr().out
+  assert not (synthetic_tiny / 'decoded').exists()  # --format files writes nothing into the root
+
+
+def test_latency_rejects_bad_batch_sizes(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _load('latency').main(['--batch-sizes', '0,8'])
+  assert exit_info.value.code == 2 and "bad --batch-sizes '0,8'" in capsys.readouterr().err

@@ -52,6 +52,7 @@ def run(tmp_path_factory, synthetic_tiny):
   return workdir, proc.stdout.splitlines()
 
 
+@pytest.mark.e2e
 def test_twenty_steps_print_few_lines_with_a_compile_line(run):
   _, lines = run
   log_lines = [line for line in lines if LOG_LINE.match(line)]
@@ -65,6 +66,7 @@ def test_twenty_steps_print_few_lines_with_a_compile_line(run):
   assert re.search(r'step/s, [\d.]+ images/s, eta \d', log_lines[-1])
 
 
+@pytest.mark.e2e
 def test_event_files_hold_images_text_hparams_and_scalars(run):
   workdir, _ = run
   events = _events(workdir / 'tb')

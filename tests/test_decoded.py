@@ -99,6 +99,7 @@ def test_changed_sources_make_it_stale_absent_sources_do_not(data, tmp_path):
   assert len(datasets.make_reader(paths, 'lilocbench', 'train')) > 0
 
 
+@pytest.mark.e2e
 def test_cli_refuses_to_overwrite_and_verify_finds_damage(data, tmp_path):
   run = lambda *a: subprocess.run([sys.executable, '-m', 'data_pipelines.decoded', *a], cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)

@@ -102,6 +102,7 @@ def test_numbers_equal_numpy_recomputation(tmp_path, synthetic_tiny, dataset, da
   assert any(f.endswith('_panel.png') for f in os.listdir(preds))
 
 
+@pytest.mark.e2e
 def test_pt_and_converted_folder_agree(tmp_path, synthetic_tiny, reference_folder):
   args = ['--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'), '--split', 'all']
   both, _ = _run(tmp_path, 'both', '--checkpoint', PT, '--checkpoint', str(reference_folder), *args)
@@ -110,6 +111,7 @@ def test_pt_and_converted_folder_agree(tmp_path, synthetic_tiny, reference_folde
   assert a == b
 
 
+@pytest.mark.e2e
 def test_reference_protocol(tmp_path, synthetic_tiny):
   preds = tmp_path / 'preds'
   result, _ = _run(tmp_path, 'ref', '--checkpoint', PT, '--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'),
@@ -127,6 +129,7 @@ def test_reference_protocol(tmp_path, synthetic_tiny):
   assert 0 <= result['seg']['miou'] <= 1
 
 
+@pytest.mark.e2e
 def test_eight_devices_agree_with_one(tmp_path, synthetic_tiny):
   """7 LILocBench frames in batches of 8: the last batch is padded, sharded over 8 devices."""
   args = ['--checkpoint', PT, '--dataset', 'lilocbench', '--data', str(synthetic_tiny / 'lilocbench'),

@@ -40,6 +40,7 @@ def _errors(out, ref):
           'labels': (out['labels'] == ref['labels']).mean()}
 
 
+@pytest.mark.e2e
 def test_onnx_on_fixture_fp32_and_fp16(reference_ckpt, reference_io, jax_model):
   model = export.onnx_model(reference_ckpt, (240, 320))
   assert [o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')] == [export.ONNX_OPSET] >= [17]
@@ -62,6 +63,7 @@ def test_onnx_on_fixture_fp32_and_fp16(reference_ckpt, reference_io, jax_model):
   assert 1e-6 < err16['depth'] < 1e-2 and err16['seg_logits'] < 2e-3 and err16['labels'] > 0.99, err16
 
 
+@pytest.mark.e2e
 def test_onnx_cli_dynamic_batch_at_another_size(tmp_path, jax_model):
   out_file = tmp_path / 'b1.onnx'
   assert export.main(['--checkpoint', PT, '--format', 'onnx', '--out', str(out_file), '--size', '96x128',
@@ -127,6 +129,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, expect):
   assert not (tmp_path / 'new.onnx').exists()
 
 
+@pytest.mark.e2e
 def test_latency_benchmark_smoke(tmp_path, capsys):
   import importlib.util
   import json

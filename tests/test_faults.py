@@ -118,12 +118,14 @@ def _bad_copy(src, dst, damage):
   return dst
 
 
+@pytest.mark.e2e
 def test_missing_file_is_found_at_start_also_under_dry_run(tmp_path, synthetic_tiny):
   data = _bad_copy(synthetic_tiny, tmp_path / 'data', lambda d: (d / 'nyu/nyu_cache/depth/00002.npy').unlink())
   proc = _run(_args(tmp_path / 'w', data, '--dry_run'), 2)
   assert '00002.npy' in _error(proc) and 'no such file' in _error(proc)
 
 
+@pytest.mark.e2e
 def test_bad_frame_in_training_and_evaluation_stops_naming_the_file(tmp_path, synthetic_tiny):
   # Frame 3 is a training frame, frame 0 the validation frame (nyu_cache/*_indices.txt).
   def damage(d):
@@ -175,6 +177,7 @@ def _largest(folder):
   return max((p for p in folder.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.e2e
 def test_damaged_steps_are_refused_by_commands_and_skipped_by_training(tmp_path, synthetic_tiny, reference,
                                                                        reference_values):
   workdir = tmp_path / 'w'
@@ -210,6 +213,7 @@ def test_damaged_steps_are_refused_by_commands_and_skipped_by_training(tmp_path,
   assert _metric_steps(workdir) == list(range(1, STEPS + 1))
 
 
+@pytest.mark.e2e
 def test_second_writer_is_refused_naming_the_first(tmp_path, synthetic_tiny):
   workdir = tmp_path / 'w'
   holder = subprocess.Popen(
@@ -225,6 +229,7 @@ def test_second_writer_is_refused_naming_the_first(tmp_path, synthetic_tiny):
     holder.wait()
 
 
+@pytest.mark.e2e
 def test_unwritable_workdir_is_refused_at_start(tmp_path, synthetic_tiny):
   workdir = tmp_path / 'w'
   workdir.mkdir()
@@ -233,6 +238,7 @@ def test_unwritable_workdir_is_refused_at_start(tmp_path, synthetic_tiny):
   assert f'{workdir}/checkpoints' in _error(proc)
 
 
+@pytest.mark.e2e
 def test_save_error_mid_run_names_path_and_last_good_step(tmp_path, synthetic_tiny, reference_values):
   """The checkpoint folder vanishes (an unmounted disk) while training: one line, exit 1, and the
   steps saved before restore with their values."""
@@ -267,6 +273,7 @@ def test_save_error_mid_run_names_path_and_last_good_step(tmp_path, synthetic_ti
 # Signals
 
 
+@pytest.mark.e2e
 def test_random_kills_then_resume_equal_an_uninterrupted_run(tmp_path, synthetic_tiny, reference, reference_values):
   """SIGKILL and SIGTERM at random moments (start-up, compilation, steps, saves), then a rerun."""
   workdir = tmp_path / 'w'
@@ -334,6 +341,7 @@ def test_conversion_refuses_damaged_non_finite_and_wrong_dtype(tmp_path, capsys)
     assert not (tmp_path / f'{src.stem}_out').exists()
 
 
+@pytest.mark.e2e
 def test_reference_numpy_metrics_load_without_allow_pickle_and_nothing_is_overwritten(tmp_path, capsys):
   obj = torch.load(DATA / 'student_random.pt', weights_only=True)
   obj.update(best_rmse=np.float64(0.41), best_miou=np.float32(0.5), epoch=np.int64(7))

@@ -76,6 +76,7 @@ def _parse_error(argv: list[str]) -> str | None:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 def test_train_commands_parse():
   argvs = [argv for program, argv in _commands() if program == 'train.py']
   bad = [f'python train.py {shlex.join(argv)}\n  -> {err}' for argv in argvs if (err := _parse_error(argv))]
@@ -111,6 +112,7 @@ ADAPTERS = {'data_pipelines.tfds_builders': _tfds_builders, 'data_pipelines.deco
             'efficientvit_jax.convert': _convert}
 
 
+@pytest.mark.e2e
 def test_module_commands_run(tmp_path, synthetic_tiny):
   modules = [(program.split()[-1], argv) for program, argv in _commands() if program.startswith('-m')]
   assert modules

@@ -29,6 +29,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import trees
 
+pytestmark = pytest.mark.e2e
 TIMEOUT_S = 600
 TRAIN_KEYS = ('train/loss', 'train/depth', 'train/seg', 'train/edge', 'train/log_sigma_d',
               'train/log_sigma_s', 'lr/encoder', 'lr/decoder', 'lr/kendall')

@@ -100,6 +100,7 @@ def test_dispatch_by_impl():
     ops.set_impl('gpu')
 
 
+@pytest.mark.e2e
 def test_model_train_step_same_under_both_impls():
   """Train-mode outputs, parameter gradients and BatchNorm updates agree across formulations."""
   image = jnp.asarray(np.random.default_rng(5).uniform(size=(2, 64, 96, 3)), jnp.float32)

@@ -16,6 +16,7 @@ from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import torch_model
 
+pytestmark = pytest.mark.e2e
 STEPS_PER_EPOCH = 2
 
 

@@ -165,3 +165,15 @@ def test_corridor_set(root):
 def test_default_ratio_nyu_to_lilocbench():
   c = synthetic.plan(0, 'default')['counts']
   assert 0.2 <= c['nyu_train'] / c['lilocbench_train'] <= 0.3
+
+
+def test_cli_refuses_a_previous_generation(root):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+
+  proc = subprocess.run([sys.executable, '-m', 'data_pipelines.synthetic', '--out', str(root), '--size', 'tiny'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.startswith(f'error: {root}: holds a previous generation') and proc.stderr.count('\n') == 1

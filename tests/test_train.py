@@ -18,6 +18,7 @@ from efficientvit_jax import convert
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
 
+pytestmark = pytest.mark.e2e
 PT = str(DATA / 'student_random.pt')
 
 

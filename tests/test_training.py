@@ -41,6 +41,7 @@ def _host(tree):
   return jax.tree.map(lambda x: np.asarray(x), tree)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('freeze_bn', [False, True])
 def test_frozen_encoder_keeps_weights_bn_follows_flag(freeze_bn):
   state, step, mesh = _setup(freeze_epochs=1, freeze_bn=freeze_bn, encoder_bn_train=not freeze_bn)
@@ -62,6 +63,7 @@ def test_frozen_encoder_keeps_weights_bn_follows_flag(freeze_bn):
   assert not np.array_equal(jax.tree.leaves(moved['encoder'])[0], jax.tree.leaves(before['p']['encoder'])[0])
 
 
+@pytest.mark.e2e
 def test_non_finite_update_is_discarded():
   state, step, mesh = _setup(lr=float('inf'))
   before = _host(state['params'])
@@ -71,6 +73,7 @@ def test_non_finite_update_is_discarded():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.e2e
 def test_bfloat16_step_is_finite_and_learns():
   state, step, mesh = _setup(dtype=jnp.bfloat16)
   batch = training.global_batch(_batch(), mesh)
