@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from efficientvit_jax import augment
 from efficientvit_jax import console
 from efficientvit_jax import metrics as metrics_lib
-from efficientvit_jax import training
+from efficientvit_jax import parallel
 
 # Valid ground-truth window per evaluation set (docs/data.md#depth-windows), metres.
 DEPTH_WINDOWS = {'nyu': (0.1, 10.0), 'lilocbench': (0.1, 15.0), 'corridor': (0.1, 5.0)}
@@ -131,7 +131,7 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   else:
     accumulator = metrics_lib.MetricAccumulator()
   for local in batches:
-    stats, preds = step(params, batch_stats, training.global_batch(local, mesh, keys))
+    stats, preds = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
     accumulator.update(stats)
     if on_batch is not None:
       on_batch(local, {k: local_rows(v) for k, v in preds.items()})
