@@ -15,7 +15,8 @@ the corridor set its corridor evaluation (every frame; pooled over the pixels wi
 [0.1, 5] m, nearest-resized, no confidence test; also by depth bin, image top 2/3 / bottom 1/3, and
 the sensor's failures); use `--split all --size 240x320` for the reference's numbers.
 Beside R.json: R.md (the table, with per-class IoU and pixel accuracy), R_confusion.png and
-R_depth_bins.png.
+R_depth_bins.png. Several processes (each evaluates its share of every batch): the flags of
+train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ class PredictionWriter:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from efficientvit_jax import parallel  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(prog='python eval.py', description=__doc__.split('\n\n')[0])
   parser.add_argument('--compare', nargs='+', metavar='R.json', default=None,
                       help='print one table of these eval results side by side (no evaluation)')
@@ -194,10 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out (and its .md) and '
                       'the files of a non-empty --save-predictions folder')
-  parser.add_argument('--coordinator-address', default='', help='host:port of process 0 (multi-process evaluation)')
-  parser.add_argument('--num-processes', type=int, default=None)
-  parser.add_argument('--process-id', type=int, default=None)
   parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
+  parallel.add_distributed_args(parser)
   args = parser.parse_args(argv)
   if args.compare:
     table, errors = compare(args.compare)
@@ -233,14 +234,17 @@ def main(argv: list[str] | None = None) -> int:
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import training  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   console.setup(args.verbose)
-  training.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  try:
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   runtime.enable_compilation_cache(args.compilation_cache)
   process, num_processes = jax.process_index(), jax.process_count()
-  mesh = training.make_mesh()
+  mesh = parallel.make_mesh()
   if args.batch_size % jax.device_count():
     parser.error(f'--batch-size {args.batch_size} is not divisible by the {jax.device_count()} devices')
   paths = data_paths(args)
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
       model = model_lib.create()
       checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
       graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-      params, batch_stats = training.put_replicated((params, batch_stats), mesh)
+      params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
       if corridor_reference:  # the sensor depth, nearest-resized; the metric applies the window
         reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
         batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=args.size)

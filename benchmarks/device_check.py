@@ -324,7 +324,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import checkpointing, convert, evaluation, training  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing, convert, evaluation, parallel  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
@@ -336,12 +336,12 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   config = default.get_config()
   config.data.root = data['root']
   paths = datasets.resolve_paths(config.data)
-  mesh = training.make_mesh()
+  mesh = parallel.make_mesh()
   model = model_lib.create()
   ckpt = convert.checkpoint_from_torch_file(FIXTURE / 'student_random.pt')
   checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, batch_stats = training.put_replicated((params, batch_stats), mesh)
+  params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
   result.update(batch_size=mode.eval_batch, size=list(mode.size), split='all', sets={})
 
   def one_pass(name: str, step: Callable, keys: tuple[str, ...]) -> int:
@@ -351,7 +351,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
     frames = 0
     try:
       for local in batches:
-        stats, _ = step(params, batch_stats, training.global_batch(local, mesh, keys))
+        stats, _ = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
         accumulator.update(stats)
         frames += int(local['frame_mask'].sum())
     finally:

@@ -125,7 +125,7 @@ class JaxStep:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from configs import default  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import checkpointing, training  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import checkpointing, parallel, training  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
 
@@ -133,11 +133,11 @@ class JaxStep:
     config = default.get_config()
     config.batch_size = batch_size
     config.freeze_encoder_epochs = 0
-    mesh = training.make_mesh()
+    mesh = parallel.make_mesh()
     model = model_lib.create(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
     tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
     graphdef, self.state = training.create_state(model, checkpointing.default_kendall(), tx, mesh)
-    self.batch = training.global_batch(random_batch(batch_size, size), mesh)
+    self.batch = parallel.global_batch(random_batch(batch_size, size), mesh)
     step = training.make_train_step(graphdef, tx, config.loss, seed=0, color_jitter=(True, True, False),
                                     augment=augment)
     jitted = training.jit_train_step(step, mesh, self.state)

@@ -20,7 +20,7 @@ from efficientvit_jax import augment
 from efficientvit_jax import console
 from efficientvit_jax import domains
 from efficientvit_jax import metrics as metrics_lib
-from efficientvit_jax import training
+from efficientvit_jax import parallel
 
 PROTOCOLS = ('ours', 'reference')
 REFERENCE_BATCH_SIZE = 16  # the reference averaged its metrics over validation batches of 16
@@ -126,7 +126,7 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   else:
     accumulator = metrics_lib.MetricAccumulator()
   for local in batches:
-    stats, preds = step(params, batch_stats, training.global_batch(local, mesh, keys))
+    stats, preds = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
     accumulator.update(stats)
     if on_batch is not None:
       on_batch(local, {k: local_rows(v) for k, v in preds.items()})

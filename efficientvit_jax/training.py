@@ -1,13 +1,13 @@
-"""The training state and the pure, jitted train and evaluation steps (train.py holds the loop).
+"""The training state and the pure, jitted train step (the loop: `train_loop.py`).
 
 The state is a dict pytree: `params` and `batch_stats` (`nnx.State`), `kendall` (`log_sigma_d`,
 `log_sigma_s`, [1]), `opt_state` (optax, over `{'model': params, 'kendall': kendall}`), `step`
 (int32) and `nonfinite_step` (int32, -1 while every loss has been finite). The model's graph
 definition is split off once and merged inside the step: no per-step NNX graph walk.
 
-Data parallelism: a `Mesh` over all devices with one `'data'` axis; batches are sharded on it,
-everything else replicated; XLA inserts the gradient all-reduce, and BatchNorm statistics are
-means over the global batch.
+Data parallelism (`parallel.py`): a `Mesh` over all devices with one `'data'` axis; batches are
+sharded on it, everything else replicated; XLA inserts the gradient all-reduce, and BatchNorm
+statistics are means over the global batch.
 """
 
 from __future__ import annotations
@@ -19,53 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from efficientvit_jax import augment as augment_lib
 from efficientvit_jax import losses
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
+from efficientvit_jax import parallel
 
 State = dict[str, Any]
 
-
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh `('data',)` over all (global) devices."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ('data',))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P('data'))
-
-
-TRAIN_KEYS = ('image', 'depth', 'depth_valid', 'seg', 'domain')
-
-
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...] | None = None) -> dict[str, jax.Array]:
-  """This process's slice of a global batch -> global arrays sharded on 'data'.
-
-  Each process passes its own consecutive slice (process p holds rows [p * B / P, (p + 1) * B / P)).
-  `keys` selects the entries to transfer (default: all).
-  """
-  sharding = batch_sharding(mesh)
-  keys = tuple(local) if keys is None else keys
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  """Host values (identical on every process) -> arrays replicated over the mesh."""
-  sharding = replicated(mesh)
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-  return jax.tree.map(put, tree)
+TRAIN_KEYS = ('image', 'depth', 'depth_valid', 'seg', 'domain')  # what the train step reads of a batch
 
 
 def create_state(model: model_lib.DepthSegNet, kendall: dict[str, np.ndarray],
@@ -79,8 +43,8 @@ def create_state(model: model_lib.DepthSegNet, kendall: dict[str, np.ndarray],
       'step': np.zeros((), np.int32),
       'nonfinite_step': np.full((), -1, np.int32),
   }
-  state = put_replicated(host, mesh)
-  state['opt_state'] = jax.jit(tx.init, out_shardings=replicated(mesh))(
+  state = parallel.put_replicated(host, mesh)
+  state['opt_state'] = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(
       {'model': state['params'], 'kendall': state['kendall']})
   return graphdef, state
 
@@ -150,28 +114,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lo
 
 def jit_train_step(train_step: Callable, mesh: Mesh, state: State) -> Callable:
   """`jax.jit` with stated shardings and the state's buffers donated."""
-  state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
-  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+  return jax.jit(train_step, in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
 
-
-def initialize_distributed(coordinator_address: str = '', num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-  """Starts JAX's multi-process runtime when this is one process of several.
-
-  Explicit: `coordinator_address` (+ `num_processes`, `process_id`), e.g. 2 local CPU processes
-  (gloo collectives) or hosts without a cluster manager. Implicit: on a Cloud TPU VM (a pod slice
-  runs one process per host) or under SLURM with several tasks, `jax.distributed.initialize()`
-  detects its parameters itself. Otherwise nothing: one process.
-  """
-  import glob  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-
-  if coordinator_address:
-    if num_processes is None or process_id is None:
-      raise ValueError('--coordinator_address needs --num_processes and --process_id')
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif num_processes is not None and num_processes > 1:
-    raise ValueError('--num_processes > 1 needs --coordinator_address (host:port of process 0)')
-  elif glob.glob('/dev/accel*') or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    jax.distributed.initialize()

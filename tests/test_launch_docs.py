@@ -63,7 +63,7 @@ try:
   flags.FLAGS(sys.argv)
   train.check_config(train._CONFIG.value)
   print(json.dumps(None))
-except (flags.Error, train.RunError, ValueError, KeyError, AttributeError) as e:
+except (flags.Error, ValueError, KeyError, AttributeError) as e:
   print(json.dumps(f'{type(e).__name__}: {e}'))
 '''
 

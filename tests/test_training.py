@@ -10,6 +10,7 @@ from flax import nnx
 from configs import default
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
+from efficientvit_jax import parallel
 from efficientvit_jax import training
 
 
@@ -28,7 +29,7 @@ def _setup(dtype=jnp.float32, freeze_epochs=0, freeze_bn=False, lr=1e-3, encoder
   config.optimizer.encoder_lr = config.optimizer.decoder_lr = lr
   model = model_lib.create(dtype=dtype)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=2, total_steps=20)
-  mesh = training.make_mesh()
+  mesh = parallel.make_mesh()
   graphdef, state = training.create_state(
       model, {'log_sigma_d': np.zeros(1, np.float32), 'log_sigma_s': np.zeros(1, np.float32)}, tx, mesh)
   step = training.jit_train_step(
@@ -47,7 +48,7 @@ def test_frozen_encoder_keeps_weights_bn_follows_flag(freeze_bn):
   state, step, mesh = _setup(freeze_epochs=1, freeze_bn=freeze_bn, encoder_bn_train=not freeze_bn)
   before = _host({'p': state['params'], 's': state['batch_stats']})
   for i in range(2):  # the two frozen steps
-    state, metrics = step(state, training.global_batch(_batch(seed=i), mesh))
+    state, metrics = step(state, parallel.global_batch(_batch(seed=i), mesh))
   after = _host({'p': state['params'], 's': state['batch_stats']})
   for part in ('encoder', 'neck'):
     for a, b in zip(jax.tree.leaves(before['p'][part]), jax.tree.leaves(after['p'][part])):
@@ -58,7 +59,7 @@ def test_frozen_encoder_keeps_weights_bn_follows_flag(freeze_bn):
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before['p']['depth_d1']),
                                                       jax.tree.leaves(after['p']['depth_d1'])))
   assert float(metrics['lr/encoder']) == 0.0 and float(metrics['lr/decoder']) > 0
-  state, _ = step(state, training.global_batch(_batch(seed=3), mesh))  # unfrozen: encoder moves
+  state, _ = step(state, parallel.global_batch(_batch(seed=3), mesh))  # unfrozen: encoder moves
   moved = _host(state['params'])
   assert not np.array_equal(jax.tree.leaves(moved['encoder'])[0], jax.tree.leaves(before['p']['encoder'])[0])
 
@@ -67,7 +68,7 @@ def test_frozen_encoder_keeps_weights_bn_follows_flag(freeze_bn):
 def test_non_finite_update_is_discarded():
   state, step, mesh = _setup(lr=float('inf'))
   before = _host(state['params'])
-  state, _ = step(state, training.global_batch(_batch(), mesh))
+  state, _ = step(state, parallel.global_batch(_batch(), mesh))
   assert int(state['nonfinite_step']) == 0 and int(state['step']) == 1
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state['params']))):
     np.testing.assert_array_equal(a, b)
@@ -76,7 +77,7 @@ def test_non_finite_update_is_discarded():
 @pytest.mark.e2e
 def test_bfloat16_step_is_finite_and_learns():
   state, step, mesh = _setup(dtype=jnp.bfloat16)
-  batch = training.global_batch(_batch(), mesh)
+  batch = parallel.global_batch(_batch(), mesh)
   losses = []
   for _ in range(4):
     state, metrics = step(state, batch)

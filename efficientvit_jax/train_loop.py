@@ -1,0 +1,463 @@
+"""The training loop: `train_and_evaluate(config, workdir)`; `train.py` is its command line.
+
+Where a run starts, in this order: the workdir's newest intact checkpoint (bit-exact resumption),
+else `config.init_from` (weights, BatchNorm statistics and Kendall log-sigmas; fresh optimiser and
+schedule), else random initialisation. Then steps (`training.py`'s jitted step) with the logged
+means every `log_every_steps` (`metrics.jsonl`, TensorBoard `tb/`), validation every
+`eval_every_steps` and at the end, checkpoints every `checkpoint_every_steps`, after each
+validation and at the end (`checkpoints/`, and `best/` by `best_metric`), until the last step or a
+stop request, which saves the current step: SIGTERM / SIGINT with `catch_signals` (one process),
+orbax's preemption sync point (several processes, which must stop at the same step).
+
+The state is passed explicitly: the helpers below take the train state (`training.State`) and the
+run's fixed parts (`_Run`) and return what they change.
+
+Errors: `UserError` (configuration, data or workdir; the message says what to change) and
+`RunError` (a run that failed on the way: non-finite loss, failed save, full disk); train.py exits
+with 2 and 1 on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+
+from data_pipelines import datasets
+from data_pipelines import readers
+from efficientvit_jax import checkpointing
+from efficientvit_jax import console
+from efficientvit_jax import convert
+from efficientvit_jax import evaluation
+from efficientvit_jax import model as model_lib
+from efficientvit_jax import optimizer as optimizer_lib
+from efficientvit_jax import parallel
+from efficientvit_jax import summaries
+from efficientvit_jax import training
+
+TB_KEYS = ('train/', 'lr/', 'val/')
+TB_PANELS = 3  # evaluation pictures per validation set in TensorBoard (its first frames)
+
+
+class UserError(Exception):
+  """A configuration, data or workdir problem found before or while training; the message names it."""
+
+
+class RunError(Exception):
+  """A run that stopped on the way (non-finite loss, failed save, full disk); the message names the
+  last good checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What a `train_and_evaluate` call did."""
+
+  start_step: int  # the step it started from (0, or the restored step)
+  step: int  # the last step trained (== start_step when there was nothing left to do)
+  total_steps: int
+  preempted: bool  # stopped early by a signal or a preemption; `step` is saved
+  metrics: dict[str, float]  # the last validation metrics of this call ({} if none ran)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """The parts of a run that stay fixed while it trains."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  mesh: Mesh
+  graphdef: nnx.GraphDef
+  ckptr: checkpointing.TrainCheckpointer
+  writer: Any  # the TensorBoard SummaryWriter on process 0, else None
+  eval_sets: tuple[str, ...]
+  steps_per_epoch: int
+  total_steps: int
+  freeze_steps: int
+  bn_frozen: bool  # encoder + neck BatchNorm in eval mode while the encoder is frozen
+  counters: dict[str, int]  # BatchNorm `num_batches_tracked` at step 0 of this run
+  source: str  # 'scratch' or 'init_from:<path>'
+  process: int
+  num_processes: int
+
+  @property
+  def is_main(self) -> bool:
+    return self.process == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+  """Where a run starts: the model is loaded in place, these are the rest."""
+
+  step: int
+  kendall: dict[str, np.ndarray]
+  opt_state: Any  # restored optimiser state (numpy), or None for a fresh one
+  counters: dict[str, int]
+  source: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Start
+
+
+def _plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The plan (`datasets.steps_plan`) after checking that every file the run reads exists."""
+  try:  # the readers' errors name the file or config key at fault
+    sched = datasets.steps_plan(config)
+    paths = datasets.resolve_paths(config.data)
+    for name in config.data.eval_sets:  # fail now, not after hours of training
+      datasets.make_reader(paths, name, 'val')
+    datasets.check_files(config)  # every file the splits name exists (cheap: no decoding)
+  except (OSError, ValueError, ImportError) as e:
+    raise UserError(f'data: {e}') from None
+  return sched
+
+
+def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: model_lib.DepthSegNet,
+                     tx: Any, ckptr: checkpointing.TrainCheckpointer) -> _Start:
+  """Loads the start of the run into `model`: the newest intact checkpoint, else `init_from`."""
+  kendall = checkpointing.default_kendall()
+  _, bn_stats = checkpointing.model_trees(model)
+  resumed = None
+  if ckptr.latest_step() is not None:
+    opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
+    try:  # damaged steps are moved aside with a warning; a mismatching configuration is an error
+      resumed = ckptr.restore_newest_intact(opt_like)
+    except checkpointing.CheckpointError as e:
+      raise UserError(str(e)) from None
+    if resumed is None:
+      checkpointing.warn(f'no intact checkpoint left in {workdir}/checkpoints; starting afresh')
+  if resumed is not None:
+    latest, (ckpt, opt_state, data_state) = resumed
+    checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=f'{workdir}/checkpoints/{latest}')
+    step = int(data_state.get('step', latest))
+    logging.info('resuming %s from step %d', workdir, step)
+    return _Start(step=step, kendall=ckpt.kendall, opt_state=opt_state,
+                  counters=convert.start_counters(bn_stats, resumed=ckpt.meta),
+                  source=ckpt.meta.get('source', 'scratch'))
+  if not config.init_from:
+    return _Start(step=0, kendall=kendall, opt_state=None, counters=convert.start_counters(bn_stats),
+                  source='scratch')
+  try:
+    init = convert.load_any(config.init_from)
+    copied = checkpointing.load_into_model(model, init.params, init.batch_stats, partial=True,
+                                           source=config.init_from)
+  except checkpointing.CheckpointError as e:
+    raise UserError(f'init_from: {e}') from None
+  logging.info('init_from %s: copied %d arrays (weights, BatchNorm statistics), Kendall log-sigmas %s',
+               config.init_from, len(copied), {k: float(v[0]) for k, v in init.kendall.items()})
+  return _Start(step=0, kendall=init.kendall, opt_state=None,
+                counters=convert.start_counters(bn_stats, init_from=init.meta), source=f'init_from:{config.init_from}')
+
+
+def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any, mesh: Mesh,
+                   state: training.State, freeze_steps: int) -> tuple[Callable, Callable]:
+  """(train step, step of the frozen phase): the same unless the encoder BatchNorm is frozen in
+  eval mode then. Each prints a `compiling` line at its first call."""
+
+  def compile_step(encoder_bn_train):
+    return console.announce_compile(training.jit_train_step(
+        training.make_train_step(graphdef, tx, config.loss, seed=config.seed,
+                                 color_jitter=datasets.color_jitter_flags(config.data),
+                                 freeze_steps=freeze_steps,
+                                 freeze_bn_when_frozen=config.freeze_bn_when_frozen,
+                                 encoder_bn_train=encoder_bn_train),
+        mesh, state), 'the training step' + ('' if encoder_bn_train else ' (encoder BatchNorm frozen)'))
+
+  train_step = compile_step(True)
+  frozen_step = compile_step(False) if config.freeze_bn_when_frozen and freeze_steps else train_step
+  return train_step, frozen_step
+
+
+def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, start_step: int) -> Any:
+  """Process 0: writes `config.json`, drops the `metrics.jsonl` rows the run redoes; returns the
+  TensorBoard writer."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  previous = workdir / 'config.json'
+  current = json.loads(config.to_json())
+  if previous.exists() and json.loads(previous.read_text() or '{}') != current:
+    logging.warning('%s differs from this run\'s config; the new one replaces it', previous)
+  tmp = workdir / '.config.json.tmp'
+  tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+  tmp.replace(previous)
+  # Steps after the restored one are redone: their old rows go (each step is logged once).
+  checkpointing.truncate_metrics(workdir / 'metrics.jsonl', start_step)
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+  writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
+  summaries.write_config(writer, current, [f'val/{name}/{m}' for name in config.data.eval_sets
+                                           for m in ('rmse', 'miou')])
+  return writer
+
+
+# --------------------------------------------------------------------------------------------------
+# Step helpers: the state in, what changed out.
+
+
+def _model_checkpoint(run: _Run, state: training.State, step: int,
+                      metrics: dict[str, float]) -> checkpointing.Checkpoint:
+  params = checkpointing.state_to_tree(state['params'])
+  stats = checkpointing.state_to_tree(state['batch_stats'])
+  kendall = {k: checkpointing.to_host(v) for k, v in state['kendall'].items()}
+  frozen_steps = run.freeze_steps if run.bn_frozen else 0  # encoder BatchNorms in eval mode meanwhile
+  meta = {'step': step, 'epoch': step // run.steps_per_epoch,
+          **convert.counters_meta(run.counters, step, frozen_steps=frozen_steps), 'source': run.source,
+          'config': json.loads(run.config.to_json()), 'metrics': metrics}
+  return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=kendall, meta=meta)
+
+
+def _check_finite(run: _Run, state: training.State) -> None:
+  bad = int(checkpointing.to_host(state['nonfinite_step']))
+  if bad >= 0:
+    raise RunError(f'non-finite loss at step {bad + 1}; stopped. The last good checkpoint is step '
+                   f'{run.ckptr.latest_step()} in {run.workdir}/checkpoints (lower the learning rate or check '
+                   'the data)')
+
+
+def _save(run: _Run, state: training.State, step: int, metrics: dict[str, float], force: bool = False) -> None:
+  """Checkpoints `step` (and best/ when `metrics` beat it); RunError on a non-finite state or a
+  failed save."""
+  _check_finite(run, state)
+  ckpt = _model_checkpoint(run, state, step, metrics)
+  try:
+    run.ckptr.save(step, ckpt, state['opt_state'], {'step': step, 'epoch': step // run.steps_per_epoch},
+                   force=force)
+    best = bool(metrics) and run.ckptr.maybe_save_best(step, ckpt)
+  except checkpointing.SaveError as e:
+    raise RunError(str(e)) from None
+  if run.is_main:
+    console.say(f'step {step}: saving checkpoint to {run.workdir}/checkpoints'
+                + (f' and best/ ({run.config.best_metric} {metrics[run.config.best_metric]:.4f})' if best else ''))
+
+
+def _write_metrics(run: _Run, step: int, values: dict[str, float]) -> None:
+  """One `metrics.jsonl` row and the TensorBoard scalars (process 0)."""
+  if not run.is_main:
+    return
+  line = {'step': step, **{k: float(v) for k, v in values.items()}}
+  with open(run.workdir / 'metrics.jsonl', 'a') as f:
+    f.write(json.dumps(line) + '\n')
+  for k, v in values.items():
+    if k.startswith(TB_KEYS):
+      run.writer.add_scalar(k, float(v), step)
+  run.writer.flush()
+
+
+def _report_train(run: _Run, progress: console.Progress, step: int, values: dict[str, float]) -> None:
+  """Logs the training means of the last steps: metrics.jsonl, TensorBoard, the console."""
+  _write_metrics(run, step, values)
+  losses = (f"loss {values['train/loss']:.4f} depth {values['train/depth']:.4f} "
+            f"seg {values['train/seg']:.4f}")
+  losses += f", input wait {values['train/input_wait']:.0%}"
+  if progress.bar is not None:
+    progress.bar.set_postfix_str(f"{losses} {values['train/images_per_s']:.1f} img/s")
+  elif run.is_main:
+    print(f'step {step}/{run.total_steps} {losses}, {progress.describe() or "eta after the next step"}',
+          flush=True)
+
+
+def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
+  """Validation on every `eval_sets` split: logged, written, pictures in TensorBoard; the values."""
+  config = run.config
+  values = {}
+  for name in run.eval_sets:
+    batches = datasets.eval_iterator(config, name, 'val', batch_size=config.batch_size,
+                                     process_index=run.process, process_count=run.num_processes)
+    bar = console.Progress(len(batches), f'eval {name}', unit='batch', batch_size=config.batch_size,
+                           quiet=not run.is_main)
+    frames = evaluation.FirstFrames(TB_PANELS if run.writer is not None else 0)
+
+    def on_batch(local, preds, frames=frames, bar=bar):
+      frames(local, preds)
+      bar.update()
+
+    try:
+      res = evaluation.evaluate(run.graphdef, state['params'], state['batch_stats'], batches, run.mesh,
+                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch)
+    finally:
+      bar.close()
+      batches.close()
+    if run.writer is not None:
+      summaries.write_panels(run.writer, f'val/{name}', frames.frames, step)
+    fm = res['depth']['frame_mean']
+    for metric in ('rmse', 'mae', 'abs_rel', 'delta1'):
+      if fm.get(metric) is not None:
+        values[f'val/{name}/{metric}'] = fm[metric]
+    if res.get('seg') and res['seg'].get('miou') is not None:
+      values[f'val/{name}/miou'] = res['seg']['miou']
+  _write_metrics(run, step, values)
+  if run.is_main:
+    console.say(f'step {step} validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
+  return values
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: Callable, start_step: int,
+           stop: threading.Event) -> Outcome:
+  """Steps `start_step` .. `total_steps` (or up to a stop request); saves, logs and evaluates.
+
+  The next global batch is read and its transfer to the devices started while the current step
+  runs (the step is dispatched asynchronously); `train/input_wait` is the fraction of wall time the
+  loop spent waiting for the host pipeline. A bad frame in that next batch stops the run once the
+  current step is logged and saved.
+  """
+  config, total_steps = run.config, run.total_steps
+  data = datasets.train_iterator(config, start_step, run.process, run.num_processes)
+  # A bar on a terminal; elsewhere the log lines of `_report_train` are the progress (lines=False).
+  progress = console.Progress(total_steps, 'train', unit='step', batch_size=config.batch_size,
+                              initial=start_step, lines=False, quiet=not run.is_main)
+  pending, last_metrics = [], {}
+  tick, tick_step = time.perf_counter(), start_step
+  step = saved_step = start_step
+  preempted = False
+  data_error = None  # an error reading batch t + 1, raised once step t is logged and saved
+  error = None
+  try:
+    batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
+    input_wait = time.perf_counter() - tick
+    while step < total_steps:
+      if data_error is not None:
+        raise data_error
+      step_fn = frozen_step if step < run.freeze_steps else train_step
+      state, metrics = step_fn(state, batch)
+      step += 1
+      if step < total_steps:
+        wait_start = time.perf_counter()
+        try:
+          batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
+        except readers.BadFrameError as e:
+          data_error = e
+        input_wait += time.perf_counter() - wait_start
+      pending.append(metrics)
+      run.ckptr.poll()  # seals a finished save (integrity record), then drops old steps
+      progress.update(1)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        fetched = jax.device_get(pending)
+        pending = []
+        _check_finite(run, state)
+        now = time.perf_counter()
+        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        values['train/images_per_s'] = (step - tick_step) * config.batch_size / (now - tick)
+        values['train/input_wait'] = input_wait / (now - tick)
+        tick, tick_step, input_wait = now, step, 0.0
+        _report_train(run, progress, step, values)
+      evaluated = (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
+      if evaluated and run.eval_sets:
+        last_metrics = _evaluate(run, state, step)
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or evaluated:
+        _save(run, state, step, last_metrics if evaluated else {})
+        saved_step = step
+      if evaluated or step % config.checkpoint_every_steps == 0:
+        # images/s and input_wait measure training steps only
+        tick, tick_step, input_wait = time.perf_counter(), step, 0.0
+      preempted = stop.is_set() or (run.num_processes > 1 and run.ckptr.reached_preemption(step))
+      if preempted and step < total_steps:
+        if saved_step != step:
+          _save(run, state, step, {}, force=True)
+        run.ckptr.wait()
+        print(f'preempted: saved step {step} in {run.workdir}/checkpoints; rerun the same command to resume',
+              flush=True)
+        break
+  except (RunError, checkpointing.SaveError) as e:
+    logging.error('%s', e)
+    error = RunError(str(e))
+  except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
+    error = RunError(f'{e}; the last good checkpoint is step {run.ckptr.last_good_step()} in '
+                     f'{run.workdir}/checkpoints')
+  except readers.BadFrameError as e:  # nothing of this step is saved
+    logging.error('%s', e)
+    error = UserError(f'data: {e} (set data.skip_bad_frames=True to skip such frames)')
+  finally:
+    progress.close()
+    data.close()
+    try:
+      run.ckptr.wait()
+    except checkpointing.SaveError as e:
+      error = error or RunError(str(e))
+  if error is not None:
+    raise error
+  return Outcome(start_step=start_step, step=step, total_steps=total_steps,
+                 preempted=preempted and step < total_steps, metrics=last_metrics)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, dry_run: bool = False,
+                       catch_signals: bool = False) -> Outcome | None:
+  """Trains (or continues training) `config` in `workdir`; see the module docstring.
+
+  config: a training config (`configs/`), checked (train.py's `check_config`). Every process of a
+  multi-process run calls this with the same arguments, after `parallel.initialize_distributed`;
+  the caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
+  dry_run: check the devices, the data and the config, print the plan and return None.
+  catch_signals: (one process) SIGTERM and SIGINT during the steps save the current step and end the
+  call (`Outcome.preempted`); the previous handlers are back on return.
+  Raises UserError or RunError (module docstring).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  process, num_processes = jax.process_index(), jax.process_count()
+  mesh = parallel.make_mesh()
+  if config.batch_size % jax.device_count():
+    raise UserError(f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices')
+  logging.info('process %d of %d, %d local / %d global devices (%s)', process, num_processes,
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  sched = _plan(config)
+  steps_per_epoch, total_steps = sched['steps_per_epoch'], sched['num_steps']
+  freeze_steps = int(config.freeze_encoder_epochs) * steps_per_epoch
+  eval_sets = tuple(config.data.eval_sets)
+  plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
+          f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; eval on {list(eval_sets)}')
+  if dry_run:
+    print(plan)
+    return None
+  if process == 0:
+    console.say(plan)
+
+  dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
+  model = model_lib.create(dtype=dtype, seed=config.seed)
+  tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  try:
+    ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  except (OSError, ValueError) as e:  # e.g. a file where W/best should be
+    raise UserError(f'cannot use the workdir\'s checkpoint folders: {e}') from None
+  writer = None
+  handlers = {}
+  stop = threading.Event()
+  try:
+    start = _restore_or_init(config, workdir, model, tx, ckptr)
+    graphdef, state = training.create_state(model, start.kendall, tx, mesh)
+    if start.opt_state is not None:
+      state['opt_state'] = parallel.put_replicated(start.opt_state, mesh)
+      state['step'] = parallel.put_replicated(np.asarray(start.step, np.int32), mesh)
+    if start.step >= total_steps:
+      print(f'{workdir}: already trained for {start.step} of {total_steps} steps; nothing to do')
+      return Outcome(start_step=start.step, step=start.step, total_steps=total_steps, preempted=False, metrics={})
+    train_step, frozen_step = _compile_steps(config, graphdef, tx, mesh, state, freeze_steps)
+    if process == 0:
+      writer = _open_outputs(config, workdir, start.step)
+    run = _Run(config=config, workdir=workdir, mesh=mesh, graphdef=graphdef, ckptr=ckptr, writer=writer,
+               eval_sets=eval_sets, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+               freeze_steps=freeze_steps, bn_frozen=frozen_step is not train_step, counters=start.counters,
+               source=start.source, process=process, num_processes=num_processes)
+    # Several processes stop at orbax's preemption sync point instead: all at the same step.
+    if catch_signals and num_processes == 1:
+      handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    return _train(run, state, train_step, frozen_step, start.step, stop)
+  finally:
+    ckptr.close()
+    if writer is not None:
+      writer.close()
+    for signum, handler in handlers.items():
+      signal.signal(signum, handler)

@@ -1,0 +1,54 @@
+"""`train_loop.train_and_evaluate` in-process on the tiny synthetic data at 32x32: a run writes its
+checkpoints, metrics, config and TensorBoard files; a second call in the same workdir resumes at the
+saved step and logs each step once; a third finds nothing left to do. (train.py end to end, signals
+and faults: test_train.py, test_faults.py.)"""
+
+import json
+
+from configs import quickstart
+from efficientvit_jax import checkpointing
+from efficientvit_jax import convert
+from efficientvit_jax import train_loop
+
+
+def _config(data, steps):
+  config = quickstart.get_config()
+  config.data.root = str(data)
+  config.data.input_size = (32, 32)
+  config.data.eval_sets = ('nyu',)
+  config.data.num_threads = 2
+  config.batch_size = 2
+  config.num_train_steps = steps
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 0  # at the end only
+  config.optimizer.lr_per_epoch = True  # rates independent of the run's length: one compiled step
+  return config
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
+  workdir = tmp_path / 'run'
+  first = train_loop.train_and_evaluate(_config(synthetic_tiny, 2), workdir)
+  assert (first.start_step, first.step, first.total_steps, first.preempted) == (0, 2, 2, False)
+  assert set(first.metrics) >= {'val/nyu/rmse', 'val/nyu/miou'}
+  assert checkpointing.steps(workdir) == [2] and checkpointing.verify(workdir / 'checkpoints' / '2')
+  assert checkpointing.steps(workdir / 'best') == [2]
+  assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2]
+  assert [r['step'] for r in _rows(workdir) if 'val/nyu/rmse' in r] == [2]
+  assert json.loads((workdir / 'config.json').read_text())['num_train_steps'] == 2
+  assert any((workdir / 'tb').iterdir())
+
+  second = train_loop.train_and_evaluate(_config(synthetic_tiny, 3), workdir)
+  assert (second.start_step, second.step) == (2, 3)
+  assert checkpointing.steps(workdir) == [2, 3]
+  meta = convert.load_any(workdir).meta
+  assert meta['step'] == 3 and set(meta['num_batches_tracked'].values()) == {3}
+  assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2, 3]
+
+  third = train_loop.train_and_evaluate(_config(synthetic_tiny, 3), workdir)
+  assert (third.start_step, third.step, third.metrics) == (3, 3, {})
+  assert checkpointing.steps(workdir) == [2, 3]
