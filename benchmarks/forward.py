@@ -12,7 +12,6 @@ Prints a table; `--json F` writes one entry per batch size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -138,8 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f'ops {args.impl}, eval-mode forward, median of {args.steps}')
   train_step.print_table(rows, TABLE)
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=2)
+    train_step.write_json(args.json, rows)
   return rows
 
 

@@ -17,7 +17,6 @@ all alike; median and 90th percentile of `--steps` calls. Prints a table; `--jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -132,8 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         f'median and p90 of {args.steps} interleaved calls after {args.warmup} warm-up calls')
   train_step.print_table(rows, TABLE)
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=2)
+    train_step.write_json(args.json, rows)
   return rows
 
 

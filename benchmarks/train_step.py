@@ -488,7 +488,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
   return result
 
 
-def write_json(path: str, result: dict[str, Any]) -> None:
+def write_json(path: str, result: Any) -> None:
   """Writes `path` whole or not at all (a run killed mid-write leaves the previous version)."""
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
