@@ -79,6 +79,7 @@ def test_onnx_cli_dynamic_batch_at_another_size(tmp_path, jax_model):
     assert err['depth'] < 1e-4 and err['seg_logits'] < 1e-4 and err['labels'] > 0.999, (n, err)
 
 
+@pytest.mark.e2e
 def test_stablehlo_in_a_fresh_process(tmp_path, jax_model):
   out_file = tmp_path / 'b1.stablehlo'
   assert export.main(['--checkpoint', PT, '--format', 'stablehlo', '--out', str(out_file), '--size', '64x96',

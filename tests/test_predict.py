@@ -55,6 +55,7 @@ def test_cli_matches_twin_at_another_size(tmp_path, random_pt):
   assert (out / 'frame_panel.png').stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_resize_native_size_and_modes(tmp_path, random_pt):
   path, _ = random_pt
   rng = np.random.default_rng(1)

@@ -33,6 +33,7 @@ def _jsonl(path: pathlib.Path) -> list[dict]:
   return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_deterministic_per_seed(root, tmp_path):
   again = tmp_path / 'again'
   synthetic.generate(again, seed=0, size='tiny', workers=2)
