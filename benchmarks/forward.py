@@ -126,11 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
-  try:
-    batches = [int(b) for b in args.batch_sizes.split(',')]
-    assert min(batches) >= 1
-  except (ValueError, AssertionError):
-    parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
+  batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
   args.threads = train_step.setup_process(args.threads, args.torch, args.impl, args.release_memory)
   rows = [bench_one(b, args) for b in batches]
   print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, {args.dtype}, '

@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
-  try:
-    batches = [int(b) for b in args.batch_sizes.split(',')]
-    assert min(batches) >= 1
-  except (ValueError, AssertionError):
-    parser.error(f'bad --batch-sizes {args.batch_sizes!r}')
+  batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
   threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
 

@@ -449,8 +449,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
                       help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
   args = parser.parse_args(argv)
-  args.batches = [int(b) for b in args.sweep.split(',')] if args.sweep else [args.batch_size]
+  args.batches = batch_sizes(parser, '--sweep', args.sweep) if args.sweep else [args.batch_size]
   return args
+
+
+def batch_sizes(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+  """'1,16,64' -> [1, 16, 64]; anything else (or a size < 1) is a usage error naming `flag`."""
+  try:
+    sizes = [int(b) for b in text.split(',')]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    parser.error(f'bad {flag} {text!r}')
+  return sizes
 
 
 def setup_process(threads: int, with_torch: bool, impl: str, release_memory: bool = False) -> int:
