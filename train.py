@@ -80,13 +80,8 @@ def check_config(config) -> None:
                      'folder, training workdir or reference .pt (e.g. the V5 weights)')
   if config.compute_dtype not in ('float32', 'bfloat16'):
     raise ValueError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}')
-  if config.batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {config.batch_size}')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('set num_epochs or num_train_steps to a positive value')
-  for key in ('log_every_steps', 'checkpoint_every_steps'):
-    if config[key] < 1:
-      raise ValueError(f'{key} must be >= 1, got {config[key]}')
 
 
 def main(argv) -> int:
