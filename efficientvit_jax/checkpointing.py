@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from efficientvit_jax.trees import flatten, unflatten
+from efficientvit_jax.trees import flatten, path_name, unflatten
 
 MODEL_ITEMS = ('params', 'batch_stats', 'kendall', 'meta')
 TRAIN_ITEMS = ('opt_state', 'data_state')
@@ -122,15 +122,10 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
   return copied
 
 
-def _path_name(path: tuple[Any, ...]) -> str:
-  """A pytree path -> 'a.b.0.c': dict keys, namedtuple fields and sequence indices by name."""
-  return '.'.join(jax.tree_util.keystr((key,), simple=True) for key in path)
-
-
 def opt_state_tree(opt_state: Any) -> dict[str, Any]:
   """An optimiser state -> the nested dict `opt_state` stores: one key per path element (namedtuple
   fields such as `mu` / `nu` by name, dict keys, tuple indices as '0', '1', ...), numpy leaves."""
-  flat = {_path_name(path): to_host(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
+  flat = {path_name(path): to_host(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
   if len(flat) != len(jax.tree.leaves(opt_state)):
     raise ValueError('opt_state_tree: two leaves of the optimiser state have the same path name')
   return unflatten(flat)
@@ -151,7 +146,7 @@ def opt_state_from_tree(saved: dict[str, Any], like: Any, root: pathlib.Path, st
     raise CheckpointError(f'{source}: no opt_state item (not a training checkpoint)')
   got = flatten(saved)
   flat_like, treedef = jax.tree_util.tree_flatten_with_path(like)
-  names = [_path_name(path) for path, _ in flat_like]
+  names = [path_name(path) for path, _ in flat_like]
   missing = [name for name in names if name not in got]
   known = set(names)
   unexpected = [name for name in got if name not in known]

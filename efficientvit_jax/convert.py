@@ -437,10 +437,8 @@ def reference_optimizer(model: Any, criterion_params: list[Any], config: Any) ->
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
-  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-
-  names = [str(optimizer_lib._key_name(e)) for e in path]  # pylint: disable=protected-access
-  return '.'.join(names[:-1] if names[-1] == 'value' else names)
+  """`trees.path_name` without the trailing `.value` of an `nnx.State` leaf: 'model.depth_d1.w'."""
+  return trees.path_name(path).removesuffix('.value')
 
 
 def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict, dict]:

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficientvit_jax import trees
+
 GROUPS = ('encoder', 'decoder', 'kendall')
 GROUP_OF_PART = {
     'encoder': 'encoder', 'neck': 'encoder',
@@ -49,15 +51,8 @@ ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6)
 
 
-def _key_name(entry: Any) -> Any:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return getattr(entry, attr)
-  return entry
-
-
 def _label(path: tuple[Any, ...]) -> str:
-  names = [_key_name(entry) for entry in path]
+  names = [trees.key_name(entry) for entry in path]
   if not names or names[0] not in ('model', 'kendall'):
     top = names[0] if names else None
     raise ValueError(f"optimizer: top-level key {top!r} of the trained pytree is neither 'model' "
