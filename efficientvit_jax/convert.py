@@ -483,11 +483,11 @@ def reference_config(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metrics_history(src: str | os.PathLike, step: int) -> list[dict[str, Any]]:
-  """The rows of a training workdir's `metrics.jsonl` up to `step` ([] for a checkpoint folder or a
-  workdir without that file; unreadable lines are skipped)."""
+  """The rows of a training workdir's `metrics.jsonl` up to `step`, for a workdir or its
+  `checkpoints/` or `best/` ([] for another checkpoint folder; unreadable lines are skipped)."""
   root = checkpointing.resolve_root(src)
   path = root.parent / 'metrics.jsonl'
-  if root.name != 'checkpoints' or not path.is_file():
+  if root.name not in ('checkpoints', 'best') or not path.is_file():
     return []
   rows = []
   for line in path.read_text().splitlines():
@@ -627,7 +627,8 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
                              f'parameter shape {tuple(p.shape)}')
       if count:
         optimizer.state[p] = {'step': torch.tensor(float(count), dtype=torch.float32),
-                              'exp_avg': torch.from_numpy(exp_avg.copy()), 'exp_avg_sq': torch.from_numpy(exp_avg_sq.copy())}
+                              'exp_avg': torch.from_numpy(exp_avg.copy()),
+                              'exp_avg_sq': torch.from_numpy(exp_avg_sq.copy())}
   return optimizer.state_dict(), scheduler.state_dict()
 
 

@@ -139,7 +139,8 @@ def test_reference_protocol(tmp_path, synthetic_tiny):
   assert result['protocol'] == 'reference' and result['num_frames'] == 5
   h, w = (int(v) for v in SIZE.split('x'))
   nyu = synthetic_tiny / 'nyu'
-  teacher = {json.loads(line)['stem']: json.loads(line) for line in (nyu / 'teacher' / 'manifest.jsonl').read_text().splitlines()}
+  lines = (nyu / 'teacher' / 'manifest.jsonl').read_text().splitlines()
+  teacher = {json.loads(line)['stem']: json.loads(line) for line in lines}
   stems = sorted(f[:-len('_gt_depth.npy')] for f in os.listdir(preds) if f.endswith('_gt_depth.npy'))
   pred, gt, seg_pred, gt_seg = [], [], [], []
   for stem in stems:

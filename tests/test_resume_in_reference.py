@@ -65,7 +65,9 @@ def _to_torch(path, value):
   """A leaf of the trained pytree in the torch layout (conv kernels transposed)."""
   ours = convert._dotted(path).split('.', 1)[1]  # pylint: disable=protected-access
   value = np.asarray(value)
-  return value.transpose(convert._TO_TORCH[convert._kind(ours)]) if value.ndim == 4 and path[0].key == 'model' else value  # pylint: disable=protected-access
+  if value.ndim == 4 and path[0].key == 'model':
+    return value.transpose(convert._TO_TORCH[convert._kind(ours)])  # pylint: disable=protected-access
+  return value
 
 
 def _signature_grads(trainable, order: dict[str, int], scale: float = 1e-6):
@@ -83,14 +85,16 @@ def _random_grads(rng, tree, scale):
 def start():
   """(trainable pytree, BatchNorm statistics) of a fresh model, made once for the module."""
   model = model_lib.create(seed=1)
-  trainable = jax.tree.map(np.asarray, {'model': nnx.state(model, nnx.Param), 'kendall': checkpointing.default_kendall()})
+  trainable = {'model': nnx.state(model, nnx.Param), 'kendall': checkpointing.default_kendall()}
+  trainable = jax.tree.map(np.asarray, trainable)
   return trainable, checkpointing.model_trees(model)[1]
 
 
-def _train_and_convert(tmp_path, start, config, grads_fn, *, steps=STEPS_PER_EPOCH, total_steps=8):
+def _train_and_convert(tmp_path, start, config, grads_fn, *, steps=STEPS_PER_EPOCH, total_steps=8, plan=True):
   """`steps` optimiser steps with `grads_fn(trainable)` (none when grads_fn is None: the checkpoint
-  of step `steps` then holds a fresh optimiser state), saved as train.py saves a checkpoint, then
-  `orbax-to-torch --with-optimizer`. Returns (trainable, opt_state, jitted tx.update, loaded .pt)."""
+  of step `steps` then holds a fresh optimiser state), saved as train.py saves a checkpoint (without
+  its plan, `steps_per_epoch` / `num_steps`, when `plan` is False), then `orbax-to-torch
+  --with-optimizer`. Returns (trainable, opt_state, jitted tx.update, loaded .pt or None if refused)."""
   trainable, batch_stats = start
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=STEPS_PER_EPOCH, total_steps=total_steps)
   opt_state = jax.jit(tx.init)(trainable)
@@ -101,16 +105,18 @@ def _train_and_convert(tmp_path, start, config, grads_fn, *, steps=STEPS_PER_EPO
   ckpt = checkpointing.Checkpoint(
       params=checkpointing.state_to_tree(trainable['model']), batch_stats=batch_stats,
       kendall={k: np.asarray(v) for k, v in trainable['kendall'].items()},
-      meta={'step': steps, 'epoch': steps // STEPS_PER_EPOCH, 'steps_per_epoch': STEPS_PER_EPOCH,
-            'num_steps': total_steps, 'config': config.to_dict(), 'num_batches_tracked': {},
-            'metrics': {'val/nyu/rmse': 0.75, 'val/nyu/miou': 0.25}})
+      meta={'step': steps, 'epoch': steps // STEPS_PER_EPOCH, 'config': config.to_dict(), 'num_batches_tracked': {},
+            'metrics': {'val/nyu/rmse': 0.75, 'val/nyu/miou': 0.25},
+            **({'steps_per_epoch': STEPS_PER_EPOCH, 'num_steps': total_steps} if plan else {})})
   ckptr = checkpointing.TrainCheckpointer(tmp_path / 'w', keep=1, async_save=False)
   ckptr.save(steps, ckpt, opt_state, {'step': steps})
   ckptr.close()
   (tmp_path / 'w' / 'metrics.jsonl').write_text('{"step": 1, "val/nyu/rmse": 0.5, "val/nyu/miou": 0.125}\n'
                                                  '{"step": 9, "val/nyu/rmse": 0.25}\n')
   pt = tmp_path / 'resume.pt'
-  assert convert.main(['orbax-to-torch', str(tmp_path / 'w'), str(pt), '--with-optimizer']) == 0
+  if convert.main(['orbax-to-torch', str(tmp_path / 'w'), str(pt), '--with-optimizer']):
+    assert not pt.exists()
+    return trainable, opt_state, update, None
   return trainable, opt_state, update, torch.load(pt, weights_only=True)
 
 
@@ -170,6 +176,17 @@ def test_scheduler_describes_the_run(tmp_path, start, per_epoch, t_max):
     assert group['lr'] == pytest.approx(base * cosine, rel=1e-12)
   assert sched['base_lrs'] == [1e-3, 2e-3, 5e-3]
   assert pt['optimizer']['state'] == {}  # no step taken: torch keeps no state either
+
+
+@pytest.mark.e2e
+def test_unknown_plan_is_refused(tmp_path, start, capsys):
+  """A per-step run whose num_train_steps overrode num_epochs, checkpointed without its plan: the
+  cosine's length in epochs is unknown, and the conversion says so rather than guess."""
+  config = _config(per_epoch=False, num_epochs=200, num_train_steps=7)
+  capsys.readouterr()
+  assert _train_and_convert(tmp_path, start, config, None, total_steps=7, plan=False)[3] is None
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'steps_per_epoch' in err and err.count('\n') == 1
 
 
 def _reference_resume(pt, named_values):
