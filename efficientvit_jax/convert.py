@@ -527,9 +527,8 @@ def reference_param_groups(names: list[str]) -> list[tuple[str, list[str]]]:
   """The reference train.py's AdamW groups by parameter name, from the model's parameter names in
   `named_parameters()` order: ('encoder', the encoder's then the neck's), ('decoder', every other
   model parameter, in order), ('kendall', the criterion's log-sigmas)."""
-  frozen = ('encoder.', 'neck.')
-  return [('encoder', [n for n in names if n.startswith('encoder.')] + [n for n in names if n.startswith('neck.')]),
-          ('decoder', [n for n in names if not n.startswith(frozen)]),
+  encoder = [n for n in names if n.startswith('encoder.')] + [n for n in names if n.startswith('neck.')]
+  return [('encoder', encoder), ('decoder', [n for n in names if not n.startswith(('encoder.', 'neck.'))]),
           ('kendall', list(KENDALL_NAMES))]
 
 
@@ -600,14 +599,15 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
   moments = adam_moments(checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step))
 
+  # The reference network's parameter names and shapes, in its named_parameters() order.
   shapes = {n: tuple(p.shape) for n, p in torch_model.DepthSegNet().named_parameters()}
+  model_names = list(shapes)
   shapes.update({n: (1,) for n in KENDALL_NAMES})
   opt = config.optimizer
   base_lr = {'encoder': opt.encoder_lr, 'decoder': opt.decoder_lr, 'kendall': opt.kendall_lr}
-  groups, params = [], {}
-  for group, names in reference_param_groups(list(shapes)[:-len(KENDALL_NAMES)]):
-    params.update({n: torch.nn.Parameter(torch.zeros(shapes[n])) for n in names})
-    groups.append({'params': [(n, params[n]) for n in names], 'lr': float(base_lr[group]), 'name': group})
+  groups = [{'params': [(n, torch.nn.Parameter(torch.zeros(shapes[n]))) for n in names],
+             'lr': float(base_lr[group]), 'name': group}
+            for group, names in reference_param_groups(model_names)]
   optimizer = torch.optim.AdamW(groups, betas=(optimizer_lib.ADAM_B1, optimizer_lib.ADAM_B2),
                                 eps=optimizer_lib.ADAM_EPS, weight_decay=float(opt.weight_decay))
   scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f'; optimizer (AdamW, 3 groups) and scheduler (T_max {training_state[1]["T_max"]}, '
                f'last_epoch {training_state[1]["last_epoch"]})' if training_state else ''))
       recipe = {k: v for k, v in reference_config(ckpt.meta).items()
-                if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'ENCODER_LR_SCALE', 'USE_KENDALL', 'BACKBONE')}
+                if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'USE_KENDALL', 'BACKBONE', 'GRAD_CLIP_NORM')}
       if training_state and recipe:
         print("the reference's train.py reads these from its config.py, not from the .pt: set "
               + ', '.join(f'{k} = {v!r}' for k, v in recipe.items()) + ' to continue this recipe')
