@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-from conftest import DATA
+from conftest import DATA, run_command
 
 PT = str(DATA / 'student_random.pt')
 
@@ -118,3 +118,35 @@ def test_reference_corridor_protocol_equals_its_script(tmp_path, synthetic_tiny)
   assert result['sensor']['far_fraction'] == pytest.approx(expected['far_fraction'])
   assert result['sensor']['failure_prediction']['mean'] == pytest.approx(expected['failure_mean'], rel=1e-5)
   assert 'Reference corridor protocol' in out.with_suffix('.md').read_text()
+
+
+@pytest.mark.e2e
+def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result):
+  """`eval.py --compare` on results edited by hand: one line naming the file and the key, exit 2."""
+  good = json.loads(nyu_result.read_text())
+  edits = {
+      'depth.frame_mean.rmse': (lambda r: r['depth']['frame_mean'].update(rmse='0.5'), "must be a number or null, got '0.5'"),
+      'depth': (lambda r: r.update(depth=[1, 2]), 'depth must be an object'),
+      'depth.median_scaled': (lambda r: r['depth'].update(median_scaled=3), 'depth.median_scaled must be an object'),
+      'seg': (lambda r: r.update(seg='none'), 'seg must be an object'),
+      'seg.iou.floor': (lambda r: r['seg']['iou'].update(floor=[1]), 'seg.iou.floor must be a number or null'),
+      'seg.classes': (lambda r: r['seg'].update(classes='floor'), 'seg.classes must be a list of class names'),
+      'num_frames': (lambda r: r.update(num_frames='5'), "num_frames must be an integer, got '5'"),
+      'dataset': (lambda r: r.update(dataset=None), 'dataset must be a string'),
+      'baselines': (lambda r: r.update(baselines={'mean_depth_rmse': True}), 'baselines.mean_depth_rmse must be'),
+  }
+  for key, (edit, expect) in edits.items():
+    result = json.loads(json.dumps(good))
+    edit(result)
+    path = tmp_path / f'{key}.json'
+    path.write_text(json.dumps(result))
+    proc, line = run_command(['eval.py', '--compare', nyu_result, path], 2)
+    assert line == f'error: {path}: {expect}' or (line.startswith(f'error: {path}: ') and expect in line), (key, line)
+    assert not proc.stdout
+  # Values left out (null) or absent are shown as '—'.
+  result = json.loads(json.dumps(good))
+  result['depth']['frame_mean']['mae'] = None
+  del result['seg']['miou']
+  (tmp_path / 'sparse.json').write_text(json.dumps(result))
+  proc, _ = run_command(['eval.py', '--compare', tmp_path / 'sparse.json'], 0)
+  assert '—' in proc.stdout
