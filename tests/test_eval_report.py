@@ -120,9 +120,8 @@ def test_reference_corridor_protocol_equals_its_script(tmp_path, synthetic_tiny)
   assert 'Reference corridor protocol' in out.with_suffix('.md').read_text()
 
 
-@pytest.mark.e2e
 def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result):
-  """`eval.py --compare` on results edited by hand: one line naming the file and the key, exit 2."""
+  """`--compare` on results edited by hand: each refused naming the file and the key."""
   good = json.loads(nyu_result.read_text())
   edits = {
       'depth.frame_mean.rmse': (lambda r: r['depth']['frame_mean'].update(rmse='0.5'), "must be a number or null, got '0.5'"),
@@ -140,13 +139,22 @@ def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result
     edit(result)
     path = tmp_path / f'{key}.json'
     path.write_text(json.dumps(result))
-    proc, line = run_command(['eval.py', '--compare', nyu_result, path], 2)
-    assert line == f'error: {path}: {expect}' or (line.startswith(f'error: {path}: ') and expect in line), (key, line)
-    assert not proc.stdout
+    table, errors = eval_script.compare([str(nyu_result), str(path)])
+    assert not table and len(errors) == 1 and errors[0].startswith(f'{path}: ') and expect in errors[0], (key, errors)
   # Values left out (null) or absent are shown as '—'.
   result = json.loads(json.dumps(good))
   result['depth']['frame_mean']['mae'] = None
   del result['seg']['miou']
   (tmp_path / 'sparse.json').write_text(json.dumps(result))
-  proc, _ = run_command(['eval.py', '--compare', tmp_path / 'sparse.json'], 0)
-  assert '—' in proc.stdout
+  table, errors = eval_script.compare([str(tmp_path / 'sparse.json')])
+  assert not errors and '—' in table
+
+
+@pytest.mark.e2e
+def test_compare_command_line_on_a_hand_edited_result(tmp_path, nyu_result):
+  result = json.loads(nyu_result.read_text())
+  result['depth']['frame_mean']['rmse'] = '0.5'
+  path = tmp_path / 'edited.json'
+  path.write_text(json.dumps(result))
+  proc, line = run_command(['eval.py', '--compare', nyu_result, path], 2)
+  assert line == f"error: {path}: depth.frame_mean.rmse must be a number or null, got '0.5'" and not proc.stdout
