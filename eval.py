@@ -2,7 +2,7 @@
 
   python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
       --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
-      [--protocol ours|reference] [--save-predictions DIR]
+      [--protocol ours|reference|reference-frames] [--save-predictions DIR]
   python eval.py --compare A.json B.json ...   # one table of several results side by side
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
@@ -123,6 +123,45 @@ def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pat
   return written
 
 
+_TABLE_NUMBERS = ('depth.frame_mean.rmse', 'depth.frame_mean.mae', 'depth.frame_mean.abs_rel',
+                  'depth.frame_mean.delta1', 'depth.median_scaled.frame_mean.rmse', 'depth.pooled.rmse', 'seg.miou',
+                  'seg.pixel_accuracy', 'baselines.mean_depth_rmse', 'baselines.majority_class_miou')
+
+
+def _table_problem(result: dict[str, Any]) -> str | None:
+  """The first value of a loaded result that `markdown_table` cannot show, named (a hand-edited
+  file), or None. Absent values are shown as '—'."""
+  def lookup(dotted: str) -> tuple[Any, str | None]:  # (value, the first non-object on the way)
+    value: Any = result
+    for i, key in enumerate(dotted.split('.')):
+      if value is None:
+        return None, None
+      if not isinstance(value, dict):
+        return None, '.'.join(dotted.split('.')[:i])
+      value = value.get(key)
+    return value, None
+
+  for key in ('dataset', 'split', 'protocol'):
+    if not isinstance(result.get(key, ''), str):
+      return f'{key} must be a string, got {result[key]!r}'
+  if type(result['num_frames']) is not int:  # pylint: disable=unidiomatic-typecheck  # not a bool
+    return f'num_frames must be an integer, got {result["num_frames"]!r}'
+  depth = result['depth']
+  if isinstance(depth, dict) and 'frame_mean' not in depth:  # the reference protocol: one flat block
+    result = {**result, 'depth': {**depth, 'frame_mean': depth}}
+  classes_, bad = lookup('seg.classes')
+  if bad is None and classes_ is not None and not (isinstance(classes_, list) and all(isinstance(c, str) for c in classes_)):
+    return f'seg.classes must be a list of class names, got {classes_!r}'
+  names = classes_ or list(classes.CLASS_NAMES)
+  for dotted in (*_TABLE_NUMBERS, *(f'seg.iou.{c}' for c in names)):
+    value, bad = lookup(dotted)
+    if bad is not None:
+      return f'{bad} must be an object (a JSON dict), got {lookup(bad)[0]!r}'
+    if value is not None and (type(value) not in (int, float)):  # pylint: disable=unidiomatic-typecheck
+      return f'{dotted} must be a number or null, got {value!r}'
+  return None
+
+
 def compare(paths: list[str]) -> tuple[str, list[str]]:
   """The table of the results in several eval JSON files, one row per result; (table, errors)."""
   results, labels, errors = [], [], []
@@ -139,6 +178,10 @@ def compare(paths: list[str]) -> tuple[str, list[str]]:
     if not items or not all(isinstance(r, dict) and {'dataset', 'depth', 'num_frames'} <= set(r) for r in items):
       errors.append(f'{path}: not an eval.py result (no dataset / depth / num_frames)')
       continue
+    problems = [p for p in map(_table_problem, items) if p]
+    if problems:
+      errors.append(f'{path}: {problems[0]}')
+      continue
     for r in items:
       r.setdefault('split', '?')
       r.setdefault('protocol', 'ours')
@@ -147,6 +190,16 @@ def compare(paths: list[str]) -> tuple[str, list[str]]:
       stem = pathlib.Path(path).stem
       labels.append(stem if len(items) == 1 else f"{stem}: {pathlib.Path(str(r['checkpoint']).rstrip('/')).name}")
   return (markdown_table(results, labels) if results and not errors else ''), errors
+
+
+def _write_whole(path: pathlib.Path, text: str) -> None:
+  """Writes `path` whole or not at all (a full disk leaves the previous file, or none)."""
+  tmp = path.with_name(f'.{path.name}.tmp')
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 class PredictionWriter:
@@ -198,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--protocol', default='ours', choices=('ours', 'reference', 'reference-frames'))
   parser.add_argument('--out', help='metrics JSON; the Markdown table (.md) and pictures (.png) go beside it')
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
-  parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
-  parser.add_argument('--size', type=images.parse_size, default=(240, 320), help='model input size HxW (default 240x320)')
+  parser.add_argument('--batch-size', type=int, default=16,
+                      help=f'global evaluation batch (default 16; at most {images.MAX_BATCH_PIXELS:,} pixels a batch)')
+  parser.add_argument('--size', type=images.parse_size, default=(240, 320),
+                      help=f'model input size, {images.SIZE_HELP} (default 240x320)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
@@ -222,7 +277,16 @@ def main(argv: list[str] | None = None) -> int:
   if args.protocol == 'reference' and args.dataset == 'lilocbench':
     parser.error('--protocol reference reproduces the reference\'s NYU validation and corridor evaluation; '
                  'use it with --dataset nyu or corridor')
+  if args.batch_size < 1:
+    parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+  try:
+    images.check_batch_pixels(args.size, args.batch_size)
+  except ValueError as e:
+    parser.error(str(e))
   corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
+  if pathlib.Path(args.out).is_dir():
+    print(f'error: --out {args.out} is a folder; give the JSON file to write (R.json)', file=sys.stderr)
+    return 2
   for out in (pathlib.Path(args.out), pathlib.Path(args.out).with_suffix('.md')):
     if out.exists() and not args.overwrite:
       print(f'error: {out} already exists; choose another --out or pass --overwrite', file=sys.stderr)
@@ -232,11 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: --save-predictions {saved} is not empty; choose another folder or pass --overwrite',
           file=sys.stderr)
     return 2
+  # Before the evaluation, not after it: outputs in a read-only (or full, or missing) place.
+  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  for flag, folder in (('--out', pathlib.Path(args.out).absolute().parent), ('--save-predictions', saved)):
+    try:
+      if folder is not None:
+        checkpointing.check_writable(folder)
+    except OSError as e:
+      print(f'error: cannot write {flag}: {e}', file=sys.stderr)
+      return 2
 
   import jax  # pylint: disable=g-import-not-at-top
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -303,11 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if process == 0:
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
     table = markdown_table(results)
-    out.with_suffix('.md').write_text(table)
-    pictures = write_pictures(out, results)
+    try:
+      _write_whole(out, json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
+      _write_whole(out.with_suffix('.md'), table)
+      pictures = write_pictures(out, results)
+    except OSError as e:  # the place was checked at the start: a disk that filled up or went away since
+      print(f'error: cannot write the results: {e}', file=sys.stderr)
+      return 1
     print(table, end='')
     print(f'wrote {out}, {out.with_suffix(".md")}' + ''.join(f', {p}' for p in pictures))
   return 0

@@ -32,6 +32,7 @@ import os
 import pathlib
 import re
 import sys
+import warnings
 import zipfile
 from typing import Any, Mapping
 
@@ -158,15 +159,17 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> M
     if bad is not None:
       raise CheckpointError(f'{path}: damaged: member {bad} fails its CRC-32 check')
   try:
-    with torch.serialization.safe_globals(numpy_safe_globals()):
+    with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+      warnings.filterwarnings('ignore', message='Detected pickle protocol')  # the refusal below says it
       obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
   except pickle.UnpicklingError as e:
-    if not allow_pickle and 'Unsupported global' in str(e):
+    if not allow_pickle:  # every refusal of the weights-only unpickler, whatever it met
       found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-      raise CheckpointError(
-          f'{path}: holds objects ({found.group(1) if found else "unknown"}) beyond tensors, numbers and '
-          'numpy scalars, which torch.load(weights_only=True) refuses; if you trust the file, rerun with '
-          '--allow-pickle') from None
+      detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)', str(e), re.S)
+      what = (f'objects ({found.group(1)}) beyond tensors, numbers and numpy scalars' if found else
+              f'pickle data ({detail.group(1).splitlines()[0][:200] if detail else "unknown"})')
+      raise CheckpointError(f'{path}: holds {what}, which torch.load(weights_only=True) refuses; if you trust '
+                            'the file, rerun with --allow-pickle') from None
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
   except Exception as e:  # torch raises many types (RuntimeError, KeyError, EOFError) for bad bytes
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
@@ -292,9 +295,19 @@ def _json_safe(value: Any) -> Any:
   return repr(value)
 
 
+def _check_not_half(sd: Mapping[str, Any], source: str) -> None:
+  """A half-precision state dict is named by its dtype before any other check reads its values."""
+  for key, value in sd.items():
+    dtype = str(getattr(value, 'dtype', '')).removeprefix('torch.')
+    if dtype in ('float16', 'bfloat16', 'half'):
+      raise CheckpointError(f'{source}: key {key} has dtype {dtype}, expected float32 (a half-precision copy '
+                            'of the weights: convert the float32 original)')
+
+
 def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
   """A loaded reference checkpoint (dict or bare state dict) -> our Checkpoint."""
   sd, rest = split_checkpoint(obj, source)
+  _check_not_half(sd, source)
   _check_normalisation(sd, source)
   params, batch_stats, num_batches = params_from_state_dict(sd, source)
   kendall = checkpointing.default_kendall()
@@ -696,6 +709,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('dst')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
   args = parser.parse_args(argv)
+  try:  # before any conversion: a destination in a read-only place fails now
+    checkpointing.check_writable(pathlib.Path(args.dst).absolute().parent)
+  except OSError as e:
+    print(f'error: cannot write {args.dst}: {e}', file=sys.stderr)
+    return 2
   try:
     if args.command == 'torch-to-orbax':
       ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, run_command
 
 PT = str(DATA / 'student_random.pt')
 SIZE = '96x128'
@@ -250,3 +250,24 @@ def test_bad_arguments(tmp_path, synthetic_tiny, capsys):
                            '--out', str(tmp_path / 'x.json')]) == 2
   assert 'manifest' in capsys.readouterr().err
   assert not (tmp_path / 'x.json').exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('case', ['out_read_only', 'predictions_read_only', 'batch_size_0', 'out_is_a_folder',
+                                  'absurd_size'])
+def test_command_line_refusals_before_the_evaluation(tmp_path, synthetic_tiny, read_only_dir, case):
+  """Exit 2 and one line naming the flag; the checkpoint named does not exist, so each refusal
+  came before anything was loaded or evaluated, and nothing was written."""
+  out = tmp_path / 'r.json'
+  argv = {'--checkpoint': tmp_path / 'none.pt', '--dataset': 'nyu', '--data': synthetic_tiny / 'nyu', '--out': out}
+  extra, expect = {
+      'out_read_only': ({'--out': read_only_dir / 'r.json'}, f'cannot write --out: {read_only_dir}'),
+      'predictions_read_only': ({'--save-predictions': read_only_dir / 'p'}, 'cannot write --save-predictions'),
+      'batch_size_0': ({'--batch-size': '0'}, '--batch-size must be at least 1, got 0'),
+      'out_is_a_folder': ({'--out': tmp_path, '--overwrite': None}, 'is a folder; give the JSON file'),
+      'absurd_size': ({'--size': '240x99999'}, '--size: each side must be at most 4096'),
+  }[case]
+  argv.update(extra)
+  _, line = run_command(['eval.py', *[x for kv in argv.items() for x in kv if x is not None]], 2)
+  assert expect in line, line
+  assert not out.exists() and not any(read_only_dir.iterdir())
