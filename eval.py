@@ -2,18 +2,20 @@
 
   python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
       --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
-      [--protocol ours|reference] [--save-predictions DIR]
+      [--protocol ours|reference|reference-frames] [--save-predictions DIR]
   python eval.py --compare A.json B.json ...   # one table of several results side by side
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
 PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
 or of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics (nearest-neighbour
 ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
-reference's NYU validation (per-batch averages over batches of 16, gt > 0, bilinear ground-truth
-depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers, and for
-the corridor set its corridor evaluation (every frame; pooled over the pixels with sensor depth in
-[0.1, 5] m, nearest-resized, no confidence test; also by depth bin, image top 2/3 / bottom 1/3, and
-the sensor's failures); use `--split all --size 240x320` for the reference's numbers.
+reference's NYU validation (per-batch averages over batches of 16, gt > 0, ground-truth depth
+resized by PIL's antialiased bilinear, the SAM2 labels of the teacher manifest) for comparison with
+its published numbers, and for the corridor set its corridor evaluation (every frame; pooled over
+the pixels with sensor depth in [0.1, 5] m, nearest-resized, no confidence test; also by depth bin,
+image top 2/3 / bottom 1/3, and the sensor's failures); `--protocol reference-frames` (any set)
+its run_student_evaluation.py (per-frame numbers over sensor depth in (0.1, 5) m, OpenCV-resized
+RGB and sensor depth, averaged over frames). Use `--split all --size 240x320` for the reference's numbers.
 Beside R.json: R.md (the table, with per-class IoU and pixel accuracy), R_confusion.png and
 R_depth_bins.png. Several processes (each evaluates its share of every batch): the flags of
 train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
@@ -83,16 +85,22 @@ def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = Non
                 f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
                 f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |"
                 + ' |' * (len(names) + 1))
-  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent. RMSE, MAE, AbsRel, δ1: means over frames '
-           'with >= 100 valid pixels; RMSE (pooled): over all valid pixels of the split, the measure of the '
-           'mean-depth baseline.']
-  protocols = {(r['protocol'], r['dataset'] == 'corridor') for r in results}
+  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent.']
+  protocols = {(r['protocol'], r['dataset'] == 'corridor' and r['protocol'] == 'reference') for r in results}
+  if ('ours', False) in protocols:
+    notes.append('RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels; RMSE (pooled): over all '
+                 'valid pixels of the split, the measure of the mean-depth baseline.')
   if ('reference', False) in protocols:
-    notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, bilinear '
-                 'ground truth) and mIoU against the SAM2 labels; not comparable with the default protocol.')
+    notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, ground truth '
+                 'resized by PIL\'s antialiased bilinear) and mIoU against the SAM2 labels; not comparable with '
+                 'the default protocol.')
   if ('reference', True) in protocols:
     notes.append('Reference corridor protocol: RMSE, MAE, AbsRel, δ1 pooled over all pixels with sensor depth in '
-                 '[0.1, 5] m (no confidence test), as the reference\'s corridor evaluation.')
+                 '[0.1, 5] m (no confidence test), not means over frames, as the reference\'s corridor evaluation.')
+  if ('reference-frames', False) in protocols:
+    notes.append('Reference per-frame protocol (its run_student_evaluation.py): RMSE, MAE, AbsRel, δ1 means over '
+                 'frames with >= 100 pixels of sensor depth in (0.1, 5) m (OpenCV-resized RGB and sensor depth); '
+                 'not comparable with the default protocol.')
   return '\n'.join(rows + notes) + '\n'
 
 
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
   parser.add_argument('--format', default='files', choices=('files', 'tfds'), help='tfds: --data is the TFDS data dir')
   parser.add_argument('--split', default='val', choices=('val', 'train', 'all'))
-  parser.add_argument('--protocol', default='ours', choices=('ours', 'reference'))
+  parser.add_argument('--protocol', default='ours', choices=('ours', 'reference', 'reference-frames'))
   parser.add_argument('--out', help='metrics JSON; the Markdown table (.md) and pictures (.png) go beside it')
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
   parser.add_argument('--batch-size', type=int, default=16,
@@ -339,9 +347,12 @@ def main(argv: list[str] | None = None) -> int:
       writer = None
       if args.save_predictions:
         name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
-        # The reference's NYU validation uses every pixel with gt > 0.
-        window = ((1e-12, float('inf')) if args.protocol == 'reference' and not corridor_reference
-                  else domains.DEPTH_WINDOWS[args.dataset])
+        if args.protocol == 'reference-frames':  # 0.1 < gt < 5 in float32: the float32 neighbours inside
+          window = tuple(float(np.nextafter(np.float32(v), np.float32(to))) for v, to in ((0.1, 1), (5.0, 0)))
+        elif args.protocol == 'reference' and not corridor_reference:  # every pixel with gt > 0
+          window = (1e-12, float('inf'))
+        else:
+          window = domains.DEPTH_WINDOWS[args.dataset]
         writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
       bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
                              unit='batch', batch_size=args.batch_size, quiet=process != 0)

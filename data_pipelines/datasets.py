@@ -375,7 +375,7 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   `source`: a full config (uses `config.data`), its `data` part, or a `resolve_paths`-style dict
   of paths (for eval.py). Keyword overrides: input_size, num_threads, prefetch_buffer_size,
   skip_bad_frames (defaults from the config, else (240, 320), 8, 32, False) and protocol ('ours',
-  or 'reference': the reference's NYU validation targets, see `transforms.eval_transform`).
+  'reference' or 'reference-frames': the reference's targets, see `transforms.eval_transform`).
   """
   if set_name not in domains.SETS:
     raise ValueError(f'unknown evaluation set {set_name!r}: expected one of {domains.SETS}')
@@ -388,8 +388,8 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   else:
     paths, options = dict(source), {}
   options.update(overrides)
-  if options.get('protocol') == 'reference' and paths.get('format') == 'decoded':
-    raise ValueError('the reference protocol needs the sensor depth, which decoded data do not hold: '
-                     'evaluate it on the file layouts (data.format=files)')
+  if options.get('protocol', 'ours') != 'ours' and paths.get('format') == 'decoded':
+    raise ValueError(f'the {options["protocol"]} protocol needs the sensor depth and the frames as stored, '
+                     'which decoded data do not hold: evaluate it on the file layouts (data.format=files)')
   reader = make_reader(paths, set_name, split, options.get('skip_bad_frames', False))
   return EvalIterator(reader, batch_size, process_index, process_count, **options)

@@ -1,6 +1,7 @@
 """Images on the host: the `--size HxW` argument of the commands (and its limits) and the RGB
 resize that training, evaluation and prediction share (so a picture is resized the same way
-everywhere)."""
+everywhere), plus OpenCV's bilinear resize, which the reference's per-frame evaluation uses
+(`--protocol reference-frames`)."""
 
 import argparse
 
@@ -41,3 +42,41 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   if rgb.shape[:2] == tuple(size):
     return rgb
   return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR), np.uint8)
+
+
+_CV_COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit fixed-point weights
+
+
+def _opencv_linear_taps(n_in: int, n_out: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """OpenCV's bilinear taps along one axis: (first source index [n_out], its weight, the next
+  index's weight), the weights in 1/2048. Positions (i + 0.5) * scale - 0.5 in float32 as it computes
+  them; `clamp` (columns): outside the image both taps become the edge pixel's, at weight 2048."""
+  scale = 1.0 / (n_out / n_in)
+  f = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+  s = np.floor(f).astype(np.int64)
+  f = f - s.astype(np.float32)
+  if clamp:
+    edge = (s < 0) | (s >= n_in - 1)
+    f = np.where(edge, np.float32(0), f)
+    s = np.clip(s, 0, n_in - 1)
+  w0 = np.rint((np.float32(1) - f) * np.float32(_CV_COEF_SCALE)).astype(np.int64)
+  w1 = np.rint(f * np.float32(_CV_COEF_SCALE)).astype(np.int64)
+  return s, w0, w1
+
+
+def resize_rgb_opencv(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 [h, w, C] -> uint8 [size[0], size[1], C] bit for bit as OpenCV's `cv2.resize(rgb, (W, H),
+  interpolation=cv2.INTER_LINEAR)` (4.x and 5.x): two taps per axis, no antialiasing, 11-bit weights,
+  its rounding. The RGB resize of the reference's `run_student_evaluation.py`."""
+  if rgb.shape[:2] == tuple(size):
+    return rgb
+  src = rgb.astype(np.int64)
+  cols, a0, a1 = _opencv_linear_taps(src.shape[1], size[1], clamp=True)
+  right = np.minimum(cols + 1, src.shape[1] - 1)
+  rows = src[:, cols] * a0[:, None] + src[:, right] * a1[:, None]  # [h, W, C], exact integers
+  top, b0, b1 = _opencv_linear_taps(src.shape[0], size[0], clamp=False)
+  r0, r1 = np.clip(top, 0, src.shape[0] - 1), np.clip(top + 1, 0, src.shape[0] - 1)
+  b0, b1 = b0[:, None, None], b1[:, None, None]
+  # OpenCV's vertical pass (SIMD and scalar alike): 16-bit products, high halves, then /4 rounded.
+  out = ((((rows[r0] >> 4) * b0) >> 16) + (((rows[r1] >> 4) * b1) >> 16) + 2) >> 2
+  return np.clip(out, 0, 255).astype(np.uint8)

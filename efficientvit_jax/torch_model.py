@@ -2,7 +2,7 @@
 
 EfficientViT-B1 encoder (timm `efficientvit_b1`, `features_only=True`) plus the reference's
 neck, two skip-connected decoders and heads (`models/student.py`). Module attribute names are
-chosen so that `DepthSegNet().state_dict()` has exactly the reference's 358 keys, e.g.
+chosen so that `DepthSegNet().state_dict()` has exactly the reference's 358 keys in its order, e.g.
 `encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`, `depth_d1.fuse.1.running_var`.
 
 It serves as the oracle for the JAX model in tests, as the target layout of `orbax-to-torch` and
@@ -199,12 +199,14 @@ class DepthSegNet(nn.Module):
     self.register_buffer('img_std', torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
     self.encoder = EfficientVitB1Encoder()
     self.neck = nn.Sequential(nn.Conv2d(256, 128, 1), nn.BatchNorm2d(128), nn.ReLU())
+    # Registration order = the reference's (each task's decoder, then its head): the order of
+    # named_parameters(), hence of an optimiser's state (convert.torch_training_state).
     for task in ('depth', 'seg'):
       self.add_module(f'{task}_d1', DecoderBlock(128, 128, 64))
       self.add_module(f'{task}_d2', DecoderBlock(64, 64, 32))
       self.add_module(f'{task}_d3', DecoderBlock(32, 32, 16))
-    self.depth_head = nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU())
-    self.seg_head = nn.Conv2d(16, num_classes, 1)
+      self.add_module(f'{task}_head', nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU()) if task == 'depth'
+                      else nn.Conv2d(16, num_classes, 1))
 
   def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
     """[N, 3, H, W] in [0, 1] -> the 4 encoder maps [N, C_i, ceil(H/s_i), ceil(W/s_i)]."""

@@ -66,7 +66,7 @@ def _reference_corridor(manifest, preds, stems, size, min_depth=0.1, max_depth=5
   entries = [json.loads(line) for line in manifest.read_text().splitlines()]
   all_pred, all_gt = [], []
   for entry, stem in zip(entries, stems):
-    sensor = np.load(manifest.parent / (entry.get('sensor_depth') or entry['depth'])).astype(np.float32)
+    sensor = np.load(manifest.parent / entry['sensor_depth']).astype(np.float32)  # the key it reads
     all_gt.append(np.array(Image.fromarray(sensor).resize((w, h), Image.NEAREST), dtype=np.float32))
     all_pred.append(np.load(preds / f'{stem}_depth.npy'))
   all_pred, all_gt = np.array(all_pred), np.array(all_gt)
@@ -117,7 +117,9 @@ def test_reference_corridor_protocol_equals_its_script(tmp_path, synthetic_tiny)
   assert result['sensor']['zero_fraction'] == pytest.approx(expected['zero_fraction'])
   assert result['sensor']['far_fraction'] == pytest.approx(expected['far_fraction'])
   assert result['sensor']['failure_prediction']['mean'] == pytest.approx(expected['failure_mean'], rel=1e-5)
-  assert 'Reference corridor protocol' in out.with_suffix('.md').read_text()
+  notes = out.with_suffix('.md').read_text().split('\n\n', 1)[1]
+  assert 'Reference corridor protocol' in notes and 'pooled over all pixels' in notes
+  assert 'means over frames with' not in notes  # the default protocol's note would be wrong here
 
 
 def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result):
