@@ -178,7 +178,7 @@ def test_resolve_paths():
   assert p['nyu_root'] == '/n' and p['nyu_teacher_manifest'] == '/t/m.jsonl'
 
 
-def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
+def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path, capsys):
   """A truncated PNG and a missing depth file among the first batch's LILocBench frames."""
   config = config_for(scaled, steps=2)
   manifest = os.path.join(scaled, 'lilocbench', 'manifest.jsonl')
@@ -204,6 +204,9 @@ def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
   assert any('trunc.png' in m for m in it.skipped.messages)
   assert any('missing.npy' in m for m in it.skipped.messages)
   it.close()
+  warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning: ')]
+  assert sum('warning: skipping bad frame: ' in line for line in warnings) == 2  # plain lines, not only the log
+  assert 'warning: skipped 2 bad training frames' in warnings
   # Evaluation masks a skipped frame out instead of replacing it.
   ev = datasets.eval_iterator(config, 'lilocbench', 'train', batch_size=16)
   masks = np.concatenate([b['frame_mask'] for b in ev])
