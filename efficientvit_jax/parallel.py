@@ -140,7 +140,8 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int | N
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     what = f'cannot reach the coordinator at {coordinator_address}' if coordinator_address else 'JAX could not connect'
     raise ValueError(f'multi-process start-up ({how}) failed: {what} ({first}); check --coordinator_address, '
-                     '--num_processes, --process_id and that every process was started') from None
+                     '--num_processes, --process_id and that every process was started (--num_processes=1: '
+                     'one process)') from None
   return how
 
 
