@@ -11,10 +11,14 @@ process 0 while it trains: one writer per workdir). SIGTERM or SIGINT while trai
 current step and exits 0; before (start-up, compilation) it exits at once.
 
 Exit codes: 0 done (or preempted and saved), 2 bad flags, config, data or workdir (one `error:`
-line naming it), 1 a run that failed on the way (non-finite loss, failed save), 128 + signal.
+line naming it), 1 a run that failed on the way (non-finite loss, failed save or restore),
+128 + signal.
 
 Several processes (hosts, or local CPU processes for testing): pass `--coordinator_address`,
-`--num_processes`, `--process_id` to each; on Cloud TPU pod slices and SLURM they are detected.
+`--num_processes`, `--process_id` to each, or nothing inside a cluster that
+`jax.distributed.initialize()` detects (Cloud TPU, SLURM, Open MPI, Kubernetes). They end
+together: an error on one stops every process at once with its exit code; SIGTERM to any of them
+(from the moment they are connected) saves the same step on all and exits 0.
 """
 
 import atexit
@@ -22,7 +26,9 @@ import os
 import pathlib
 import signal
 import sys
+import traceback
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -38,28 +44,43 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the flags, the config and 
 _VERBOSE = flags.DEFINE_bool('verbose', False, "Also show the libraries' INFO logs (orbax, grain, absl).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
-_LOCK = []  # the workdir lock while held, released by `_interrupted`
-
 
 def _interrupted(signum, _):
-  """SIGTERM or SIGINT outside the training steps (start-up, restore, compilation): exit at once.
+  """SIGTERM or SIGINT outside the training steps (start-up, restore, compilation): exit at once,
+  with several processes all of them.
 
   (During the steps `train_and_evaluate(catch_signals=True)` turns them into a save and a clean
-  stop.) Raising instead would be swallowed where the signal lands in a finaliser or a
-  garbage-collection callback. Everything written so far is written atomically, so this is as safe
-  as SIGKILL."""
-  print(f'error: stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not '
-        'saved; rerun the same command to continue', file=sys.stderr, flush=True)
-  for lock in _LOCK:
-    lock.release()
-  os._exit(128 + signum)  # pylint: disable=protected-access
+  stop; with several processes JAX's preemption notifier holds SIGTERM from the start-up on.)
+  Raising instead would be swallowed where the signal lands in a finaliser or a garbage-collection
+  callback. Everything written so far is written atomically, so this is as safe as SIGKILL."""
+  message = (f'stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not saved; '
+             'rerun the same command to continue')
+  code = parallel.stop_all(128 + signum, message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  parallel.exit_now(code)  # releases the workdir lock (parallel.at_stop)
+
+
+def _fail(code: int, message: str) -> int:
+  """Prints the one `error:` line; with several processes, stops every process with one code (the
+  first process to fail decides it) at once."""
+  code = parallel.stop_all(code, message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  if parallel.is_multiprocess():
+    parallel.exit_now(code)
+  return code
 
 
 def run_main(argv) -> int:
   """`main`, with failures that orbax's background threads would delay turned into a prompt exit."""
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, _interrupted)
-  code = main(argv)
+  try:
+    code = main(argv)
+  except Exception:  # an internal error: its traceback, and the other processes stop too
+    if parallel.is_multiprocess():
+      traceback.print_exc()
+      parallel.exit_now(parallel.stop_all(1, 'internal error (see the traceback of that process)'))
+    raise
   if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
     atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
     sys.stdout.flush()
@@ -88,8 +109,6 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imports after absl parsed the flags: grain's worker processes need them parsed.
-  import jax  # pylint: disable=g-import-not-at-top
-
   from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -99,11 +118,21 @@ def main(argv) -> int:
   config = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value).absolute()
   try:
-    check_config(config)
-    parallel.initialize_distributed(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
-  except ValueError as e:
+    cluster = parallel.initialize_distributed(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
+  except ValueError as e:  # before the processes are connected: each reports its own
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if cluster:
+    parallel.start_watchdog()  # from here on, a process that fails stops the others at once
+    logging.info('process %d of %d (%s)', jax.process_index(), jax.process_count(), cluster)
+    # JAX's preemption sync point stops every process at the largest step any of them reported + 1:
+    # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
+    saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]
+    parallel.reached_preemption(max(saved, default=0))
+  try:
+    check_config(config)
+  except ValueError as e:
+    return _fail(2, str(e))
   cache = runtime.enable_compilation_cache(config.compilation_cache_dir)
   logging.info('compilation cache: %s', cache or 'off')
   if not _DRY_RUN.value and jax.process_index() == 0:  # one writer per workdir, until exit
@@ -111,20 +140,17 @@ def main(argv) -> int:
     try:
       lock.acquire()
       atexit.register(lock.release)
-      _LOCK.append(lock)
+      parallel.at_stop(lock.release)
       checkpointing.check_writable(workdir / 'checkpoints')  # now, not at the first save
     except (checkpointing.LockError, OSError) as e:
-      print(f'error: {e}' if isinstance(e, checkpointing.LockError) else f'error: cannot write the workdir: {e}',
-            file=sys.stderr)
-      return 2
+      return _fail(2, str(e) if isinstance(e, checkpointing.LockError) else f'cannot write the workdir: {e}')
   try:
     train_loop.train_and_evaluate(config, workdir, dry_run=_DRY_RUN.value, catch_signals=True)
   except train_loop.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return _fail(2, str(e))
   except train_loop.RunError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+    return _fail(1, str(e))
+  parallel.barrier('done')  # several processes: done together, or stopped by the one that failed
   return 0
 
 

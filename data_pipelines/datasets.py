@@ -35,7 +35,7 @@ from absl import flags
 from absl import logging
 
 from data_pipelines import decoded, mixing, readers, transforms
-from efficientvit_jax import classes, domains
+from efficientvit_jax import classes, console, domains
 
 def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every data path of `config.data` (`readers.layout_paths`: empty ones derived from `data.root`),
@@ -88,9 +88,11 @@ class SkipLog:
   def add(self, message: str) -> None:
     """Logs and keeps one skipped frame's message (the count comes with the batches)."""
     with self._lock:
+      first = len(self.messages) < 20
       if len(self.messages) < 100:
         self.messages.append(message)
-    logging.log_first_n(logging.WARNING, 'skipping bad frame: %s', 20, message)
+    if first:
+      console.warn(f'skipping bad frame: {message}')
 
   def take(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`batch` without its skip counts, which are added to `count`."""
@@ -287,7 +289,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     if close:
       close()
     if self.skipped.count:
-      logging.warning('skipped %d bad training frames', self.skipped.count)
+      console.warn(f'skipped {self.skipped.count} bad training frames')
 
 
 def train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,

@@ -12,6 +12,7 @@ is the optimiser state as such a tree, keyed by its pytree paths (`opt_state_tre
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging as py_logging
@@ -19,6 +20,7 @@ import os
 import pathlib
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from typing import Any
@@ -29,6 +31,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from efficientvit_jax import console
 from efficientvit_jax.trees import flatten, path_name, unflatten
 
 MODEL_ITEMS = ('params', 'batch_stats', 'kendall', 'meta')
@@ -44,7 +47,13 @@ class CheckpointError(Exception):
 
 
 class DamagedCheckpointError(CheckpointError):
-  """A checkpoint step whose files differ from what was written (missing, truncated, altered)."""
+  """A checkpoint step proven damaged: its files differ from its integrity record (missing,
+  truncated, altered), or its save never finished."""
+
+
+class MismatchError(CheckpointError):
+  """A checkpoint that does not fit the model or the optimiser (keys, shapes, dtypes): written
+  with another configuration or version."""
 
 
 class SaveError(Exception):
@@ -107,16 +116,16 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
     flat = flatten(tree)
     unexpected = sorted(set(flat) - set(variables))
     if unexpected:
-      raise CheckpointError(f'{source}: unexpected {kind.__name__} entries {unexpected[:5]} '
-                            f'({len(unexpected)} in all) that the model does not have')
+      raise MismatchError(f'{source}: unexpected {kind.__name__} entries {unexpected[:5]} '
+                          f'({len(unexpected)} in all) that the model does not have')
     missing = sorted(set(variables) - set(flat))
     if missing and not partial:
-      raise CheckpointError(f'{source}: missing {kind.__name__} entries {missing[:5]} ({len(missing)} in all)')
+      raise MismatchError(f'{source}: missing {kind.__name__} entries {missing[:5]} ({len(missing)} in all)')
     for name, value in flat.items():
       var = variables[name]
       if tuple(np.shape(value)) != tuple(var.shape):
-        raise CheckpointError(f'{source}: {name} has shape {tuple(np.shape(value))}, '
-                              f'the model expects {tuple(var.shape)}')
+        raise MismatchError(f'{source}: {name} has shape {tuple(np.shape(value))}, '
+                            f'the model expects {tuple(var.shape)}')
       var[...] = jax.numpy.asarray(value, var[...].dtype)
       copied.append(name)
   return copied
@@ -143,7 +152,7 @@ def opt_state_from_tree(saved: dict[str, Any], like: Any, root: pathlib.Path, st
   """
   source = f'{root}/{step}'
   if not saved:
-    raise CheckpointError(f'{source}: no opt_state item (not a training checkpoint)')
+    raise MismatchError(f'{source}: no opt_state item (not a training checkpoint)')
   got = flatten(saved)
   flat_like, treedef = jax.tree_util.tree_flatten_with_path(like)
   names = [path_name(path) for path, _ in flat_like]
@@ -152,21 +161,21 @@ def opt_state_from_tree(saved: dict[str, Any], like: Any, root: pathlib.Path, st
   unexpected = [name for name in got if name not in known]
   if missing or unexpected:
     if all(k.isdigit() and not isinstance(v, dict) for k, v in saved.items()):
-      raise CheckpointError(
+      raise MismatchError(
           f'{source}: opt_state was written by an older efficientvit-jax as numbered leaves, which cannot '
           f'be matched to this optimiser safely; its weights are still usable: start a new workdir from '
           f'them with a fresh optimiser (--config.init_from={root}), or convert them without --with-optimizer')
     detail = (f'this optimiser has {missing[0]}, the checkpoint does not' if missing else
               f'the checkpoint has {unexpected[0]}, this optimiser does not')
-    raise CheckpointError(f'{source}: opt_state does not match this optimiser: {detail} ({len(missing)} '
-                          f'missing, {len(unexpected)} unexpected); written with another optimiser '
-                          'configuration or optax version?')
+    raise MismatchError(f'{source}: opt_state does not match this optimiser: {detail} ({len(missing)} '
+                        f'missing, {len(unexpected)} unexpected); written with another optimiser '
+                        'configuration or optax version?')
   leaves = []
   for name, (_, want) in zip(names, flat_like):
     value = np.asarray(got[name])
     if value.shape != tuple(want.shape) or value.dtype != want.dtype:
-      raise CheckpointError(f'{source}: opt_state {name} is {value.dtype}{list(value.shape)}, this '
-                            f'optimiser expects {np.dtype(want.dtype)}{list(want.shape)}')
+      raise MismatchError(f'{source}: opt_state {name} is {value.dtype}{list(value.shape)}, this '
+                          f'optimiser expects {np.dtype(want.dtype)}{list(want.shape)}')
     leaves.append(value)
   return jax.tree.unflatten(treedef, leaves)
 
@@ -299,8 +308,17 @@ def resolve_root(src: str | os.PathLike) -> pathlib.Path:
                         'workdir (with checkpoints/) nor a .pt file')
 
 
+def _reader(root: pathlib.Path) -> ocp.CheckpointManager:
+  """A manager that reads in this process alone: no barrier with the other processes of a
+  multi-process run, so that each may read (or not) on its own."""
+  me = jax.process_index()
+  options = ocp.CheckpointManagerOptions(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+  return ocp.CheckpointManager(root.absolute(), options=options)
+
+
 def steps(src: str | os.PathLike) -> list[int]:
-  with ocp.CheckpointManager(resolve_root(src).absolute()) as manager:
+  with _reader(resolve_root(src)) as manager:
     return sorted(manager.all_steps())
 
 
@@ -308,9 +326,11 @@ def restore_items(root: pathlib.Path, step: int | None, names: tuple[str, ...]) 
   """Restores the named items of `step` (default: latest) as saved, numpy leaves.
 
   The step is verified against its integrity record first (DamagedCheckpointError naming the file);
-  an error of orbax while reading is reported the same way.
+  an error of orbax while reading is a CheckpointError naming the step folder and the cause (not
+  proof of damage: an I/O error, a full memory or another orbax version read the same way). Reads
+  in this process alone (`_reader`).
   """
-  with ocp.CheckpointManager(root.absolute()) as manager:
+  with _reader(root) as manager:
     available = sorted(manager.all_steps())
     unfinished = [p.name for p in leftover_tmp(root)]
     if step is not None and step not in available:
@@ -335,32 +355,59 @@ def restore_items(root: pathlib.Path, step: int | None, names: tuple[str, ...]) 
       args[name] = ocp.args.JsonRestore() if name in ('meta', 'data_state') else ocp.args.StandardRestore()
     try:
       restored = manager.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # orbax/tensorstore raise many types for damaged folders
-      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
-      raise DamagedCheckpointError(f'{step_dir}: unreadable ({type(e).__name__}: {first})') from None
+    except Exception as e:  # orbax/tensorstore raise many types
+      raise CheckpointError(f'{step_dir}: unreadable ({_first_line(e)})') from None
     return step, {name: restored[name] for name in args}
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f'{type(e).__name__}: {text.splitlines()[0][:300]}' if text else type(e).__name__
+
+
+def check_finite(value: np.ndarray, name: str) -> None:
+  """CheckpointError naming `name` when `value` holds NaN or infinity."""
+  bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+  if bad:
+    raise CheckpointError(f'{name} holds {bad} non-finite values (NaN or infinity) of {np.size(value)}')
+
+
+def check_weights(ckpt: Checkpoint, source: str) -> None:
+  """CheckpointError naming the first weight, BatchNorm statistic or Kendall log-sigma of `ckpt`
+  that holds NaN or infinity: no command loads such weights, sealed or not."""
+  for item, tree in (('params', ckpt.params), ('batch_stats', ckpt.batch_stats), ('kendall', ckpt.kendall)):
+    for name, value in flatten(tree).items():
+      value = np.asarray(value)
+      if np.issubdtype(value.dtype, np.inexact):
+        check_finite(value, f'{source}: {item}.{name}')
 
 
 def load(src: str | os.PathLike, step: int | None = None) -> Checkpoint:
   """Loads a checkpoint folder or a training workdir (latest step, or `step`); a file (a reference
-  `.pt`) is refused: `convert.load_any` reads every kind of source."""
+  `.pt`) is refused: `convert.load_any` reads every kind of source. Weights holding NaN or
+  infinity are refused (CheckpointError naming the first), with or without an integrity record."""
   path = pathlib.Path(src)
   if path.is_file():
     raise CheckpointError(f'{src}: a file, not a checkpoint folder or workdir (a reference .pt is read '
                           'by convert.load_any)')
   root = resolve_root(path)
   step, items = restore_items(root, step, MODEL_ITEMS)
+  ckpt = _model_items(root, step, items)
+  ckpt.meta.setdefault('step', step)
+  return ckpt
+
+
+def _model_items(root: pathlib.Path, step: int, items: dict[str, Any]) -> Checkpoint:
+  """The restored model items of `root/step` as a Checkpoint; CheckpointError when `params` is
+  missing or a weight is not finite."""
   if 'params' not in items:
     raise CheckpointError(f'{root}/{step}: no params item')
-  meta = dict(items.get('meta') or {})
-  meta.setdefault('step', step)
   kendall = items.get('kendall') or default_kendall()
-  return Checkpoint(
-      params=items['params'],
-      batch_stats=items.get('batch_stats') or {},
-      kendall={k: np.asarray(v, np.float32) for k, v in kendall.items()},
-      meta=meta,
-  )
+  ckpt = Checkpoint(params=items['params'], batch_stats=items.get('batch_stats') or {},
+                    kendall={k: np.asarray(v, np.float32) for k, v in kendall.items()},
+                    meta=dict(items.get('meta') or {}))
+  check_weights(ckpt, f'{root}/{step}')
+  return ckpt
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,31 +437,69 @@ class _OrbaxErrorsOnOneLine(py_logging.Filter):
     return True
 
 
+def _drop_closed_event_loop_errors() -> None:
+  """A write that fails in orbax's background thread (a full disk) closes its asyncio event loop
+  while tensorstore still hands the other writes' results to it; each hand-over raises 'Event loop
+  is closed' into `sys.unraisablehook`: hundreds of tracebacks. Those alone are dropped (the failed
+  save itself is reported once, as a SaveError); any other unraisable error reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_event_loops', False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_event_loops = True
+  sys.unraisablehook = hook
+
+
+# What a failed write means, as the OS says it; found inside orbax's and tensorstore's long messages.
+_OS_CAUSES = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                                   errno.EIO, errno.ENOTDIR, errno.ENOENT))
+
+
+def _cause(e: BaseException) -> str:
+  text = str(e)
+  return next((cause for cause in _OS_CAUSES if cause in text), None) or _first_line(e)
+
+
 class TrainCheckpointer:
   """A workdir's checkpoints: the latest `keep` steps with every item at `W/checkpoints/`, and the
-  best step by `best_metric` (model items only) at `W/best/`, both asynchronous orbax managers.
+  best step by `best_metric` (model items only) at `W/best/`, two orbax managers.
 
   Two managers because orbax 0.12.8's `best_fn` together with `max_to_keep` may delete the newest
   step, which resuming needs. `opt_state` is stored as a tree keyed by its paths and restored
   only into an optimiser state of exactly that structure (`opt_state_from_tree`); `data_state` is
   JSON.
 
-  Once orbax has finalised a step, process 0 seals it (`seal`), and only then are older steps
-  deleted (here, not by orbax's `max_to_keep`): at any moment an intact step is on disk. A failed
-  save raises SaveError naming the path and the last good step. Leftover temporary folders of
-  unfinished saves are removed at start with a warning.
+  Saving: one process saves asynchronously (`poll` after each step notices a finished save);
+  several processes save synchronously, so that a write failing on one host is known at once
+  (an asynchronous one reports it only after orbax's collective finalisation times out). Once
+  orbax has finalised a step, process 0 seals it (`seal`), and only then are older steps deleted
+  (here, not by orbax's `max_to_keep`): at any moment an intact step is on disk. A failed save
+  raises SaveError naming the path, the cause and the last good step. Leftover temporary folders
+  of unfinished saves are removed at start with a warning.
+
+  Resuming: process 0 picks the step (`choose_step`); every process restores it (`restore`, which
+  reads in each process alone). A step is set aside in W/damaged/ only when its integrity record
+  proves damage; any other error restoring it is a CheckpointError naming the step and the cause,
+  and nothing is moved.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int, best_metric: str = '',
-               async_save: bool = True):
+               async_save: bool | None = None):
     workdir = pathlib.Path(workdir).absolute()
     if keep < 1:
       raise ValueError(f'keep_checkpoints must be >= 1, got {keep}')
     self.keep = keep
     self.is_main = jax.process_index() == 0
+    self.async_save = jax.process_count() == 1 if async_save is None else async_save
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _OrbaxErrorsOnOneLine) for f in handler.filters):
       handler.addFilter(_OrbaxErrorsOnOneLine())
+    _drop_closed_event_loop_errors()
     self.root = workdir / 'checkpoints'
     self.damaged_dir = workdir / 'damaged'
     if self.is_main:
@@ -425,15 +510,16 @@ class TrainCheckpointer:
     # Each manager needs its own barrier names: with several processes, the two finalising the
     # same step at once would otherwise meet at one barrier and fail.
     options = lambda name: ocp.CheckpointManagerOptions(
-        max_to_keep=None, create=True, enable_async_checkpointing=async_save,
+        max_to_keep=None, create=True, enable_async_checkpointing=self.async_save,
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
     self.latest = ocp.CheckpointManager(self.root, options=options('latest'),
                                         item_names=MODEL_ITEMS + TRAIN_ITEMS)
     self.best_metric = best_metric
     self.best = None
     self.best_value = None
-    self._pending: dict[str, int] = {}  # manager name -> step saved but not yet sealed
-    self._last_good = self.latest.latest_step()
+    self._pending: dict[str, int] = {}  # manager name -> step saved, its old steps not deleted yet
+    self._sealed: dict[str, int] = {}  # manager name -> the last step checked and sealed
+    self._last_good: int | None = None  # the newest step known intact (restored or sealed by this run)
     if best_metric:
       self._lower = lower_is_better(best_metric)
       self.best = ocp.CheckpointManager(workdir / 'best', options=options('best'), item_names=MODEL_ITEMS)
@@ -441,7 +527,7 @@ class TrainCheckpointer:
         try:
           _, items = restore_items(workdir / 'best', None, ('meta',))
           self.best_value = (items.get('meta') or {}).get('metrics', {}).get(best_metric)
-        except DamagedCheckpointError as e:
+        except CheckpointError as e:
           logging.warning('best checkpoint: %s; the next evaluation replaces it', e)
 
   def _managers(self) -> dict[str, tuple[ocp.CheckpointManager, int]]:
@@ -451,19 +537,25 @@ class TrainCheckpointer:
     return out
 
   def last_good_step(self) -> int | None:
-    """The newest step of W/checkpoints known intact (sealed by this run, or found at start)."""
+    """The newest step of W/checkpoints known intact (restored or sealed by this run), or None."""
     return self._last_good
 
-  def _failed(self, path: pathlib.Path, e: BaseException | None, step: int) -> SaveError:
-    first = str(e).strip().splitlines()[0][:300] if e is not None and str(e).strip() else ''
-    reason = f'{type(e).__name__}: {first}' if e is not None else _write_probe(path.parent)
-    return SaveError(f'cannot write checkpoint step {step} to {path} ({reason}); the last good checkpoint '
-                     f'is step {self.last_good_step()} in {self.root}')
+  def last_good(self) -> str:
+    """'the last good checkpoint is step N in W/checkpoints', or that there is none yet."""
+    if self._last_good is None:
+      return f'no checkpoint was saved in {self.root} yet'
+    return f'the last good checkpoint is step {self._last_good} in {self.root}'
 
-  def _finish(self, name: str) -> None:
-    """Waits for the pending save of manager `name`, seals it and deletes steps beyond `keep`."""
-    manager, keep = self._managers()[name]
-    step = self._pending.pop(name)
+  def _failed(self, path: pathlib.Path, e: BaseException | None, step: int) -> SaveError:
+    reason = _cause(e) if e is not None else _write_probe(path.parent)
+    return SaveError(f'cannot write checkpoint step {step} to {path} ({reason}); {self.last_good()}')
+
+  def _seal(self, name: str) -> None:
+    """Waits for the pending save of manager `name`, checks it and (process 0) seals it."""
+    manager, _ = self._managers()[name]
+    step = self._pending[name]
+    if self._sealed.get(name) == step:
+      return
     step_dir = pathlib.Path(manager.directory) / str(step)
     try:
       manager.wait_until_finished()
@@ -476,20 +568,26 @@ class TrainCheckpointer:
         seal(step_dir)
       except OSError as e:
         raise self._failed(step_dir / INTEGRITY_FILE, e, step) from None
+    self._sealed[name] = step
     if name == 'latest':
       self._last_good = step
+
+  def _finish(self, name: str) -> None:
+    """Seals the pending save of manager `name` and deletes its steps beyond `keep` (every
+    process together: orbax's delete meets the other processes)."""
+    self._seal(name)
+    manager, keep = self._managers()[name]
+    del self._pending[name]
     try:
       manager.reload()
       for old in sorted(manager.all_steps())[:-keep]:
         manager.delete(old)
     except (OSError, ValueError) as e:  # the folder vanished after the seal
-      raise SaveError(f'cannot list or delete old checkpoints in {manager.directory} ({type(e).__name__}: {e}); '
-                      f'the last good checkpoint is step {self._last_good} in {self.root}') from None
+      raise SaveError(f'cannot list or delete old checkpoints in {manager.directory} ({_cause(e)}); '
+                      f'{self.last_good()}') from None
 
   def poll(self) -> None:
-    """Seals finished saves without blocking (single process; several processes seal in `wait`)."""
-    if jax.process_count() > 1:
-      return
+    """Finishes the asynchronous saves that are done, without blocking; SaveError for one that failed."""
     for name in list(self._pending):
       if not self._managers()[name][0].is_saving_in_progress():
         self._finish(name)
@@ -508,6 +606,8 @@ class TrainCheckpointer:
     except Exception as e:  # OSError, or orbax's ValueError wrapping one
       raise self._failed(pathlib.Path(manager.directory) / str(step), e, step) from None
     self._pending[name] = step
+    if not self.async_save:
+      self._finish(name)
 
   def save(self, step: int, ckpt: Checkpoint, opt_state: Any, data_state: dict[str, Any], *,
            force: bool = False) -> None:
@@ -529,42 +629,47 @@ class TrainCheckpointer:
       self.best_value = value
     return better
 
-  def restore(self, step: int, opt_state_like: Any) -> tuple[Checkpoint, Any, dict[str, Any]]:
-    """(model checkpoint, opt_state in the structure of `opt_state_like`, data_state) of `step`."""
-    root = pathlib.Path(self.latest.directory)
-    _, items = restore_items(root, step, MODEL_ITEMS + TRAIN_ITEMS)
-    opt_state = opt_state_from_tree(items.get('opt_state') or {}, opt_state_like, root, step)
-    if 'params' not in items:
-      raise DamagedCheckpointError(f'{root}/{step}/params: missing')
-    meta = dict(items.get('meta') or {})
-    ckpt = Checkpoint(params=items['params'], batch_stats=items.get('batch_stats') or {},
-                      kendall={k: np.asarray(v, np.float32) for k, v in (items.get('kendall') or default_kendall()).items()},
-                      meta=meta)
-    return ckpt, opt_state, dict(items.get('data_state') or {})
-
-  def restore_newest_intact(self, opt_state_like: Any) -> tuple[int, tuple[Checkpoint, Any, dict[str, Any]]] | None:
-    """Restores the newest step that passes verification, newest first; damaged steps are moved to
-    W/damaged/ with a warning naming the step and the file. None when no step is left."""
+  def choose_step(self) -> int | None:
+    """(Process 0.) The step to resume from: the newest step of W/checkpoints whose integrity
+    record proves nothing wrong (a step without a record passes; `restore` warns). A step the record
+    proves damaged is moved to W/damaged/ with a warning naming the step and the file. None for a
+    workdir without checkpoints. CheckpointError when none is left: checkpoints were there (or
+    W/damaged/ holds steps set aside before) and training never starts afresh over them."""
+    damaged = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        restored = self.restore(step, opt_state_like)
-        self._last_good = step
-        return step, restored
+        verify(self.root / str(step))
+        return step
       except DamagedCheckpointError as e:
         aside = self.damaged_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
-        if self.is_main:
-          aside.parent.mkdir(parents=True, exist_ok=True)
-          os.replace(self.root / str(step), aside)
-        warn(f'checkpoint step {step} is damaged ({e}); moved it to {aside} and resuming from the newest '
-             'intact step')
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.root / str(step), aside)
+        console.warn(f'checkpoint step {step} is damaged ({e}); moved it to {aside}')
+        damaged.append(f'step {step} ({e})')
         self.latest.reload()
-    return None
+    earlier = sorted(p.name for p in self.damaged_dir.iterdir()) if self.damaged_dir.is_dir() else []
+    if not damaged and not earlier:
+      return None
+    found = (f'{"; ".join(damaged)}: moved to {self.damaged_dir}/' if damaged else
+             f'it holds no step, and {self.damaged_dir}/ holds steps set aside as damaged ({", ".join(earlier)})')
+    raise CheckpointError(f'{self.root}: no intact checkpoint to resume from: {found}. Training does not start '
+                          f'afresh over them: to start over, delete {self.damaged_dir} (or use a new --workdir); '
+                          'to resume from a step set aside, repair it and move it back')
 
-  def reached_preemption(self, step: int) -> bool:
-    return self.latest.reached_preemption(step)
+  def restore(self, step: int, opt_state_like: Any) -> tuple[Checkpoint, Any, dict[str, Any]]:
+    """(model checkpoint, opt_state in the structure of `opt_state_like`, data_state) of `step`,
+    read by this process alone. MismatchError for a checkpoint that does not fit the optimiser;
+    CheckpointError (naming the step folder) for anything else, non-finite weights included."""
+    root = pathlib.Path(self.latest.directory)
+    self.latest.reload()  # process 0 may have set newer steps aside: every manager must see the same steps
+    _, items = restore_items(root, step, MODEL_ITEMS + TRAIN_ITEMS)
+    opt_state = opt_state_from_tree(items.get('opt_state') or {}, opt_state_like, root, step)
+    ckpt = _model_items(root, step, items)
+    self._last_good = step
+    return ckpt, opt_state, dict(items.get('data_state') or {})
 
   def wait(self) -> None:
-    """Waits for the saves in flight and seals them; SaveError if one failed."""
+    """Waits for the saves in flight and finishes them; SaveError if one failed."""
     for name in list(self._managers()):
       if name in self._pending:
         self._finish(name)
@@ -578,15 +683,7 @@ class TrainCheckpointer:
       try:
         manager.close()
       except Exception as e:  # pylint: disable=broad-except  # a failed save, reported already
-        logging.warning('closing %s: %s: %s', manager.directory, type(e).__name__, e)
-
-
-def warn(message: str) -> None:
-  """A warning the user must see: logged and printed on stderr as one line."""
-  import sys  # pylint: disable=g-import-not-at-top
-
-  logging.warning('%s', message)
-  print(f'warning: {message}', file=sys.stderr, flush=True)
+        logging.warning('closing %s: %s', manager.directory, _cause(e))
 
 
 def check_writable(folder: pathlib.Path) -> None:
@@ -658,7 +755,7 @@ class WorkdirLock:
                       'or use another --workdir') from None
     previous = os.pread(fd, 4096, 0)
     if previous.strip():
-      warn(f'{self.path}: taking over the lock of {_describe_holder(previous)}, which is no longer running')
+      console.warn(f'{self.path}: taking over the lock of {_describe_holder(previous)}, which is no longer running')
     me = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
                      'started': time.strftime('%Y-%m-%d %H:%M:%S')})
     os.ftruncate(fd, 0)

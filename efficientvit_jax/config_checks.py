@@ -2,8 +2,10 @@
 
 `check_ranges(config)` range-checks every numeric key (steps, epochs, rates, sizes, windows,
 shares) and raises ValueError naming the key. `parse_flags` is an `absl.app.run` flags parser that
-turns a bad flag or an unknown `--config.KEY` into one line on stderr (with the closest key names)
-and exit code 2, instead of ml_collections' traceback.
+turns a bad flag, a `--config` file that does not exist or is a folder or an unknown `--config.KEY`
+(with the closest key names) into one line on stderr and exit code 2, instead of ml_collections'
+traceback. A `--config.KEY=VALUE` given twice takes its last value, as any absl flag does (for a
+tuple, ml_collections alone would join the two).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import os
 import sys
 from typing import Any
 
@@ -88,6 +91,35 @@ def _load(spec: str) -> Any:
   return module.get_config(param) if param else module.get_config()
 
 
+def config_file_problem(argv: list[str]) -> str | None:
+  """The message for a `--config` path that does not exist or is a folder, or None."""
+  spec = _config_arg(argv)
+  if spec is None:
+    return None
+  path = spec.partition(':')[0]
+  if os.path.isdir(path):
+    return f'--config {path}: a folder, not a config file (e.g. configs/default.py)'
+  if not os.path.isfile(path):
+    return f'--config {path}: no such file'
+  return None
+
+
+def last_overrides(argv: list[str]) -> list[str]:
+  """`argv` with each `--config.KEY=VALUE` override kept only where it is given last (absl's rule
+  for a repeated flag; ml_collections would join two tuple values instead of replacing the first).
+  ValueError for a key given twice in the `--config.KEY VALUE` form, whose value cannot be told
+  apart from a bool flag's next argument."""
+  last = {}
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config.'):
+      key, eq, _ = arg[len('--config.'):].partition('=')
+      if key in last and not (eq and '=' in argv[last[key]]):
+        raise ValueError(f'--config.{key} is given more than once; give each key once (or as --config.{key}=VALUE)')
+      last[key] = i
+  keep = set(last.values())
+  return [arg for i, arg in enumerate(argv) if not arg.startswith('--config.') or i in keep]
+
+
 def unknown_override(argv: list[str]) -> str | None:
   """The message for the first `--config.KEY` override naming no key of the config, or None."""
   spec = _config_arg(argv)
@@ -114,7 +146,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   """`absl.app.run(flags_parser=...)`: bad flags -> one line on stderr, exit code 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  message = unknown_override(argv)
+  message = config_file_problem(argv) or unknown_override(argv)
+  if message is None:
+    try:
+      argv = last_overrides(argv)
+    except ValueError as e:
+      message = str(e)
   if message is None:
     try:
       return flags.FLAGS(argv)

@@ -57,6 +57,15 @@ def is_terminal(stream: Any = None) -> bool:
   return bool(getattr(stream, 'isatty', lambda: False)())
 
 
+def warn(message: str) -> None:
+  """A warning the user must see (a lock taken over, a changed config, a skipped frame): a log
+  record and a plain `warning: ...` line on stderr."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  absl_logging.warning('%s', message)
+  print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
 def say(message: str) -> None:
   """One line on stdout that does not break a progress bar."""
   if Progress.active is not None and Progress.active.bar is not None:

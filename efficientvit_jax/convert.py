@@ -44,7 +44,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import trees
-from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
+from efficientvit_jax.checkpointing import Checkpoint, CheckpointError, check_finite
 from efficientvit_jax.classes import CLASS_NAMES
 
 # JAX module path pieces that the reference names by position in an nn.Sequential.
@@ -268,13 +268,6 @@ def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = 
     raise CheckpointError(f'{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected '
                           'keys in all); is this a checkpoint of this network?')
   return mapped[0], mapped[1], num_batches
-
-
-def check_finite(value: np.ndarray, name: str) -> None:
-  """CheckpointError naming `name` when `value` holds NaN or infinity."""
-  bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-  if bad:
-    raise CheckpointError(f'{name} holds {bad} non-finite values (NaN or infinity) of {np.size(value)}')
 
 
 def _torch_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:

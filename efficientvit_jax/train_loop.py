@@ -7,7 +7,8 @@ means every `log_every_steps` (`metrics.jsonl`, TensorBoard `tb/`), validation e
 `eval_every_steps` and at the end, checkpoints every `checkpoint_every_steps`, after each
 validation and at the end (`checkpoints/`, and `best/` by `best_metric`), until the last step or a
 stop request, which saves the current step: SIGTERM / SIGINT with `catch_signals` (one process),
-orbax's preemption sync point (several processes, which must stop at the same step).
+JAX's preemption sync point (several processes, which must stop at the same step). With several
+processes, process 0 chooses the checkpoint step to resume from and every process restores it.
 
 The state is passed explicitly: the helpers below take the train state (`training.State`) and the
 run's fixed parts (`_Run`) and return what they change.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 import threading
@@ -46,6 +48,7 @@ from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import parallel
 from efficientvit_jax import summaries
 from efficientvit_jax import training
+from efficientvit_jax import trees
 
 TB_KEYS = ('train/', 'lr/', 'val/')
 TB_PANELS = 3  # evaluation pictures per validation set in TensorBoard (its first frames)
@@ -126,22 +129,26 @@ def _plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: model_lib.DepthSegNet,
                      tx: Any, ckptr: checkpointing.TrainCheckpointer) -> _Start:
-  """Loads the start of the run into `model`: the newest intact checkpoint, else `init_from`."""
+  """Loads the start of the run into `model`: the workdir's checkpoint that process 0 chose (the
+  newest intact one; every process restores that step), else `init_from`."""
   kendall = checkpointing.default_kendall()
   _, bn_stats = checkpointing.model_trees(model)
-  resumed = None
-  if ckptr.latest_step() is not None:
+  try:
+    step = parallel.share('restore_step', ckptr.choose_step() if jax.process_index() == 0 else None)
+  except (checkpointing.CheckpointError, OSError) as e:
+    raise RunError(str(e)) from None
+  if step is not None:
+    source = f'{workdir}/checkpoints/{step}'
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
-    try:  # damaged steps are moved aside with a warning; a mismatching configuration is an error
-      resumed = ckptr.restore_newest_intact(opt_like)
-    except checkpointing.CheckpointError as e:
+    try:
+      ckpt, opt_state, data_state = ckptr.restore(step, opt_like)
+      checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=source)
+    except checkpointing.MismatchError as e:  # another configuration or version
       raise UserError(str(e)) from None
-    if resumed is None:
-      checkpointing.warn(f'no intact checkpoint left in {workdir}/checkpoints; starting afresh')
-  if resumed is not None:
-    latest, (ckpt, opt_state, data_state) = resumed
-    checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=f'{workdir}/checkpoints/{latest}')
-    step = int(data_state.get('step', latest))
+    except (checkpointing.CheckpointError, OSError) as e:  # not proof of damage: keep the step
+      raise RunError(f'cannot resume from checkpoint step {step}: {e}; nothing was moved. Rerun once the cause '
+                     f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before') from None
+    step = int(data_state.get('step', step))
     logging.info('resuming %s from step %d', workdir, step)
     return _Start(step=step, kendall=ckpt.kendall, opt_state=opt_state,
                   counters=convert.start_counters(bn_stats, resumed=ckpt.meta),
@@ -149,7 +156,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
   if not config.init_from:
     return _Start(step=0, kendall=kendall, opt_state=None, counters=convert.start_counters(bn_stats),
                   source='scratch')
-  try:
+  try:  # refuses non-finite weights, damaged files and shapes the model does not have
     init = convert.load_any(config.init_from)
     copied = checkpointing.load_into_model(model, init.params, init.batch_stats, partial=True,
                                            source=config.init_from)
@@ -161,23 +168,72 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                 counters=convert.start_counters(bn_stats, init_from=init.meta), source=f'init_from:{config.init_from}')
 
 
+def _jit_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any, mesh: Mesh,
+              state: training.State, freeze_steps: int, encoder_bn_train: bool = True) -> Callable:
+  """The jitted train step of this run (compiled at its first call or `.lower(...).compile()`)."""
+  return training.jit_train_step(
+      training.make_train_step(graphdef, tx, config.loss, seed=config.seed,
+                               color_jitter=datasets.color_jitter_flags(config.data), freeze_steps=freeze_steps,
+                               freeze_bn_when_frozen=config.freeze_bn_when_frozen,
+                               encoder_bn_train=encoder_bn_train),
+      mesh, state)
+
+
 def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any, mesh: Mesh,
                    state: training.State, freeze_steps: int) -> tuple[Callable, Callable]:
   """(train step, step of the frozen phase): the same unless the encoder BatchNorm is frozen in
   eval mode then. Each prints a `compiling` line at its first call."""
 
   def compile_step(encoder_bn_train):
-    return console.announce_compile(training.jit_train_step(
-        training.make_train_step(graphdef, tx, config.loss, seed=config.seed,
-                                 color_jitter=datasets.color_jitter_flags(config.data),
-                                 freeze_steps=freeze_steps,
-                                 freeze_bn_when_frozen=config.freeze_bn_when_frozen,
-                                 encoder_bn_train=encoder_bn_train),
-        mesh, state), 'the training step' + ('' if encoder_bn_train else ' (encoder BatchNorm frozen)'))
+    return console.announce_compile(_jit_step(config, graphdef, tx, mesh, state, freeze_steps, encoder_bn_train),
+                                    'the training step' + ('' if encoder_bn_train else ' (encoder BatchNorm frozen)'))
 
   train_step = compile_step(True)
   frozen_step = compile_step(False) if config.freeze_bn_when_frozen and freeze_steps else train_step
   return train_step, frozen_step
+
+
+def _dry_run(config: ml_collections.ConfigDict, model: model_lib.DepthSegNet, tx: Any, mesh: Mesh,
+             freeze_steps: int) -> list[str]:
+  """The lines `--dry_run` adds to the plan: the mesh, the batch per process and per device, and
+  the memory per device of the train step compiled for this mesh (reads one batch, compiles)."""
+  processes, devices = jax.process_count(), jax.device_count()
+  data = datasets.train_iterator(config, 0, jax.process_index(), processes)
+  try:
+    local = next(data)
+  except readers.BadFrameError as e:
+    raise UserError(f'data: {e} (set data.skip_bad_frames=True to skip such frames)') from None
+  finally:
+    data.close()
+  graphdef, state = training.create_state(model, checkpointing.default_kendall(), tx, mesh)
+  sharding = parallel.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((local[k].shape[0] * processes, *local[k].shape[1:]), local[k].dtype,
+                                   sharding=sharding) for k in training.TRAIN_KEYS}
+  with console.compiling('the training step'):
+    memory = _jit_step(config, graphdef, tx, mesh, state, freeze_steps).lower(state, batch).compile().memory_analysis()
+  lines = [f'mesh: {devices} {jax.devices()[0].platform} devices in {processes} process(es), one \'data\' axis; '
+           f'batch {config.batch_size} = {config.batch_size // processes} per process (host) = '
+           f'{config.batch_size // devices} per device']
+  if memory is not None:
+    mib = lambda n: n / 2**20
+    args, out, alias, temp = (memory.argument_size_in_bytes, memory.output_size_in_bytes,
+                              memory.alias_size_in_bytes, memory.temp_size_in_bytes)
+    lines.append(f'compiled train step: {mib(args + out - alias + temp):.1f} MiB per device (arguments '
+                 f'{mib(args):.1f}, outputs {mib(out):.1f} of which {mib(alias):.1f} reuse the donated state, '
+                 f'temporaries {mib(temp):.1f})')
+  return lines
+
+
+def _changed_keys(previous: pathlib.Path, current: dict[str, Any]) -> str:
+  """'num_train_steps 4 -> 6, ...' (at most 5 keys) between a saved config.json and `current`."""
+  try:
+    before = trees.flatten(json.loads(previous.read_text() or '{}'))
+  except ValueError:
+    return 'unreadable before'
+  now = trees.flatten(current)
+  changed = [f'{k} {before.get(k, "(none)")} -> {now.get(k, "(none)")}'
+             for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  return ', '.join(changed[:5]) + (f', ... ({len(changed)} keys)' if len(changed) > 5 else '')
 
 
 def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, start_step: int) -> Any:
@@ -187,7 +243,8 @@ def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   previous = workdir / 'config.json'
   current = json.loads(config.to_json())
   if previous.exists() and json.loads(previous.read_text() or '{}') != current:
-    logging.warning('%s differs from this run\'s config; the new one replaces it', previous)
+    console.warn(f'{previous} differs from this run\'s config: {_changed_keys(previous, current)}; '
+                 'the new one replaces it')
   tmp = workdir / '.config.json.tmp'
   tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
   tmp.replace(previous)
@@ -221,9 +278,8 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
 def _check_finite(run: _Run, state: training.State) -> None:
   bad = int(checkpointing.to_host(state['nonfinite_step']))
   if bad >= 0:
-    raise RunError(f'non-finite loss at step {bad + 1}; stopped. The last good checkpoint is step '
-                   f'{run.ckptr.latest_step()} in {run.workdir}/checkpoints (lower the learning rate or check '
-                   'the data)')
+    raise RunError(f'non-finite loss at step {bad + 1}; stopped; {run.ckptr.last_good()} (lower the learning '
+                   'rate or check the data)')
 
 
 def _save(run: _Run, state: training.State, step: int, metrics: dict[str, float], force: bool = False) -> None:
@@ -365,7 +421,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
       if evaluated or step % config.checkpoint_every_steps == 0:
         # images/s and input_wait measure training steps only
         tick, tick_step, input_wait = time.perf_counter(), step, 0.0
-      preempted = stop.is_set() or (run.num_processes > 1 and run.ckptr.reached_preemption(step))
+      preempted = stop.is_set() or (run.num_processes > 1 and parallel.reached_preemption(step))
       if preempted and step < total_steps:
         if saved_step != step:
           _save(run, state, step, {}, force=True)
@@ -377,8 +433,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
     logging.error('%s', e)
     error = RunError(str(e))
   except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
-    error = RunError(f'{e}; the last good checkpoint is step {run.ckptr.last_good_step()} in '
-                     f'{run.workdir}/checkpoints')
+    error = RunError(f'{e}; {run.ckptr.last_good()}')
   except readers.BadFrameError as e:  # nothing of this step is saved
     logging.error('%s', e)
     error = UserError(f'data: {e} (set data.skip_bad_frames=True to skip such frames)')
@@ -420,15 +475,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   eval_sets = tuple(config.data.eval_sets)
   plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
           f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; eval on {list(eval_sets)}')
-  if dry_run:
-    print(plan)
-    return None
   if process == 0:
     console.say(plan)
 
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
   model = model_lib.create(dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  if dry_run:
+    lines = _dry_run(config, model, tx, mesh, freeze_steps)
+    if process == 0:
+      print('\n'.join(lines), flush=True)
+    return None
+  # Several processes meet here, before their first collective (orbax's barrier in the checkpoint
+  # manager): CPU (gloo) collectives give up when one process is 30 s late setting them up, and a
+  # process reading fewer programs from the compilation cache (only process 0 writes it) can be.
+  parallel.barrier('start')
   try:
     ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
   except (OSError, ValueError) as e:  # e.g. a file where W/best should be
@@ -443,18 +504,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       state['opt_state'] = parallel.put_replicated(start.opt_state, mesh)
       state['step'] = parallel.put_replicated(np.asarray(start.step, np.int32), mesh)
     if start.step >= total_steps:
-      print(f'{workdir}: already trained for {start.step} of {total_steps} steps; nothing to do')
+      if process == 0:
+        print(f'{workdir}: already trained for {start.step} of {total_steps} steps; nothing to do')
       return Outcome(start_step=start.step, step=start.step, total_steps=total_steps, preempted=False, metrics={})
     train_step, frozen_step = _compile_steps(config, graphdef, tx, mesh, state, freeze_steps)
     if process == 0:
-      writer = _open_outputs(config, workdir, start.step)
+      try:
+        writer = _open_outputs(config, workdir, start.step)
+      except OSError as e:  # a full disk since the start-up check
+        raise RunError(f'cannot write to {workdir}: {e}') from None
     run = _Run(config=config, workdir=workdir, mesh=mesh, graphdef=graphdef, ckptr=ckptr, writer=writer,
                eval_sets=eval_sets, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                freeze_steps=freeze_steps, bn_frozen=frozen_step is not train_step, counters=start.counters,
                source=start.source, process=process, num_processes=num_processes)
-    # Several processes stop at orbax's preemption sync point instead: all at the same step.
     if catch_signals and num_processes == 1:
       handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    elif catch_signals:  # JAX's preemption notifier holds SIGTERM: every process stops at one step
+      handlers = {signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))}
     return _train(run, state, train_step, frozen_step, start.step, stop)
   finally:
     ckptr.close()

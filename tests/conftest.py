@@ -7,6 +7,8 @@ training step or runs a benchmark; every module keeps at least one test without 
 
 import os
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 
@@ -17,6 +19,18 @@ DATA = ROOT / 'tests' / 'data'
 # inherit both, so they share the suite's compilation cache.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
+
+
+def mount_namespace() -> list[str] | None:
+  """The `unshare` command that runs a command in its own mount namespace here (as root, or in a
+  user namespace), where a test can mount a small tmpfs (a full disk) or hide a file from one
+  process; None where neither works (such tests skip)."""
+  if not shutil.which('unshare'):
+    return None
+  for flags in (['-m'], ['-r', '-m']):
+    if subprocess.run(['unshare', *flags, 'true'], capture_output=True).returncode == 0:
+      return ['unshare', *flags]
+  return None
 
 
 def pytest_configure(config):

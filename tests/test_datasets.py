@@ -206,7 +206,7 @@ def _damaged_lilocbench(scaled, tmp_path, steps=(0,)):
   return str(out), bad
 
 
-def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
+def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path, capsys):
   """A truncated PNG and a missing depth file among the first batch's LILocBench frames."""
   config = config_for(scaled, steps=2)
   config.data.lilocbench.manifest, _ = _damaged_lilocbench(scaled, tmp_path)
@@ -219,6 +219,9 @@ def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
   assert any('trunc0.png' in m for m in it.skipped.messages)
   assert any('missing.npy' in m for m in it.skipped.messages)
   it.close()
+  warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning: ')]
+  assert sum('warning: skipping bad frame: ' in line for line in warnings) == 2  # plain lines, not only the log
+  assert 'warning: skipped 2 bad training frames' in warnings
   # Evaluation masks a skipped frame out instead of replacing it.
   ev = datasets.eval_iterator(config, 'lilocbench', 'train', batch_size=16)
   ev_batches = list(ev)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, mount_namespace
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import trees
@@ -106,6 +107,29 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path, override, named)
   proc = _run(_args(tmp_path / 'w', tmp_path, override, '--dry_run'), 2)
   assert named in _error(proc)
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('module', ['train.py', '-m data_pipelines.preview', '-m studies.domain_mixing'])
+def test_config_file_that_is_missing_or_a_folder_is_one_line(tmp_path, module):
+  command = [sys.executable, *module.split(), '--workdir' if 'preview' not in module else '--out',
+             str(tmp_path / 'out')]
+  for path, named in ((tmp_path / 'nope.py', 'no such file'), (ROOT / 'configs', 'a folder, not a config file')):
+    proc = _run([*command, '--config', str(path)], 2, timeout=120)
+    assert _error(proc) == f'error: --config {path}: {named}' + (' (e.g. configs/default.py)' if 'folder' in named else '')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_a_config_key_given_twice_takes_its_last_value(tmp_path):
+  from efficientvit_jax import config_checks
+
+  # ml_collections alone would join two tuples into ('nyu', 'corridor', 'nyu').
+  argv = ['train.py', "--config.data.eval_sets=('nyu','corridor')", '--workdir=w', "--config.data.eval_sets=('nyu',)"]
+  assert config_checks.last_overrides(argv) == ['train.py', '--workdir=w', "--config.data.eval_sets=('nyu',)"]
+  with pytest.raises(ValueError, match='--config.batch_size is given more than once'):
+    config_checks.last_overrides(['x', '--config.batch_size', '2', '--config.batch_size=3'])
+  proc = _run(_args(tmp_path / 'w', tmp_path, '--config.num_train_steps=3', '--config.num_train_steps=-3', '--dry_run'),
+              2, timeout=120)
+  assert _error(proc) == 'error: num_train_steps must be >= 0, got -3'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,9 +224,11 @@ def test_damaged_steps_are_refused_by_commands_and_skipped_by_training(tmp_path,
   proc = _run([sys.executable, '-m', 'efficientvit_jax.convert', 'orbax-to-torch', str(workdir),
                str(tmp_path / 'latest.pt')], 2)  # the latest step (6) is damaged: no silent fallback
   assert altered.name in _error(proc)
-  # Training warns, naming step and file, and resumes from the newest intact step (5).
-  proc = _run(_args(workdir, synthetic_tiny), 0)
+  # Training warns, naming step and file, and resumes from the newest intact step (5); the
+  # warnings a user must see are plain lines on the console.
+  proc = _run(_args(workdir, synthetic_tiny, '--config.log_every_steps=2'), 0)
   assert 'checkpoint step 6 is damaged' in proc.stderr and altered.name in proc.stderr
+  assert f'warning: {workdir}/config.json differs from this run\'s config: log_every_steps 1 -> 2; ' in proc.stderr
   assert 'taking over the lock of train.py process 999999 on host gone' in proc.stderr
   assert 'orbax-checkpoint-tmp-1700000000: the temporary folder of a save that never finished' in proc.stderr
   assert not (ckpts / '7.orbax-checkpoint-tmp-1700000000').exists()
@@ -211,6 +237,99 @@ def test_damaged_steps_are_refused_by_commands_and_skipped_by_training(tmp_path,
   _assert_same(_values(workdir, 5), reference_values[5])
   # Logs: the redone step 6 is logged once; older rows stay.
   assert _metric_steps(workdir) == list(range(1, STEPS + 1))
+
+
+@pytest.mark.e2e
+def test_workdir_whose_checkpoints_are_all_damaged_is_never_trained_afresh(tmp_path, synthetic_tiny, reference):
+  workdir = tmp_path / 'w'
+  shutil.copytree(reference, workdir)
+  for step in checkpointing.steps(workdir):
+    _flip_byte(_largest(workdir / 'checkpoints' / str(step) / 'params'))
+  rows = (workdir / 'metrics.jsonl').read_text()
+  proc = _run(_args(workdir, synthetic_tiny), 1)
+  line = _error(proc)
+  assert 'no intact checkpoint to resume from: step 6 (' in line and 'step 1 (' in line and 'checksum mismatch' in line
+  assert f'to start over, delete {workdir}/damaged' in line
+  assert sorted(p.name.split('-')[0] for p in (workdir / 'damaged').iterdir()) == [str(s) for s in range(1, STEPS + 1)]
+  # The rerun finds W/checkpoints empty and still refuses: W/damaged/ holds the run.
+  proc = _run(_args(workdir, synthetic_tiny), 1)
+  assert 'holds steps set aside as damaged' in _error(proc) and f'delete {workdir}/damaged' in _error(proc)
+  assert not any((workdir / 'checkpoints').iterdir()) and (workdir / 'metrics.jsonl').read_text() == rows
+
+
+@pytest.mark.e2e
+def test_restore_error_that_is_not_damage_stops_and_moves_nothing(tmp_path, synthetic_tiny, reference):
+  """The newest step has no integrity record and orbax cannot read it: not proof of damage (an
+  I/O error or another orbax version read the same way): exit 1, the step stays."""
+  workdir = tmp_path / 'w'
+  shutil.copytree(reference, workdir)
+  step = workdir / 'checkpoints' / str(STEPS)
+  (step / checkpointing.INTEGRITY_FILE).unlink()
+  (step / 'params' / '_METADATA').write_text('{"not": "orbax metadata"')
+  proc = _run(_args(workdir, synthetic_tiny), 1)
+  line = _error(proc)
+  assert f'cannot resume from checkpoint step {STEPS}: {step}: unreadable' in line and 'nothing was moved' in line
+  assert f'move {step} out of {workdir}/checkpoints' in line
+  assert checkpointing.steps(workdir) == list(range(1, STEPS + 1)) and not (workdir / 'damaged').exists()
+
+
+def _nan_folder(path, sealed):
+  ckpt = convert.checkpoint_from_torch_file(DATA / 'student_random.pt')
+  flat = trees.flatten(ckpt.params)
+  flat['depth_head.kernel'] = np.full_like(flat['depth_head.kernel'], np.nan)
+  ckpt.params = trees.unflatten(flat)
+  checkpointing.write_folder(path, ckpt)
+  if not sealed:  # what altered bytes without a seal look like to a reader
+    (path / '0' / checkpointing.INTEGRITY_FILE).unlink()
+  return path
+
+
+@pytest.mark.e2e
+def test_every_consumer_refuses_non_finite_weights_sealed_or_not(tmp_path, synthetic_tiny, capsys):
+  from efficientvit_jax import predict
+  from PIL import Image
+
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / 'img.png')
+  for sealed in (True, False):
+    src = _nan_folder(tmp_path / f'nan_sealed_{sealed}', sealed)
+    named = f'{src}/0: params.depth_head.kernel holds'
+    out = tmp_path / f'pred_{sealed}'
+    assert predict.main(['--checkpoint', str(src), '--out', str(out), str(tmp_path / 'img.png')]) == 2
+    assert named in capsys.readouterr().err and not out.exists()
+    code, err = _convert(capsys, 'orbax-to-torch', str(src), str(tmp_path / f'{sealed}.pt'))
+    assert code == 2 and named in err.err and not (tmp_path / f'{sealed}.pt').exists()
+    report = tmp_path / f'eval_{sealed}.json'
+    proc = _run([sys.executable, 'eval.py', '--checkpoint', str(src), '--dataset', 'nyu', '--data',
+                 str(synthetic_tiny / 'nyu'), '--size', '64x64', '--batch-size', '2', '--out', str(report)], 2)
+    assert named in _error(proc) and not report.exists()
+    # init_from: named as non-finite weights, not as a learning-rate problem
+    proc = _run(_args(tmp_path / f'w_{sealed}', synthetic_tiny, f'--config.init_from={src}'), 2)
+    assert _error(proc).startswith(f'error: init_from: {named}') and 'learning rate' not in proc.stderr
+    assert not (tmp_path / f'w_{sealed}' / 'checkpoints').exists() or not any((tmp_path / f'w_{sealed}' / 'checkpoints').iterdir())
+
+
+@pytest.mark.e2e
+def test_disk_full_during_an_asynchronous_save_is_one_line(tmp_path, synthetic_tiny, reference_values):
+  """W/checkpoints on a disk that holds one checkpoint (a tmpfs in the command's own mount
+  namespace): the asynchronous save of step 2 fails; one line, no traceback, step 1 intact."""
+  unshare = mount_namespace()
+  if unshare is None:
+    pytest.skip('no mount namespaces here (unshare)')
+  workdir = tmp_path / 'w'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  command = ' '.join(shlex.quote(a) for a in _args(workdir, synthetic_tiny))
+  script = (f'mount -t tmpfs -o size=80m tmpfs {workdir}/checkpoints && {{ {command}; code=$?; '
+            f'cp -r {workdir}/checkpoints {workdir}/left; exit $code; }}')
+  proc = subprocess.run([*unshare, 'sh', '-c', script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and 'Event loop is closed' not in proc.stderr, proc.stderr[-3000:]
+  line = _error(proc)
+  assert f'cannot write checkpoint step 2 to {workdir}/checkpoints/2 (No space left on device)' in line
+  assert f'the last good checkpoint is step 1 in {workdir}/checkpoints' in line
+  left = workdir / 'left'
+  assert [p.name for p in left.iterdir() if p.name.isdigit()] == ['1'] and checkpointing.verify(left / '1')
+  _assert_same(_values(left, 1), reference_values[1])
 
 
 @pytest.mark.e2e
