@@ -131,6 +131,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
   _, bn_stats = checkpointing.model_trees(model)
   resumed = None
   if ckptr.latest_step() is not None:
+    _check_backbone(config, ckptr.root, f'{workdir} holds a checkpoint of')
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
     try:  # damaged steps are moved aside with a warning; a mismatching configuration is an error
       resumed = ckptr.restore_newest_intact(opt_like)
@@ -151,6 +152,11 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                   source='scratch')
   try:
     init = convert.load_any(config.init_from)
+    if convert.checkpoint_backbone(init, config.init_from) != config.model.backbone:
+      raise checkpointing.CheckpointError(
+          f'{config.init_from} holds a {convert.checkpoint_backbone(init)} model but model.backbone is '
+          f'{config.model.backbone}; set --config.model.backbone={convert.checkpoint_backbone(init)} or choose another '
+          'checkpoint')
     copied = checkpointing.load_into_model(model, init.params, init.batch_stats, partial=True,
                                            source=config.init_from)
   except checkpointing.CheckpointError as e:
@@ -159,6 +165,18 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                config.init_from, len(copied), {k: float(v[0]) for k, v in init.kendall.items()})
   return _Start(step=0, kendall=init.kendall, opt_state=None,
                 counters=convert.start_counters(bn_stats, init_from=init.meta), source=f'init_from:{config.init_from}')
+
+
+def _check_backbone(config: ml_collections.ConfigDict, root: pathlib.Path, what: str) -> None:
+  """UserError when the newest checkpoint in `root` records another backbone than the config's."""
+  try:
+    _, items = checkpointing.restore_items(root, None, ('meta',))
+  except checkpointing.CheckpointError:
+    return  # a damaged step: restoring reports it (and falls back to an older one)
+  recorded = (items.get('meta') or {}).get('backbone')
+  if recorded is not None and recorded != config.model.backbone:
+    raise UserError(f'{what} a {recorded} model but model.backbone is {config.model.backbone}; resume with '
+                    f'--config.model.backbone={recorded} or use another --workdir')
 
 
 def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any, mesh: Mesh,
@@ -213,6 +231,7 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
   frozen_steps = run.freeze_steps if run.bn_frozen else 0  # encoder BatchNorms in eval mode meanwhile
   meta = {'step': step, 'epoch': step // run.steps_per_epoch,
           **convert.counters_meta(run.counters, step, frozen_steps=frozen_steps), 'source': run.source,
+          'backbone': run.config.model.backbone, 'input_size': list(run.config.data.input_size),
           'config': json.loads(run.config.to_json()), 'metrics': metrics}
   return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=kendall, meta=meta)
 
@@ -426,7 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     console.say(plan)
 
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
-  model = model_lib.create(dtype=dtype, seed=config.seed)
+  model = model_lib.create(backbone=config.model.backbone, dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   try:
     ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
