@@ -16,52 +16,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from efficientvit_jax import backbones
 from efficientvit_jax import classes
 from efficientvit_jax import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ('efficientvit_b0', 'efficientvit_b1', 'efficientvit_b2', 'efficientvit_b3', 'mobilenet_v3_small')
-DEFAULT_BACKBONE = 'efficientvit_b1'
-# timm `efficientvit_mit.py`: widths and depths of the stem and the four stages, attention head dim.
-EFFICIENTVIT = {
-    'efficientvit_b0': ((8, 16, 32, 64, 128), (1, 2, 2, 2, 2), 16),
-    'efficientvit_b1': ((16, 32, 64, 128, 256), (1, 2, 3, 3, 4), 16),
-    'efficientvit_b2': ((24, 48, 96, 192, 384), (1, 3, 4, 4, 6), 32),
-    'efficientvit_b3': ((32, 64, 128, 256, 512), (1, 4, 6, 6, 9), 32),
-}
-EXPAND_RATIO = 4
-# torchvision `mobilenet_v3_small`: per inverted residual block (kernel, expanded channels, out
-# channels, squeeze-excitation, activation, stride); the stem conv gives 16 channels, the last conv
-# 6 x 96 = 576. The reference takes the skips after blocks 1, 3, 4 of `features` (strides 4, 8, 16)
-# and the last block's output (stride 32) as the bottleneck.
-MOBILENET_V3_SMALL = (
-    (3, 16, 16, True, 'relu', 2), (3, 72, 24, False, 'relu', 2), (3, 88, 24, False, 'relu', 1),
-    (5, 96, 40, True, 'hswish', 2), (5, 240, 40, True, 'hswish', 1), (5, 240, 40, True, 'hswish', 1),
-    (5, 120, 48, True, 'hswish', 1), (5, 144, 48, True, 'hswish', 1), (5, 288, 96, True, 'hswish', 2),
-    (5, 576, 96, True, 'hswish', 1), (5, 576, 96, True, 'hswish', 1),
-)
-MOBILENET_SKIPS = (1, 3, 4)
-MOBILENET_BN = {'eps': 1e-3, 'momentum': 0.01}  # torchvision's BatchNorm2d settings for MobileNetV3
+BACKBONES = backbones.BACKBONES
+DEFAULT_BACKBONE = backbones.DEFAULT_BACKBONE
+encoder_channels = backbones.encoder_channels
 NECK_CHANNELS = 128
 DECODER_CHANNELS = (64, 32, 16)
 ENCODER_KEYS = ('encoder', 'neck')  # the parameters frozen in the reference's first epochs
+_MOBILENET_NORM = {'norm_eps': backbones.MOBILENET_BN['eps'], 'norm_momentum': backbones.MOBILENET_BN['momentum']}
 
 _ACTS = {
     None: lambda x: x,
     'relu': jax.nn.relu,
     'hswish': jax.nn.hard_swish,
 }
-
-
-def encoder_channels(backbone: str) -> tuple[int, int, int, int]:
-  """Channels of the encoder's four outputs (strides 4, 8, 16, 32), e.g. (32, 64, 128, 256) for B1."""
-  if backbone in EFFICIENTVIT:
-    return EFFICIENTVIT[backbone][0][1:]
-  if backbone == 'mobilenet_v3_small':
-    outs = [16] + [block[2] for block in MOBILENET_V3_SMALL]
-    return (*(outs[i] for i in MOBILENET_SKIPS), 6 * outs[-1])
-  raise ValueError(f'unknown backbone {backbone!r}; one of {", ".join(BACKBONES)}')
 
 
 def _uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -176,7 +149,7 @@ class MBConv(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1, fewer_norm: bool = False, dtype,
                rngs: nnx.Rngs):
-    mid = in_ch * EXPAND_RATIO
+    mid = in_ch * backbones.EXPAND_RATIO
     self.inverted_conv = ConvNormAct(in_ch, mid, 1, use_bias=fewer_norm, norm=not fewer_norm,
                                      act='hswish', dtype=dtype, rngs=rngs)
     self.depth_conv = ConvNormAct(mid, mid, 3, stride=stride, groups=mid, use_bias=fewer_norm,
@@ -313,12 +286,12 @@ class InvertedResidual(nnx.Module):
                stride: int, *, dtype, rngs: nnx.Rngs):
     layers = []
     if expanded != in_ch:
-      layers.append(ConvNormAct(in_ch, expanded, 1, act=act, dtype=dtype, rngs=rngs, **_bn(MOBILENET_BN)))
+      layers.append(ConvNormAct(in_ch, expanded, 1, act=act, dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
     layers.append(ConvNormAct(expanded, expanded, kernel, stride=stride, groups=expanded, act=act, dtype=dtype,
-                              rngs=rngs, **_bn(MOBILENET_BN)))
+                              rngs=rngs, **_MOBILENET_NORM))
     if use_se:
-      layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4), dtype=dtype, rngs=rngs))
-    layers.append(ConvNormAct(expanded, out_ch, 1, dtype=dtype, rngs=rngs, **_bn(MOBILENET_BN)))
+      layers.append(SqueezeExcitation(expanded, backbones.make_divisible(expanded // 4), dtype=dtype, rngs=rngs))
+    layers.append(ConvNormAct(expanded, out_ch, 1, dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
     self.block = nnx.List(layers)
     self.residual = stride == 1 and in_ch == out_ch
 
@@ -329,27 +302,17 @@ class InvertedResidual(nnx.Module):
     return y + x if self.residual else y
 
 
-def _bn(settings: dict[str, float]) -> dict[str, float]:
-  return {'norm_eps': settings['eps'], 'norm_momentum': settings['momentum']}
-
-
-def _make_divisible(v: float, divisor: int = 8) -> int:
-  """torchvision's channel rounding: to a multiple of 8, never below 90 % of `v`."""
-  out = max(divisor, int(v + divisor / 2) // divisor * divisor)
-  return out + divisor if out < 0.9 * v else out
-
-
 class MobileNetV3Small(nnx.Module):
   """torchvision `mobilenet_v3_small().features` (13 blocks); returns the outputs of blocks 1, 3, 4
   and 12: 16, 24, 40, 576 channels at strides 4, 8, 16, 32."""
 
   def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    layers = [ConvNormAct(3, 16, 3, stride=2, act='hswish', dtype=dtype, rngs=rngs, **_bn(MOBILENET_BN))]
-    ch = 16
-    for kernel, expanded, out_ch, use_se, act, stride in MOBILENET_V3_SMALL:
+    layers = [ConvNormAct(3, backbones.MOBILENET_STEM, 3, stride=2, act='hswish', dtype=dtype, rngs=rngs, **_MOBILENET_NORM)]
+    ch = backbones.MOBILENET_STEM
+    for kernel, expanded, out_ch, use_se, act, stride in backbones.MOBILENET_V3_SMALL:
       layers.append(InvertedResidual(ch, kernel, expanded, out_ch, use_se, act, stride, dtype=dtype, rngs=rngs))
       ch = out_ch
-    layers.append(ConvNormAct(ch, 6 * ch, 1, act='hswish', dtype=dtype, rngs=rngs, **_bn(MOBILENET_BN)))
+    layers.append(ConvNormAct(ch, 6 * ch, 1, act='hswish', dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
     self.features = nnx.List(layers)
 
   def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
@@ -357,15 +320,15 @@ class MobileNetV3Small(nnx.Module):
     features = []
     for i, layer in enumerate(self.features):
       x = layer(x, train)
-      if i in MOBILENET_SKIPS:
+      if i in backbones.MOBILENET_SKIPS:
         features.append(x)
     return features + [x]
 
 
 def make_encoder(backbone: str, *, dtype=jnp.float32, rngs: nnx.Rngs) -> EfficientVit | MobileNetV3Small:
   """The encoder named `backbone` (one of `BACKBONES`)."""
-  if backbone in EFFICIENTVIT:
-    return EfficientVit(*EFFICIENTVIT[backbone], dtype=dtype, rngs=rngs)
+  if backbone in backbones.EFFICIENTVIT:
+    return EfficientVit(*backbones.EFFICIENTVIT[backbone], dtype=dtype, rngs=rngs)
   if backbone == 'mobilenet_v3_small':
     return MobileNetV3Small(dtype=dtype, rngs=rngs)
   raise ValueError(f'unknown backbone {backbone!r}; one of {", ".join(BACKBONES)}')

@@ -8,8 +8,9 @@ skip-connected decoders and heads (`models/student.py`). Module attribute names 
 `depth_d1.fuse.1.running_var`.
 
 It serves as the oracle for the JAX model in tests, as the target layout of `orbax-to-torch` and
-as the baseline of `benchmarks/train_step.py --torch`. Only torch and numpy are imported here;
-the rest of the package imports this module lazily.
+as the baseline of `benchmarks/train_step.py --torch`. Only torch and `backbones.py` (the
+encoders' sizes as plain data, shared with the Flax model) are imported here; the rest of the
+package imports this module lazily.
 
 Usage:
   model = load_reference('student.pt')  # eval mode; the backbone from the file
@@ -26,26 +27,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from efficientvit_jax import backbones
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ('efficientvit_b0', 'efficientvit_b1', 'efficientvit_b2', 'efficientvit_b3', 'mobilenet_v3_small')
-DEFAULT_BACKBONE = 'efficientvit_b1'
-# timm `efficientvit_mit.py`: widths and depths of the stem and the four stages, attention head dim.
-EFFICIENTVIT = {
-    'efficientvit_b0': ((8, 16, 32, 64, 128), (1, 2, 2, 2, 2), 16),
-    'efficientvit_b1': ((16, 32, 64, 128, 256), (1, 2, 3, 3, 4), 16),
-    'efficientvit_b2': ((24, 48, 96, 192, 384), (1, 3, 4, 4, 6), 32),
-    'efficientvit_b3': ((32, 64, 128, 256, 512), (1, 4, 6, 6, 9), 32),
-}
-EXPAND_RATIO = 4
-# torchvision `mobilenet_v3_small`: (kernel, expanded, out, squeeze-excitation, Hardswish, stride).
-MOBILENET_V3_SMALL = (
-    (3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
-    (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
-    (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
-    (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1),
-)
-MOBILENET_SKIPS = (1, 3, 4)  # the reference's skips: outputs of features[1], [3], [4]
+BACKBONES = backbones.BACKBONES
+DEFAULT_BACKBONE = backbones.DEFAULT_BACKBONE
 
 
 class ConvNormAct(nn.Module):
@@ -80,7 +67,7 @@ class MBConv(nn.Module):
   `fewer_norm` (stages 2-3): the first two convs have a bias and no BatchNorm.
   """
 
-  def __init__(self, cin: int, cout: int, stride: int = 1, expand_ratio: int = EXPAND_RATIO,
+  def __init__(self, cin: int, cout: int, stride: int = 1, expand_ratio: int = backbones.EXPAND_RATIO,
                fewer_norm: bool = False):
     super().__init__()
     mid = cin * expand_ratio
@@ -192,16 +179,11 @@ class EfficientVitEncoder(nn.Module):
     return features
 
 
-def _make_divisible(v: float, divisor: int = 8) -> int:
-  out = max(divisor, int(v + divisor / 2) // divisor * divisor)
-  return out + divisor if out < 0.9 * v else out
-
-
 def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
                  act: type[nn.Module] | None = None) -> nn.Sequential:
   """torchvision's Conv2dNormActivation: Sequential(conv, BN(eps 1e-3, momentum 0.01)[, act])."""
   layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+            nn.BatchNorm2d(cout, **backbones.MOBILENET_BN)]
   return nn.Sequential(*layers, *([act()] if act is not None else []))
 
 
@@ -221,15 +203,15 @@ class SqueezeExcitation(nn.Module):
 class InvertedResidual(nn.Module):
   """torchvision's MobileNetV3 block; `block` holds [expand], depthwise, [SE], project."""
 
-  def __init__(self, cin: int, kernel: int, expanded: int, cout: int, use_se: bool, hswish: bool, stride: int):
+  def __init__(self, cin: int, kernel: int, expanded: int, cout: int, use_se: bool, act: str, stride: int):
     super().__init__()
-    act = nn.Hardswish if hswish else nn.ReLU
+    act = {'hswish': nn.Hardswish, 'relu': nn.ReLU}[act]
     layers: list[nn.Module] = []
     if expanded != cin:
       layers.append(_conv_bn_act(cin, expanded, 1, act=act))
     layers.append(_conv_bn_act(expanded, expanded, kernel, stride, groups=expanded, act=act))
     if use_se:
-      layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4)))
+      layers.append(SqueezeExcitation(expanded, backbones.make_divisible(expanded // 4)))
     layers.append(_conv_bn_act(expanded, cout, 1))
     self.block = nn.Sequential(*layers)
     self.use_res_connect = stride == 1 and cin == cout
@@ -244,10 +226,10 @@ class MobileNetV3SmallEncoder(nn.Sequential):
   4 and 12 (16, 24, 40, 576 channels at strides 4, 8, 16, 32), as the reference's skips."""
 
   def __init__(self):
-    layers: list[nn.Module] = [_conv_bn_act(3, 16, 3, 2, act=nn.Hardswish)]
-    cin = 16
-    for kernel, expanded, cout, use_se, hswish, stride in MOBILENET_V3_SMALL:
-      layers.append(InvertedResidual(cin, kernel, expanded, cout, use_se, hswish, stride))
+    layers: list[nn.Module] = [_conv_bn_act(3, backbones.MOBILENET_STEM, 3, 2, act=nn.Hardswish)]
+    cin = backbones.MOBILENET_STEM
+    for kernel, expanded, cout, use_se, act, stride in backbones.MOBILENET_V3_SMALL:
+      layers.append(InvertedResidual(cin, kernel, expanded, cout, use_se, act, stride))
       cin = cout
     layers.append(_conv_bn_act(cin, 6 * cin, 1, act=nn.Hardswish))
     super().__init__(*layers)
@@ -256,25 +238,16 @@ class MobileNetV3SmallEncoder(nn.Sequential):
     features = []
     for i, block in enumerate(self):
       x = block(x)
-      if i in MOBILENET_SKIPS:
+      if i in backbones.MOBILENET_SKIPS:
         features.append(x)
     return features + [x]
-
-
-def encoder_channels(backbone: str) -> tuple[int, int, int, int]:
-  """Channels of the encoder's four outputs (strides 4, 8, 16, 32)."""
-  if backbone in EFFICIENTVIT:
-    return EFFICIENTVIT[backbone][0][1:]
-  if backbone == 'mobilenet_v3_small':
-    return (16, 24, 40, 576)
-  raise ValueError(f'unknown backbone {backbone!r}; one of {", ".join(BACKBONES)}')
 
 
 def make_encoder(backbone: str) -> nn.Module:
   if backbone == 'mobilenet_v3_small':
     return MobileNetV3SmallEncoder()
-  encoder_channels(backbone)  # raises for an unknown name
-  return EfficientVitEncoder(*EFFICIENTVIT[backbone])
+  backbones.encoder_channels(backbone)  # raises for an unknown name
+  return EfficientVitEncoder(*backbones.EFFICIENTVIT[backbone])
 
 
 class DecoderBlock(nn.Module):
@@ -302,7 +275,7 @@ class DepthSegNet(nn.Module):
   def __init__(self, num_classes: int = 6, backbone: str = DEFAULT_BACKBONE):
     super().__init__()
     self.backbone = backbone
-    skips = encoder_channels(backbone)
+    skips = backbones.encoder_channels(backbone)
     self.register_buffer('img_mean', torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
     self.register_buffer('img_std', torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
     self.encoder = make_encoder(backbone)

@@ -233,12 +233,11 @@ def test_forward_flop_is_xla_cost_analysis_of_the_model():
 @pytest.mark.e2e
 def test_backbones_table(tmp_path, capsys):
   out = tmp_path / 'backbones.json'
-  rows = _load('backbones').main(['--backbones', 'efficientvit_b0,mobilenet_v3_small', '--size', '64x64',
-                                  '--forward-batch', '1', '--train-batch', '2', '--steps', '1', '--warmup', '0',
-                                  '--release-memory', '--json', str(out)])
+  rows = _load('backbones').main(['--backbones', 'mobilenet_v3_small', '--size', '64x64', '--forward-batch', '1',
+                                  '--train-batch', '2', '--steps', '1', '--warmup', '0', '--release-memory',
+                                  '--json', str(out)])
   assert json.loads(out.read_text())['rows'] == rows
-  assert [r['backbone'] for r in rows] == ['efficientvit_b0', 'mobilenet_v3_small']
-  assert [r['params'] for r in rows] == [1_238_439, 1_507_927]
+  assert [(r['backbone'], r['params']) for r in rows] == [('mobilenet_v3_small', 1_507_927)]
   for r in rows:
     assert r['forward_gflop'] > 0 and r['forward_images_per_s'] > 0 and r['torch_forward_images_per_s'] > 0
     assert r['train_images_per_s'] > 0 and r['torch_train_images_per_s'] > 0 and r['onnx_ms'] > 0
