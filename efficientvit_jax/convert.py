@@ -441,8 +441,10 @@ DEFAULT_INPUT_SIZE = (240, 320)  # the reference's, for checkpoints that record 
 def input_size_of(ckpt: Checkpoint) -> tuple[int, int] | None:
   """The training input size a checkpoint records: `meta['input_size']`, else its training config's
   `data.input_size` (ours) or `INPUT_HEIGHT` x `INPUT_WIDTH` (the reference's); None if none."""
-  config = ckpt.meta.get('config') or {}
-  for size in (ckpt.meta.get('input_size'), (config.get('data') or {}).get('input_size'),
+  config = ckpt.meta.get('config')
+  config = config if isinstance(config, Mapping) else {}
+  data = config.get('data') if isinstance(config.get('data'), Mapping) else {}
+  for size in (ckpt.meta.get('input_size'), data.get('input_size'),
                (config.get('INPUT_HEIGHT'), config.get('INPUT_WIDTH'))):
     if (isinstance(size, (list, tuple)) and len(size) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
@@ -490,7 +492,8 @@ def load_model(src: str | os.PathLike, step: int | None = None, *, dtype: Any = 
                      recorded_size=input_size_of(ckpt))
 
 
-def model_from_checkpoint(ckpt: Checkpoint, *, dtype: Any = np.float32, source: str = 'checkpoint') -> model_lib.DepthSegNet:
+def model_from_checkpoint(ckpt: Checkpoint, *, dtype: Any = np.float32,
+                          source: str = 'checkpoint') -> model_lib.DepthSegNet:
   """The model of `ckpt`'s backbone with its weights (a whole model's checkpoint)."""
   backbone = checkpoint_backbone(ckpt, source)
   # Abstract, then loaded whole: no random initialisation to compute and throw away.
@@ -545,7 +548,8 @@ def reference_config(ckpt: Checkpoint) -> dict[str, Any]:
   """The `config` of the reference checkpoint made from `ckpt`: the reference's own keys it came
   with (a converted .pt's), with `BACKBONE` (the model's), `NUM_CLASSES` and, when recorded,
   `INPUT_HEIGHT` / `INPUT_WIDTH` set from the checkpoint."""
-  config = {k: v for k, v in (ckpt.meta.get('config') or {}).items() if k.isupper()}
+  source = ckpt.meta.get('config')
+  config = {k: v for k, v in source.items() if k.isupper()} if isinstance(source, Mapping) else {}
   backbone = checkpoint_backbone(ckpt)
   if str(config.get('BACKBONE', '')).split('.')[0] != backbone:  # keeps a timm tag that names it
     config['BACKBONE'] = backbone

@@ -307,7 +307,8 @@ class MobileNetV3Small(nnx.Module):
   and 12: 16, 24, 40, 576 channels at strides 4, 8, 16, 32."""
 
   def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    layers = [ConvNormAct(3, backbones.MOBILENET_STEM, 3, stride=2, act='hswish', dtype=dtype, rngs=rngs, **_MOBILENET_NORM)]
+    layers = [ConvNormAct(3, backbones.MOBILENET_STEM, 3, stride=2, act='hswish', dtype=dtype, rngs=rngs,
+                          **_MOBILENET_NORM)]
     ch = backbones.MOBILENET_STEM
     for kernel, expanded, out_ch, use_se, act, stride in backbones.MOBILENET_V3_SMALL:
       layers.append(InvertedResidual(ch, kernel, expanded, out_ch, use_se, act, stride, dtype=dtype, rngs=rngs))

@@ -193,7 +193,8 @@ def test_batchnorm_counters(reference_ckpt):
 def _random_ckpt(backbone, seed=0):
   params, stats = checkpointing.model_trees(model_lib.create(backbone=backbone, seed=seed))
   rng = np.random.default_rng(seed)
-  stats = trees.unflatten({k: rng.uniform(0.5, 2.0, v.shape).astype(np.float32) for k, v in trees.flatten(stats).items()})
+  stats = trees.unflatten({k: rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
+                           for k, v in trees.flatten(stats).items()})
   return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
                                   meta={'step': 7, 'epoch': 2, 'backbone': backbone, 'input_size': [96, 128]})
 
@@ -296,9 +297,9 @@ def test_imagenet_encoder_of_every_backbone(tmp_path, capsys, backbone):
   params, _ = checkpointing.model_trees(model)
   for path, value in trees.flatten(params).items():
     if path.startswith('encoder.'):
-      kind = convert._kind(path)  # pylint: disable=protected-access
       want = sd[convert.torch_key(path)].numpy()
-      np.testing.assert_array_equal(value, want.transpose(convert._TO_JAX[kind]) if want.ndim == 4 else want)  # pylint: disable=protected-access
+      to_jax = convert._TO_JAX[convert._kind(path)]  # pylint: disable=protected-access
+      np.testing.assert_array_equal(value, want.transpose(to_jax) if want.ndim == 4 else want)
   # A file without one of its encoder's keys fits no backbone: refused naming the key.
   first = next(iter(imagenet))
   del imagenet[first]

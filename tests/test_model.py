@@ -47,8 +47,9 @@ def test_parameter_counts_of_every_backbone(backbone):
                                                    'mobilenet_v3_small': 1.51}[backbone]
   for b in ('efficientvit_b0', 'mobilenet_v3_small'):  # the fixtures' own state dicts
     sd = backbone_fixture(b)['pt']['model']
-    assert sum(v.numel() for k, v in sd.items() if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))
-               and k not in ('img_mean', 'img_std')) == PARAMETERS[b]
+    stats = ('running_mean', 'running_var', 'num_batches_tracked')
+    assert sum(v.numel() for k, v in sd.items()
+               if not k.endswith(stats) and k not in ('img_mean', 'img_std')) == PARAMETERS[b]
 
 
 @pytest.mark.parametrize('backbone', model_lib.BACKBONES)
@@ -200,3 +201,18 @@ def test_bfloat16_compute(reference_ckpt, reference_io):
   out32, _, _ = _forward(ref, image, train=False)
   rel = np.abs(out['depth'] - out32['depth']).mean() / np.abs(out32['depth']).mean()
   assert rel < 0.05
+
+
+def test_presets_name_a_backbone_of_the_family():
+  import importlib
+
+  from conftest import ROOT
+
+  for path in sorted((ROOT / 'configs').glob('*.py')):
+    if path.stem != '__init__' and not path.stem.startswith('study_'):  # the study's own configs differ
+      config = importlib.import_module(f'configs.{path.stem}').get_config()
+      assert config.model.backbone in model_lib.BACKBONES, path.name
+  v5, v5_b2 = (importlib.import_module(f'configs.{n}').get_config() for n in ('v5', 'v5_b2'))
+  assert v5_b2.model.backbone == 'efficientvit_b2' and v5.model.backbone == 'efficientvit_b1'
+  v5_b2.model.backbone = v5.model.backbone
+  assert v5_b2.to_dict() == v5.to_dict()  # the V5 recipe, only the encoder differs
