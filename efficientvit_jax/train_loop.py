@@ -152,11 +152,11 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                   source='scratch')
   try:
     init = convert.load_any(config.init_from)
-    if convert.checkpoint_backbone(init, config.init_from) != config.model.backbone:
+    backbone = convert.checkpoint_backbone(init, config.init_from)
+    if backbone != config.model.backbone:
       raise checkpointing.CheckpointError(
-          f'{config.init_from} holds a {convert.checkpoint_backbone(init)} model but model.backbone is '
-          f'{config.model.backbone}; set --config.model.backbone={convert.checkpoint_backbone(init)} or choose another '
-          'checkpoint')
+          f'{config.init_from} holds a {backbone} model but model.backbone is {config.model.backbone}; set '
+          f'--config.model.backbone={backbone} or choose another checkpoint')
     copied = checkpointing.load_into_model(model, init.params, init.batch_stats, partial=True,
                                            source=config.init_from)
   except checkpointing.CheckpointError as e:
