@@ -58,24 +58,21 @@ study: setup
 	test -f $(STUDY)/data/synthetic_info.json || $(PY) -m data_pipelines.synthetic --out $(STUDY)/data --size default --overwrite
 	$(PY) -m studies.domain_mixing --config $(STUDY_CONFIG) --workdir $(STUDY) --config.data_root=$(STUDY)/data $(STUDY_ARGS)
 
-# The GPU check (benchmarks/device_check.py) on a machine without network whose image has Python
-# 3.12, jax, flax, optax, orbax-checkpoint, torch, timm, matplotlib, tensorboard: `make wheels`
-# here downloads what it lacks into .whl/ (ignored; copy it along with the tree), then on that
-# machine `make device-check` installs them into $(DEVICE_SITE) and runs the check, writing
-# device_check.{json,md,log} to $$OUT (default device_check_out/). WHEELS_EXTRA: more name==version.
-WHEELS := grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 tensorboardX==2.6.5 portpicker==1.6.0
+# The GPU check (benchmarks/device_check.py) on a machine without network whose image is listed in
+# benchmarks/device_image_packages.txt (Python 3.12, jax, flax, optax, orbax-checkpoint, torch, ...):
+# `make wheels` here computes what the project needs beyond that list (benchmarks/device_image.py:
+# pyproject.toml's requirements and theirs, at this venv's versions) and downloads those wheels
+# into .whl/ (ignored; copy it along with the tree); then on that machine `make device-check`
+# installs them into $(DEVICE_SITE) and runs the check, writing device_check.{json,md,log} to $$OUT
+# (default device_check_out/). WHEELS_EXTRA: more name==version, carried as given.
 WHEELS_EXTRA ?=
-WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \
-  manylinux2014_x86_64 manylinux1_x86_64
-WHEEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+WHEEL_PY ?= $(PY)
 DEVICE_PYTHON ?= python3
 DEVICE_SITE ?= /tmp/site
 DEVICE_CHECK_ARGS ?=
 
-wheels:
-	rm -rf .whl
-	$(WHEEL_PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  $(addprefix --platform ,$(WHEEL_PLATFORMS)) -d .whl $(WHEELS) $(WHEELS_EXTRA)
+wheels: setup
+	$(WHEEL_PY) benchmarks/device_image.py download --out .whl --extra '$(WHEELS_EXTRA)'
 	@ls .whl; du -sh .whl
 
 device-check:

@@ -2,7 +2,7 @@
 
   python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
       --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
-      [--protocol ours|reference] [--save-predictions DIR]
+      [--protocol ours|reference|reference-frames] [--save-predictions DIR]
   python eval.py --compare A.json B.json ...   # one table of several results side by side
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt; its
@@ -11,11 +11,13 @@ none; one line per checkpoint says which), `--size HxW` overrides the size.
 PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
 or of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics (nearest-neighbour
 ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
-reference's NYU validation (per-batch averages over batches of 16, gt > 0, bilinear ground-truth
-depth, the SAM2 labels of the teacher manifest) for comparison with its published numbers, and for
-the corridor set its corridor evaluation (every frame; pooled over the pixels with sensor depth in
-[0.1, 5] m, nearest-resized, no confidence test; also by depth bin, image top 2/3 / bottom 1/3, and
-the sensor's failures); use `--split all --size 240x320` for the reference's numbers.
+reference's NYU validation (per-batch averages over batches of 16, gt > 0, ground-truth depth
+resized by PIL's antialiased bilinear, the SAM2 labels of the teacher manifest) for comparison with
+its published numbers, and for the corridor set its corridor evaluation (every frame; pooled over
+the pixels with sensor depth in [0.1, 5] m, nearest-resized, no confidence test; also by depth bin,
+image top 2/3 / bottom 1/3, and the sensor's failures); `--protocol reference-frames` (any set)
+its run_student_evaluation.py (per-frame numbers over sensor depth in (0.1, 5) m, OpenCV-resized
+RGB and sensor depth, averaged over frames). Use `--split all --size 240x320` for the reference's numbers.
 Beside R.json: R.md (the table, with per-class IoU and pixel accuracy), R_confusion.png and
 R_depth_bins.png. Several processes (each evaluates its share of every batch): the flags of
 train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
@@ -85,16 +87,22 @@ def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = Non
                 f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
                 f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |"
                 + ' |' * (len(names) + 1))
-  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent. RMSE, MAE, AbsRel, δ1: means over frames '
-           'with >= 100 valid pixels; RMSE (pooled): over all valid pixels of the split, the measure of the '
-           'mean-depth baseline.']
-  protocols = {(r['protocol'], r['dataset'] == 'corridor') for r in results}
+  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent.']
+  protocols = {(r['protocol'], r['dataset'] == 'corridor' and r['protocol'] == 'reference') for r in results}
+  if ('ours', False) in protocols:
+    notes.append('RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels; RMSE (pooled): over all '
+                 'valid pixels of the split, the measure of the mean-depth baseline.')
   if ('reference', False) in protocols:
-    notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, bilinear '
-                 'ground truth) and mIoU against the SAM2 labels; not comparable with the default protocol.')
+    notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, ground truth '
+                 'resized by PIL\'s antialiased bilinear) and mIoU against the SAM2 labels; not comparable with '
+                 'the default protocol.')
   if ('reference', True) in protocols:
     notes.append('Reference corridor protocol: RMSE, MAE, AbsRel, δ1 pooled over all pixels with sensor depth in '
-                 '[0.1, 5] m (no confidence test), as the reference\'s corridor evaluation.')
+                 '[0.1, 5] m (no confidence test), not means over frames, as the reference\'s corridor evaluation.')
+  if ('reference-frames', False) in protocols:
+    notes.append('Reference per-frame protocol (its run_student_evaluation.py): RMSE, MAE, AbsRel, δ1 means over '
+                 'frames with >= 100 pixels of sensor depth in (0.1, 5) m (OpenCV-resized RGB and sensor depth); '
+                 'not comparable with the default protocol.')
   return '\n'.join(rows + notes) + '\n'
 
 
@@ -117,6 +125,45 @@ def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pat
   return written
 
 
+_TABLE_NUMBERS = ('depth.frame_mean.rmse', 'depth.frame_mean.mae', 'depth.frame_mean.abs_rel',
+                  'depth.frame_mean.delta1', 'depth.median_scaled.frame_mean.rmse', 'depth.pooled.rmse', 'seg.miou',
+                  'seg.pixel_accuracy', 'baselines.mean_depth_rmse', 'baselines.majority_class_miou')
+
+
+def _table_problem(result: dict[str, Any]) -> str | None:
+  """The first value of a loaded result that `markdown_table` cannot show, named (a hand-edited
+  file), or None. Absent values are shown as '—'."""
+  def lookup(dotted: str) -> tuple[Any, str | None]:  # (value, the first non-object on the way)
+    value: Any = result
+    for i, key in enumerate(dotted.split('.')):
+      if value is None:
+        return None, None
+      if not isinstance(value, dict):
+        return None, '.'.join(dotted.split('.')[:i])
+      value = value.get(key)
+    return value, None
+
+  for key in ('dataset', 'split', 'protocol'):
+    if not isinstance(result.get(key, ''), str):
+      return f'{key} must be a string, got {result[key]!r}'
+  if type(result['num_frames']) is not int:  # pylint: disable=unidiomatic-typecheck  # not a bool
+    return f'num_frames must be an integer, got {result["num_frames"]!r}'
+  depth = result['depth']
+  if isinstance(depth, dict) and 'frame_mean' not in depth:  # the reference protocol: one flat block
+    result = {**result, 'depth': {**depth, 'frame_mean': depth}}
+  classes_, bad = lookup('seg.classes')
+  if bad is None and classes_ is not None and not (isinstance(classes_, list) and all(isinstance(c, str) for c in classes_)):
+    return f'seg.classes must be a list of class names, got {classes_!r}'
+  names = classes_ or list(classes.CLASS_NAMES)
+  for dotted in (*_TABLE_NUMBERS, *(f'seg.iou.{c}' for c in names)):
+    value, bad = lookup(dotted)
+    if bad is not None:
+      return f'{bad} must be an object (a JSON dict), got {lookup(bad)[0]!r}'
+    if value is not None and (type(value) not in (int, float)):  # pylint: disable=unidiomatic-typecheck
+      return f'{dotted} must be a number or null, got {value!r}'
+  return None
+
+
 def compare(paths: list[str]) -> tuple[str, list[str]]:
   """The table of the results in several eval JSON files, one row per result; (table, errors)."""
   results, labels, errors = [], [], []
@@ -133,6 +180,10 @@ def compare(paths: list[str]) -> tuple[str, list[str]]:
     if not items or not all(isinstance(r, dict) and {'dataset', 'depth', 'num_frames'} <= set(r) for r in items):
       errors.append(f'{path}: not an eval.py result (no dataset / depth / num_frames)')
       continue
+    problems = [p for p in map(_table_problem, items) if p]
+    if problems:
+      errors.append(f'{path}: {problems[0]}')
+      continue
     for r in items:
       r.setdefault('split', '?')
       r.setdefault('protocol', 'ours')
@@ -141,6 +192,16 @@ def compare(paths: list[str]) -> tuple[str, list[str]]:
       stem = pathlib.Path(path).stem
       labels.append(stem if len(items) == 1 else f"{stem}: {pathlib.Path(str(r['checkpoint']).rstrip('/')).name}")
   return (markdown_table(results, labels) if results and not errors else ''), errors
+
+
+def _write_whole(path: pathlib.Path, text: str) -> None:
+  """Writes `path` whole or not at all (a full disk leaves the previous file, or none)."""
+  tmp = path.with_name(f'.{path.name}.tmp')
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 class PredictionWriter:
@@ -189,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
   parser.add_argument('--format', default='files', choices=('files', 'tfds'), help='tfds: --data is the TFDS data dir')
   parser.add_argument('--split', default='val', choices=('val', 'train', 'all'))
-  parser.add_argument('--protocol', default='ours', choices=('ours', 'reference'))
+  parser.add_argument('--protocol', default='ours', choices=('ours', 'reference', 'reference-frames'))
   parser.add_argument('--out', help='metrics JSON; the Markdown table (.md) and pictures (.png) go beside it')
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
-  parser.add_argument('--batch-size', type=int, default=16, help='global evaluation batch (default 16)')
+  parser.add_argument('--batch-size', type=int, default=16,
+                      help=f'global evaluation batch (default 16; at most {images.MAX_BATCH_PIXELS:,} pixels a batch)')
   parser.add_argument('--size', type=images.parse_size, default=None,
-                      help="model input size HxW (default: each checkpoint's training size, else 240x320)")
+                      help=f"model input size, {images.SIZE_HELP} (default: each checkpoint's training size, else "
+                           '240x320)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
@@ -217,7 +280,17 @@ def main(argv: list[str] | None = None) -> int:
   if args.protocol == 'reference' and args.dataset == 'lilocbench':
     parser.error('--protocol reference reproduces the reference\'s NYU validation and corridor evaluation; '
                  'use it with --dataset nyu or corridor')
+  if args.batch_size < 1:
+    parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+  try:
+    if args.size is not None:  # else checked per checkpoint, at the size it records
+      images.check_batch_pixels(args.size, args.batch_size)
+  except ValueError as e:
+    parser.error(str(e))
   corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
+  if pathlib.Path(args.out).is_dir():
+    print(f'error: --out {args.out} is a folder; give the JSON file to write (R.json)', file=sys.stderr)
+    return 2
   for out in (pathlib.Path(args.out), pathlib.Path(args.out).with_suffix('.md')):
     if out.exists() and not args.overwrite:
       print(f'error: {out} already exists; choose another --out or pass --overwrite', file=sys.stderr)
@@ -227,11 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: --save-predictions {saved} is not empty; choose another folder or pass --overwrite',
           file=sys.stderr)
     return 2
+  # Before the evaluation, not after it: outputs in a read-only (or full, or missing) place.
+  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  for flag, folder in (('--out', pathlib.Path(args.out).absolute().parent), ('--save-predictions', saved)):
+    try:
+      if folder is not None:
+        checkpointing.check_writable(folder)
+    except OSError as e:
+      print(f'error: cannot write {flag}: {e}', file=sys.stderr)
+      return 2
 
   import jax  # pylint: disable=g-import-not-at-top
 
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -255,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     for src in args.checkpoint:
       loaded = convert.load_model(src, args.step, allow_pickle=args.allow_pickle)
       ckpt, size = loaded.ckpt, loaded.input_size(args.size)
+      images.check_batch_pixels(size, args.batch_size)
       if process == 0:
         print(loaded.describe(args.size), flush=True)
       graphdef, params, batch_stats = nnx.split(loaded.model, nnx.Param, nnx.BatchStat)
@@ -269,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
       writer = None
       if args.save_predictions:
         name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
-        # The reference's NYU validation uses every pixel with gt > 0.
-        window = ((1e-12, float('inf')) if args.protocol == 'reference' and not corridor_reference
-                  else domains.DEPTH_WINDOWS[args.dataset])
+        if args.protocol == 'reference-frames':  # 0.1 < gt < 5 in float32: the float32 neighbours inside
+          window = tuple(float(np.nextafter(np.float32(v), np.float32(to))) for v, to in ((0.1, 1), (5.0, 0)))
+        elif args.protocol == 'reference' and not corridor_reference:  # every pixel with gt > 0
+          window = (1e-12, float('inf'))
+        else:
+          window = domains.DEPTH_WINDOWS[args.dataset]
         writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
       bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
                              unit='batch', batch_size=args.batch_size, quiet=process != 0)
@@ -295,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if process == 0:
     out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
     table = markdown_table(results)
-    out.with_suffix('.md').write_text(table)
-    pictures = write_pictures(out, results)
+    try:
+      _write_whole(out, json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
+      _write_whole(out.with_suffix('.md'), table)
+      pictures = write_pictures(out, results)
+    except OSError as e:  # the place was checked at the start: a disk that filled up or went away since
+      print(f'error: cannot write the results: {e}', file=sys.stderr)
+      return 1
     print(table, end='')
     print(f'wrote {out}, {out.with_suffix(".md")}' + ''.join(f', {p}' for p in pictures))
   return 0

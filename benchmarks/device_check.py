@@ -6,7 +6,9 @@ Runs each part in its own process (its own process group) under its own time lim
 fails, hangs or runs out of memory is reported and the others still run; the whole run stays
 inside `--budget-s` (later parts get what is left, a part with under 10 s left is skipped). Parts:
 
-- `env`: device, versions (jax, jaxlib, its CUDA plugin, flax, torch, CUDA, cuDNN, driver).
+- `env`: device, versions (jax, jaxlib, its CUDA plugin, flax, torch, CUDA, cuDNN, driver); every
+  third-party import of the code the check runs, and each requirement of pyproject.toml (and of the
+  wheels `make wheels` carried) that the versions found do not meet (`benchmarks/device_image.py`).
 - `data` (in the background while `env` and `parity` run): synthetic data
   (`data_pipelines.synthetic`), then the decode-once copy (`data_pipelines.decoded`).
 - `parity`: the reference fixture (`tests/data/student_random.pt` and its outputs) on the device:
@@ -40,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -60,9 +61,6 @@ from typing import Any, Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / 'benchmarks'
 FIXTURE = ROOT / 'tests' / 'data'
-# What the project imports beyond jax and torch; a missing wheel or a clash with the image shows here.
-IMPORTS = ('flax.nnx', 'optax', 'orbax.checkpoint', 'grain', 'array_record.python.array_record_module',
-           'ml_collections', 'tensorboardX', 'PIL', 'scipy.ndimage', 'yaml', 'safetensors', 'absl.app')
 PACKAGES = ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'flax', 'optax', 'orbax-checkpoint',
             'grain', 'array-record', 'ml-collections', 'numpy', 'torch', 'triton', 'protobuf')
 # The test suite's tolerances (tests/test_model.py): max |error| against the fixture, eval / train
@@ -171,13 +169,15 @@ def part_env(args: argparse.Namespace, result: dict[str, Any]) -> None:
     query = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total',
                             '--format=csv,noheader'], capture_output=True, text=True, timeout=30, check=False)
     result['nvidia_smi'] = query.stdout.strip() or query.stderr.strip()
-  failed = {}
-  for module in IMPORTS:
-    try:
-      importlib.import_module(module)
-    except Exception as e:  # pylint: disable=broad-except
-      failed[module] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
-  problems = [f'cannot import {m} ({e})' for m, e in failed.items()]
+  # Every third-party import of the code this check runs, and every requirement of pyproject.toml
+  # (and of the carried wheels) against the versions found here: a missing wheel or a clash with
+  # the image shows here, each difference named.
+  sys.path.insert(0, str(BENCH))
+  import device_image  # pylint: disable=g-import-not-at-top
+
+  found = device_image.check()
+  result.update(carried=found['carried'], requirements=found['differences'], import_failures=found['import_failures'])
+  problems = [f'cannot {m} ({e})' for m, e in found['import_failures'].items()]
   if not args.cpu and result['jax_backend'] == 'cpu':
     problems.append('JAX sees no accelerator (its backend is cpu)')
   if problems:
@@ -577,6 +577,15 @@ def markdown(report: dict[str, Any]) -> str:
   for name, r in report['parts'].items():
     lines.append(f'| {name} | {r.get("status")} | {fmt(r.get("wall_s"), ".0f")} | {fmt(r.get("limit_s"), ".0f")} | '
                  f'{(r.get("error") or "").replace("|", "/")} |')
+  if 'requirements' in env:
+    lines += ['', "## Versions against pyproject.toml's ranges", '',
+              f'Carried (`make wheels`): {", ".join(f"{k} {v}" for k, v in env.get("carried", {}).items()) or "none"}.',
+              '']
+    if env['requirements']:
+      lines += ['| requirement | required by | found |', '|---|---|---|']
+      lines += [f'| `{d["requirement"]}` | {d["required_by"]} | {d["found"] or "missing"} |' for d in env['requirements']]
+    else:
+      lines.append('Every requirement is met by the versions found.')
   parity = report['parts'].get('parity', {}).get('rows', [])
   if parity:
     lines += ['', '## Parity with the reference fixture (240x320, max |error|)', '',

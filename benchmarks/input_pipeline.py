@@ -1,26 +1,35 @@
-"""Input-pipeline throughput: training images/s per format, `data.mode` and thread count, as a table.
+"""Input-pipeline throughput: training images/s per format, `data.mode`, worker processes and
+thread count, as a table.
 
   python benchmarks/input_pipeline.py [--root ROOT] [--modes joint,nyu] [--threads 1,2,4]
-      [--batches 20] [--batch-size 16] [--size 240x320] [--format files,decoded,tfds] [--json F]
+      [--workers 0,1,2] [--repeats 1] [--batches 20] [--batch-size 16] [--size 240x320]
+      [--format files,decoded,tfds] [--json F]
 
 Without `--root` it generates synthetic data (`data_pipelines.synthetic`, size `--synthetic-size`)
 into a temporary folder; the decode-once folder (`data_pipelines.decoded`) and the TFDS datasets
 are written there when asked for (their write time is printed). The first batch of every run
-(thread start-up, first reads) is not timed. What is timed is the whole host side of training: the
-batches train.py transfers (uint8 images, geometry done; flip and jitter run on the device).
+(thread start-up, first reads), or with `data.num_workers` = W > 0 the first W batches (one from
+each worker process, so that their start-up is not timed), is not timed. What is timed is the
+whole host side of training: the batches train.py transfers (uint8 images, geometry done; flip and
+jitter run on the device). With `--repeats R` every configuration is measured R times, the
+configurations taking turns (so that load from elsewhere hits them alike), and the median is shown.
 Also printed: how fast one thread merely decodes the RGB PNGs of the training frames (PIL), the
 floor of any pipeline that decodes per sample.
 """
 
 import argparse
-import json
+import itertools
+import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import datasets, readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -28,14 +37,16 @@ from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong
 
 def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
             size: tuple[int, int], fmt: str, workers: int = 0) -> float:
-  """Training images/s over `batches` batches after one warm-up batch."""
+  """Training images/s over `batches` batches after max(1, workers) warm-up batches."""
   config = default.get_config()
   config.data.root, config.data.mode, config.data.format = root, mode, fmt
   config.data.input_size = size
   config.data.num_threads, config.data.num_workers = threads, workers
-  config.batch_size, config.num_train_steps = batch_size, batches + 1
+  warmup = max(1, workers)
+  config.batch_size, config.num_train_steps = batch_size, batches + warmup
   it = datasets.train_iterator(config)
-  next(it)
+  for _ in range(warmup):
+    next(it)
   start = time.perf_counter()
   n = sum(len(batch['image']) for batch in it)
   seconds = time.perf_counter() - start
@@ -64,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--root', default='', help='data root; default: synthetic data in a temp dir')
   parser.add_argument('--synthetic-size', default='default', choices=('tiny', 'small', 'default'))
   parser.add_argument('--modes', default='nyu,lilocbench,joint,downsample,concat')
-  parser.add_argument('--threads', default='1,2,4,8')
+  parser.add_argument('--threads', default='1,2,4,8', help='comma-separated data.num_threads values')
+  parser.add_argument('--workers', default='0', help='comma-separated data.num_workers values (grain processes)')
+  parser.add_argument('--repeats', type=int, default=1, help='measurements per configuration (median shown)')
   parser.add_argument('--batches', type=int, default=20)
   parser.add_argument('--batch-size', type=int, default=16)
   parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input size HxW')
@@ -72,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--json', default='', help='also write the results as JSON here')
   args = parser.parse_args(argv)
   size = args.size
+  threads = train_step.batch_sizes(parser, '--threads', args.threads)
+  workers = train_step.batch_sizes(parser, '--workers', args.workers, minimum=0)
+  if args.repeats < 1:
+    parser.error(f'--repeats must be >= 1, got {args.repeats}')
   with tempfile.TemporaryDirectory() as tmp:
     root = args.root
     if not root:
@@ -97,28 +114,32 @@ def main(argv: list[str] | None = None) -> None:
       print(f'decode-once folder written in {time.perf_counter() - t:.1f} s')
     decode_rate = png_decode_rate(root)
     print(f'\none thread decoding the training RGB PNGs alone: {decode_rate:.1f} frames/s')
-    threads = [int(t) for t in args.threads.split(',')]
     modes = args.modes.split(',')
-    results = []
-    print(f'\ntraining images/s, batch {args.batch_size}, {size[0]}x{size[1]}, {os.cpu_count()} CPUs')
-    print('| format | mode |' + ''.join(f' {t} thr |' for t in threads))
-    print('|---|---|' + '---|' * len(threads))
-    for fmt in formats:
-      for mode in modes:
-        row = []
-        for t in threads:
-          try:
-            ips = measure(root, mode, t, args.batches, args.batch_size, size, fmt)
-          except ValueError as e:  # a set too small for one batch of this mode
-            print(f'{mode}: {e}')
-            ips = float('nan')
-          row.append(ips)
-          results.append({'format': fmt, 'mode': mode, 'threads': t, 'images_per_s': ips})
-        print(f'| {fmt} | {mode} |' + ''.join(f' {r:.1f} |' for r in row), flush=True)
+    configs = list(itertools.product(formats, modes, workers, threads))
+    runs = {c: [] for c in configs}
+    for _ in range(args.repeats):
+      for c in configs:
+        fmt, mode, w, t = c
+        if runs[c] and math.isnan(runs[c][-1]):  # the mode does not fit the data
+          continue
+        try:
+          runs[c].append(measure(root, mode, t, args.batches, args.batch_size, size, fmt, w))
+        except ValueError as e:  # a set too small for one batch of this mode
+          print(f'{mode}: {e}')
+          runs[c].append(float('nan'))
+    ips = {c: statistics.median(v) for c, v in runs.items()}
+    results = [{'format': fmt, 'mode': mode, 'workers': w, 'threads': t, 'images_per_s': ips[fmt, mode, w, t],
+                'runs': runs[fmt, mode, w, t]} for fmt, mode, w, t in configs]
+    repeats = f', median of {args.repeats}' if args.repeats > 1 else ''
+    print(f'\ntraining images/s, batch {args.batch_size}, {size[0]}x{size[1]}, {os.cpu_count()} CPUs{repeats}')
+    print('| format | mode | workers |' + ''.join(f' {t} thr |' for t in threads))
+    print('|---|---|---|' + '---|' * len(threads))
+    for fmt, mode, w in itertools.product(formats, modes, workers):
+      print(f'| {fmt} | {mode} | {w} |' + ''.join(f' {ips[fmt, mode, w, t]:.1f} |' for t in threads))
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'batch_size': args.batch_size, 'size': list(size), 'formats': formats,
-                 'png_decode_frames_per_s': decode_rate, 'results': results}, f, indent=1)
+    train_step.write_json(args.json, {
+        'batch_size': args.batch_size, 'size': list(size), 'formats': formats, 'repeats': args.repeats,
+        'cpus': os.cpu_count(), 'png_decode_frames_per_s': decode_rate, 'results': results})
 
 
 if __name__ == '__main__':

@@ -486,13 +486,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return args
 
 
-def batch_sizes(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
-  """'1,16,64' -> [1, 16, 64]; anything else (or a size < 1) is a usage error naming `flag`."""
+def batch_sizes(parser: argparse.ArgumentParser, flag: str, text: str, minimum: int = 1) -> list[int]:
+  """'1,16,64' -> [1, 16, 64]; anything else (or a value < `minimum`) is a usage error naming `flag`."""
   try:
     sizes = [int(b) for b in text.split(',')]
   except ValueError:
     sizes = []
-  if not sizes or min(sizes) < 1:
+  if not sizes or min(sizes) < minimum:
     parser.error(f'bad {flag} {text!r}')
   return sizes
 

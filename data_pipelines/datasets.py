@@ -8,8 +8,9 @@ checkpoint needs is therefore the step (any process count can resume from it).
 grain does the loading: `MapDataset.range(first element, last element).map(load one sample)`
 `.to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size)).batch(B / P)`: frames are read
 and transformed by `data.num_threads` threads, in order. With `data.num_workers > 0` whole batches
-are made in grain worker processes instead (`mp_prefetch`; call it from an absl app, whose parsed
-flags grain's workers need).
+are made in grain worker processes instead (`mp_prefetch`: worker w of W makes batches w, w + W, ...,
+each with `num_threads` threads), the same batches bit for bit. Every element carries how many bad
+frames were skipped to make it, so `skipped.count` is the sum over threads and worker processes alike.
 
 Example::
 
@@ -21,13 +22,16 @@ Example::
 import dataclasses
 import functools
 import math
+import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 from absl import logging
 
 from data_pipelines import decoded, mixing, readers, transforms
@@ -69,8 +73,12 @@ def make_reader(paths: Mapping[str, Any], set_name: str, split: str,
   raise ValueError(f'data.format must be files, decoded or tfds, got {fmt!r}')
 
 
+_SKIPPED = 'frames_skipped'  # element key: bad frames skipped to make it (popped from the batches)
+
+
 class SkipLog:
-  """Thread-safe count of frames skipped under `data.skip_bad_frames`."""
+  """Frames skipped under `data.skip_bad_frames`: `count` over the batches yielded so far (read off
+  their elements, whichever process made them); `messages`, the first 100 this process met."""
 
   def __init__(self):
     self.count = 0
@@ -78,13 +86,18 @@ class SkipLog:
     self._lock = threading.Lock()
 
   def add(self, message: str) -> None:
+    """Logs and keeps one skipped frame's message (the count comes with the batches)."""
     with self._lock:
-      self.count += 1
       if len(self.messages) < 100:
         self.messages.append(message)
     logging.log_first_n(logging.WARNING, 'skipping bad frame: %s', 20, message)
 
-  def __getstate__(self):  # grain worker processes get a copy (their skips are logged there)
+  def take(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`batch` without its skip counts, which are added to `count`."""
+    self.count += int(np.sum(batch.pop(_SKIPPED)))
+    return batch
+
+  def __getstate__(self):  # grain worker processes get a copy (their messages are logged there)
     return {'count': self.count, 'messages': list(self.messages)}
 
   def __setstate__(self, state):
@@ -140,7 +153,9 @@ class _TrainSample:
       frame = _read_or_skip(reader, (i + n) % len(reader), self.skip)
       n += 1
     rng = transforms.frame_rng(self.seed, step, position)
-    return transforms.train_transform(frame, rng, self.input_size, nyu_crop=self.nyu_crop)
+    element = transforms.train_transform(frame, rng, self.input_size, nyu_crop=self.nyu_crop)
+    element[_SKIPPED] = np.int32(n - 1)
+    return element
 
 
 def _train_readers(data: ml_collections.ConfigDict) -> dict[int, readers.Reader]:
@@ -185,6 +200,19 @@ def steps_plan(config: ml_collections.ConfigDict,
   return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
 
 
+def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: a thread ends this worker once its parent process is gone (killed, or
+  exited without closing the iterator); grain's workers would wait on their full queue forever."""
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
 def _local_batch_size(batch_size: int, process_count: int) -> int:
   if batch_size % process_count:
     raise ValueError(f'batch_size={batch_size} is not divisible by the process count {process_count}')
@@ -196,7 +224,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
   Each batch: the element keys (docs/data.md#data-element) stacked, leading dim batch_size / process_count.
   `step` is the step of the next batch (the data state to checkpoint); `skipped` counts bad
-  frames replaced under `data.skip_bad_frames`.
+  frames replaced under `data.skip_bad_frames` in the batches yielded so far. An error (a bad
+  frame, in a thread or a worker process) or the end closes the iterator: no worker outlives it.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, start_step: int = 0,
@@ -223,25 +252,37 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     ds = grain.MapDataset.range(start_step * local, max(start_step, self.num_steps) * local).map(sample)
     workers = data.num_workers
     if workers > 0:
+      if not flags.FLAGS.is_parsed():  # grain reads its absl flags: outside an absl app, their defaults
+        flags.FLAGS.mark_as_parsed()
       ds = ds.batch(local, drop_remainder=True).to_iter_dataset(grain.ReadOptions(
           num_threads=data.num_threads, prefetch_buffer_size=max(1, data.prefetch_buffer_size // local)))
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                          worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
     else:
       ds = ds.to_iter_dataset(grain.ReadOptions(
           num_threads=data.num_threads, prefetch_buffer_size=data.prefetch_buffer_size))
       ds = ds.batch(local, drop_remainder=True)
     self._it = iter(ds)
+    self._closed = False
 
   @property
   def epoch(self) -> int:
     return self.step // self.steps_per_epoch
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._it)
+    try:
+      batch = self.skipped.take(next(self._it))
+    except BaseException:  # the end, a bad frame, an interrupt: stop the threads and workers now
+      self.close()
+      raise
     self.step += 1
     return batch
 
   def close(self) -> None:
+    """Stops the reading threads and worker processes (waits for the workers to exit); idempotent."""
+    if self._closed:
+      return
+    self._closed = True
     close = getattr(self._it, 'close', None)
     if close:
       close()
@@ -272,7 +313,8 @@ class _EvalSample:
             'depth_valid': np.zeros((h, w), bool), 'gt_depth': np.zeros((h, w), np.float32),
             'seg': np.full((h, w), classes.IGNORE_LABEL, np.int32),
             'gt_seg': np.full((h, w), classes.IGNORE_LABEL, np.int32),
-            'domain': np.int32(self.reader.domain), 'index': np.int32(-1), 'frame_mask': np.bool_(False)}
+            'domain': np.int32(self.reader.domain), 'index': np.int32(-1), 'frame_mask': np.bool_(False),
+            _SKIPPED: np.int32(0)}
 
   def __call__(self, k: int) -> dict[str, np.ndarray]:
     b, r = divmod(int(k), self.local_batch_size)
@@ -281,9 +323,10 @@ class _EvalSample:
       return self.padding()
     frame = _read_or_skip(self.reader, g, self.skip)
     if frame is None:
-      return self.padding()
+      return {**self.padding(), _SKIPPED: np.int32(1)}
     element = transforms.eval_transform(frame, self.input_size, self.protocol)
     element['frame_mask'] = np.bool_(True)
+    element[_SKIPPED] = np.int32(0)
     return element
 
 
@@ -316,7 +359,7 @@ class EvalIterator(Iterator[dict[str, np.ndarray]]):
     return self.num_batches
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._it)
+    return self.skipped.take(next(self._it))
 
   def close(self) -> None:
     close = getattr(self._it, 'close', None)
@@ -332,7 +375,7 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   `source`: a full config (uses `config.data`), its `data` part, or a `resolve_paths`-style dict
   of paths (for eval.py). Keyword overrides: input_size, num_threads, prefetch_buffer_size,
   skip_bad_frames (defaults from the config, else (240, 320), 8, 32, False) and protocol ('ours',
-  or 'reference': the reference's NYU validation targets, see `transforms.eval_transform`).
+  'reference' or 'reference-frames': the reference's targets, see `transforms.eval_transform`).
   """
   if set_name not in domains.SETS:
     raise ValueError(f'unknown evaluation set {set_name!r}: expected one of {domains.SETS}')
@@ -345,8 +388,8 @@ def eval_iterator(source: ml_collections.ConfigDict | Mapping[str, Any], set_nam
   else:
     paths, options = dict(source), {}
   options.update(overrides)
-  if options.get('protocol') == 'reference' and paths.get('format') == 'decoded':
-    raise ValueError('the reference protocol needs the sensor depth, which decoded data do not hold: '
-                     'evaluate it on the file layouts (data.format=files)')
+  if options.get('protocol', 'ours') != 'ours' and paths.get('format') == 'decoded':
+    raise ValueError(f'the {options["protocol"]} protocol needs the sensor depth and the frames as stored, '
+                     'which decoded data do not hold: evaluate it on the file layouts (data.format=files)')
   reader = make_reader(paths, set_name, split, options.get('skip_bad_frames', False))
   return EvalIterator(reader, batch_size, process_index, process_count, **options)

@@ -164,6 +164,28 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return a[nearest_indices(a.shape[0], size[0])][:, nearest_indices(a.shape[1], size[1])]
 
 
+def opencv_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out] source indices of OpenCV's INTER_NEAREST: floor(i * (1 / (n_out / n_in))) in double,
+  as it computes them (no half-pixel centres: 640 -> 320 takes the even columns)."""
+  return np.minimum(np.floor(np.arange(n_out) * (1.0 / (n_out / n_in))).astype(np.int64), n_in - 1)
+
+
+def resize_nearest_opencv(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """[h, w, ...] -> [size[0], size[1], ...] as `cv2.resize(a, (W, H), interpolation=cv2.INTER_NEAREST)`."""
+  if a.shape[:2] == tuple(size):
+    return a
+  return a[opencv_nearest_indices(a.shape[0], size[0])][:, opencv_nearest_indices(a.shape[1], size[1])]
+
+
+def resize_bilinear_pil(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """float32 [h, w] -> float32 [size] by PIL's bilinear resize of a mode-F image: a triangle filter
+  whose support grows with the shrink factor (antialiased; holes mixed in). The reference's loader
+  resizes NYU depth so (`Image.fromarray(depth).resize((W, H), Image.BILINEAR)`)."""
+  if a.shape == tuple(size):
+    return a
+  return np.asarray(Image.fromarray(np.asarray(a, np.float32)).resize((size[1], size[0]), Image.BILINEAR), np.float32)
+
+
 def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """float [h, w] -> [size], bilinear, align_corners=False, no antialiasing (torch's
   `F.interpolate(mode='bilinear')`)."""

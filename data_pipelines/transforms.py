@@ -65,18 +65,25 @@ def eval_transform(frame: Mapping[str, Any], input_size: tuple[int, int],
                    protocol: str = 'ours') -> dict[str, np.ndarray]:
   """Raw frame -> element by resizing only (RGB bilinear, maps nearest).
 
-  protocol 'reference' (the reference's NYU validation, docs/evaluation.md#protocols): `gt_depth` is the stored sensor
-  depth resized bilinearly (holes mixed in, no window; the metric masks gt > 0) and `gt_seg` is
-  the training label (the SAM2 teacher's where present).
+  Protocols (docs/evaluation.md#protocols): 'reference', the reference's NYU validation:
+  `gt_depth` is the stored sensor depth resized as its loader does (PIL bilinear, antialiased,
+  holes mixed in, no window; the metric masks gt > 0) and `gt_seg` is the training label (the SAM2
+  teacher's where present). 'reference-frames', its `run_student_evaluation.py`: the RGB resized by
+  OpenCV's bilinear and `gt_depth` the stored sensor depth by OpenCV's nearest (no window; the
+  metric applies its own).
   """
   size = tuple(input_size)
   maps = {k: readers.resize_nearest(frame[k], size) for k in MAPS}
+  resize_rgb = images.resize_rgb
   if protocol == 'reference':
-    maps['gt_depth'] = readers.resize_bilinear(frame['sensor_depth'], size)
+    maps['gt_depth'] = readers.resize_bilinear_pil(frame['sensor_depth'], size)
     maps['gt_seg'] = maps['seg']
+  elif protocol == 'reference-frames':
+    maps['gt_depth'] = readers.resize_nearest_opencv(frame['sensor_depth'], size)
+    resize_rgb = images.resize_rgb_opencv
   elif protocol != 'ours':
-    raise ValueError(f'protocol must be ours or reference, got {protocol!r}')
-  return _element(images.resize_rgb(frame['rgb'], size), maps, frame)
+    raise ValueError(f'protocol must be ours, reference or reference-frames, got {protocol!r}')
+  return _element(resize_rgb(frame['rgb'], size), maps, frame)
 
 
 def train_transform(frame: Mapping[str, Any], rng: np.random.Generator,

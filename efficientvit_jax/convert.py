@@ -22,9 +22,12 @@ checkpoint's meta are computed here too (`start_counters`, `counters_meta`).
 
 Epochs: a .pt's `epoch` is, as in the reference, the 0-based index of its last finished epoch (its
 `train.py --resume` starts at `epoch + 1`); our checkpoints' `meta['epoch']` counts finished epochs.
-Conversion translates (`meta['epoch'] = epoch + 1`). `--with-optimizer` also writes the AdamW state
-of the three parameter groups and the per-epoch cosine scheduler in the reference's format
-(`torch_training_state`), so that the reference's `train.py --resume` continues a run made here.
+Conversion translates (`meta['epoch'] = epoch + 1`). A .pt written here also carries the run's
+recipe in the reference's Config names (`reference_config`) and our validation results under its
+metric names (`reference_metrics`). `--with-optimizer` also writes the AdamW state of its three
+parameter groups, by parameter name in the reference network's order, and its per-epoch cosine
+scheduler (`torch_training_state`), so that the reference's `train.py --resume` continues a run
+made here.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
+import math
 import os
 import pathlib
 import re
 import sys
+import warnings
 import zipfile
 from typing import Any, Mapping
 
@@ -45,8 +51,10 @@ from flax import nnx
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import model as model_lib
+from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import trees
 from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
+from efficientvit_jax.classes import CLASS_NAMES
 
 # JAX module path pieces that the reference names by position in an nn.Sequential (MobileNetV3's
 # `features` is the reference's encoder itself, each block a Sequential(conv, BN, act)).
@@ -248,15 +256,17 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> M
     if bad is not None:
       raise CheckpointError(f'{path}: damaged: member {bad} fails its CRC-32 check')
   try:
-    with torch.serialization.safe_globals(numpy_safe_globals()):
+    with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+      warnings.filterwarnings('ignore', message='Detected pickle protocol')  # the refusal below says it
       obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
   except pickle.UnpicklingError as e:
-    if not allow_pickle and 'Unsupported global' in str(e):
+    if not allow_pickle:  # every refusal of the weights-only unpickler, whatever it met
       found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-      raise CheckpointError(
-          f'{path}: holds objects ({found.group(1) if found else "unknown"}) beyond tensors, numbers and '
-          'numpy scalars, which torch.load(weights_only=True) refuses; if you trust the file, rerun with '
-          '--allow-pickle') from None
+      detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)', str(e), re.S)
+      what = (f'objects ({found.group(1)}) beyond tensors, numbers and numpy scalars' if found else
+              f'pickle data ({detail.group(1).splitlines()[0][:200] if detail else "unknown"})')
+      raise CheckpointError(f'{path}: holds {what}, which torch.load(weights_only=True) refuses; if you trust '
+                            'the file, rerun with --allow-pickle') from None
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})') from None
   except Exception as e:  # torch raises many types (RuntimeError, KeyError, EOFError) for bad bytes
     raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
@@ -383,9 +393,19 @@ def _json_safe(value: Any) -> Any:
   return repr(value)
 
 
+def _check_not_half(sd: Mapping[str, Any], source: str) -> None:
+  """A half-precision state dict is named by its dtype before any other check reads its values."""
+  for key, value in sd.items():
+    dtype = str(getattr(value, 'dtype', '')).removeprefix('torch.')
+    if dtype in ('float16', 'bfloat16', 'half'):
+      raise CheckpointError(f'{source}: key {key} has dtype {dtype}, expected float32 (a half-precision copy '
+                            'of the weights: convert the float32 original)')
+
+
 def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
   """A loaded reference checkpoint (dict or bare state dict) -> our Checkpoint."""
   sd, rest = split_checkpoint(obj, source)
+  _check_not_half(sd, source)
   _check_normalisation(sd, source)
   config = rest.get('config') if isinstance(rest.get('config'), Mapping) else {}
   backbone = backbone_of_state_dict(sd, source, named=config.get('BACKBONE'))
@@ -544,26 +564,13 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
   return {k: torch.from_numpy(np.array(values[k], order='C', copy=True)) for k in order}
 
 
-def reference_config(ckpt: Checkpoint) -> dict[str, Any]:
-  """The `config` of the reference checkpoint made from `ckpt`: the reference's own keys it came
-  with (a converted .pt's), with `BACKBONE` (the model's), `NUM_CLASSES` and, when recorded,
-  `INPUT_HEIGHT` / `INPUT_WIDTH` set from the checkpoint."""
-  source = ckpt.meta.get('config')
-  config = {k: v for k, v in source.items() if k.isupper()} if isinstance(source, Mapping) else {}
-  backbone = checkpoint_backbone(ckpt)
-  if str(config.get('BACKBONE', '')).split('.')[0] != backbone:  # keeps a timm tag that names it
-    config['BACKBONE'] = backbone
-  config['NUM_CLASSES'] = int(np.shape(trees.flatten(ckpt.params)['seg_head.bias'])[0])
-  size = input_size_of(ckpt)
-  if size is not None:
-    config['INPUT_HEIGHT'], config['INPUT_WIDTH'] = size
-  return config
-
-
-def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None = None) -> dict[str, Any]:
+def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None = None,
+                     history: list[Mapping[str, Any]] = ()) -> dict[str, Any]:
   """The reference training-checkpoint dict: `model`, `criterion`, `epoch` (the 0-based index of
-  the last finished epoch, -1 for none), `config` (`reference_config`) (+ metric fields,
-  + `optimizer`, `scheduler` when given)."""
+  the last finished epoch, -1 for none), `config` (`reference_config`; a converted .pt's own
+  `config` as it was, with `BACKBONE` the model's, and the recorded input size where it has none),
+  the numeric `meta.metrics` and the same results under the reference's metric names
+  (`reference_metrics` over `history`), + `optimizer`, `scheduler` when given."""
   import torch  # pylint: disable=g-import-not-at-top
 
   for name, value in ckpt.kendall.items():
@@ -573,27 +580,38 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
       'criterion': {k: torch.from_numpy(np.asarray(v, np.float32).reshape(1).copy())
                     for k, v in ckpt.kendall.items()},
       'epoch': int(ckpt.meta.get('epoch', 0)) - 1,
-      'config': reference_config(ckpt),
   }
+  backbone = checkpoint_backbone(ckpt)
+  own = ckpt.meta.get('config')
+  config = reference_config(ckpt.meta, backbone) or (dict(own) if isinstance(own, Mapping) else {})
+  if str(config.get('BACKBONE', '')).split('.')[0] != backbone:  # a timm tag that names it stays
+    config['BACKBONE'] = backbone
+  size = input_size_of(ckpt)
+  if size is not None and 'INPUT_HEIGHT' not in config:
+    config['INPUT_HEIGHT'], config['INPUT_WIDTH'] = size
+  out['config'] = config
   if training_state is not None:
     out['optimizer'], out['scheduler'] = training_state
   for key, value in (ckpt.meta.get('metrics') or {}).items():
     if isinstance(value, (int, float)) and key not in out:
       out[key] = value
+  for key, value in reference_metrics(ckpt.meta, history).items():
+    out.setdefault(key, value)
   return out
 
 
 def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[dict, dict] | None = None,
-               *, overwrite: bool = False) -> int:
-  """Writes a reference `.pt` atomically (temporary file + rename); an existing `dst` only with
-  `overwrite`. Returns the number of state-dict keys written."""
+               history: list[Mapping[str, Any]] = (), *, overwrite: bool = False) -> int:
+  """Writes `torch_checkpoint(ckpt, training_state, history)` as a reference `.pt` atomically
+  (temporary file + rename); an existing `dst` only with `overwrite`. Returns the number of
+  state-dict keys written."""
   import torch  # pylint: disable=g-import-not-at-top
 
   dst = pathlib.Path(dst)
   if dst.exists() and not (overwrite and dst.is_file()):
     raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite'
                           if dst.is_file() else f'{dst} exists and is not a file; choose a new destination')
-  payload = torch_checkpoint(ckpt, training_state)
+  payload = torch_checkpoint(ckpt, training_state, history)
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = dst.with_name(f'.{dst.name}.tmp-{os.getpid()}')
   try:
@@ -605,27 +623,107 @@ def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[d
 
 
 # --------------------------------------------------------------------------------------------------
-# Optimiser and scheduler state for the reference's train.py --resume
+# What the reference's train.py reads from a .pt to continue a run (docs/checkpoints.md#resuming-in-the-reference):
+# its Config fields, its metric fields, the AdamW and scheduler state.
+
+KENDALL_NAMES = ('log_sigma_d', 'log_sigma_s')  # its criterion's parameters, in registration order
 
 
-def reference_optimizer(model: Any, criterion_params: list[Any], config: Any) -> tuple[Any, Any]:
-  """The reference's AdamW over three groups (encoder + neck, decoders + heads, the criterion's
-  log-sigmas; each in `named_parameters()` order) and its per-epoch CosineAnnealingLR(T_max =
-  num_epochs), for torch modules. (optimizer, scheduler)."""
-  import torch  # pylint: disable=g-import-not-at-top
+def planned_epochs(meta: Mapping[str, Any]) -> int | None:
+  """The epochs a training run was planned for, ceil(num_steps / steps_per_epoch) (`num_train_steps`
+  > 0 overrides `num_epochs`), from its checkpoint's meta; None where the meta does not tell (no
+  training configuration, or a run with `num_train_steps` checkpointed before meta kept its plan)."""
+  config = meta.get('config') or {}
+  steps, spe = meta.get('num_steps'), meta.get('steps_per_epoch')
+  if steps and spe:
+    return -(-int(steps) // int(spe))
+  if 'num_epochs' in config and int(config.get('num_train_steps') or 0) <= 0:
+    return int(config['num_epochs'])
+  return None
 
-  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
 
-  opt = config.optimizer
-  named = list(model.named_parameters())
-  encoder = [p for k, p in named if optimizer_lib.GROUP_OF_PART.get(k.split('.')[0]) == 'encoder']
-  decoder = [p for k, p in named if optimizer_lib.GROUP_OF_PART.get(k.split('.')[0]) == 'decoder']
-  groups = [{'params': encoder, 'lr': float(opt.encoder_lr)}, {'params': decoder, 'lr': float(opt.decoder_lr)},
-            {'params': list(criterion_params), 'lr': float(opt.kendall_lr)}]
-  optimizer = torch.optim.AdamW(groups, betas=(optimizer_lib.ADAM_B1, optimizer_lib.ADAM_B2),
-                                eps=optimizer_lib.ADAM_EPS, weight_decay=float(opt.weight_decay))
-  scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(config.num_epochs))
-  return optimizer, scheduler
+def cosine_epochs(meta: Mapping[str, Any]) -> int | None:
+  """The length in epochs of the cosine a training run used: `num_epochs` for the per-epoch cosine
+  (`optimizer.lr_per_epoch`), else the planned epochs (the per-step cosine spans the planned steps)."""
+  config = meta.get('config') or {}
+  if (config.get('optimizer') or {}).get('lr_per_epoch') and 'num_epochs' in config:
+    return int(config['num_epochs'])
+  return planned_epochs(meta)
+
+
+def reference_config(meta: Mapping[str, Any], backbone: str) -> dict[str, Any]:
+  """The reference's Config fields (its `config.py` names) that describe a run trained here, for a
+  .pt's `config`; {} for a checkpoint without a training configuration. `EPOCHS` is the planned
+  epochs (absent when unknown), `LR` the decoder rate, `ENCODER_LR_SCALE` encoder / decoder rate."""
+  config = meta.get('config') or {}
+  opt, loss = config.get('optimizer'), config.get('loss') or {}
+  if not isinstance(opt, Mapping):
+    return {}
+  decoder_lr = float(opt['decoder_lr'])
+  height, width = (config.get('data') or {}).get('input_size', (240, 320))
+  out = {
+      'BACKBONE': backbone, 'NUM_CLASSES': len(CLASS_NAMES), 'INPUT_HEIGHT': int(height),
+      'INPUT_WIDTH': int(width), 'BATCH_SIZE': int(config.get('batch_size', 0)), 'LR': decoder_lr,
+      'ENCODER_LR_SCALE': float(opt['encoder_lr']) / decoder_lr if decoder_lr else 0.0,
+      'KENDALL_LR': float(opt['kendall_lr']), 'USE_KENDALL': bool(loss.get('use_kendall', True)),
+      'FREEZE_ENCODER_EPOCHS': int(config.get('freeze_encoder_epochs', 0)),
+      'WEIGHT_DECAY': float(opt['weight_decay']), 'GRAD_CLIP_NORM': float(opt['clip_norm']),
+      **{f'LAMBDA_{k.upper()}': float(loss[f'lambda_{k}']) for k in ('depth', 'seg', 'edge') if f'lambda_{k}' in loss},
+  }
+  epochs = planned_epochs(meta)
+  if epochs is not None:
+    out['EPOCHS'] = epochs
+  return out
+
+
+def metrics_history(src: str | os.PathLike, step: int) -> list[dict[str, Any]]:
+  """The rows of a training workdir's `metrics.jsonl` up to `step`, for a workdir or its
+  `checkpoints/` or `best/` ([] for another checkpoint folder; unreadable lines are skipped)."""
+  root = checkpointing.resolve_root(src)
+  path = root.parent / 'metrics.jsonl'
+  if root.name not in ('checkpoints', 'best') or not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get('step'), int) and row['step'] <= step:
+      rows.append(row)
+  return rows
+
+
+def reference_metrics(meta: Mapping[str, Any], history: list[Mapping[str, Any]] = ()) -> dict[str, float]:
+  """Our validation results under the reference's metric field names, for the set of `best_metric`
+  (`val/<set>/...`, default nyu): `val_depth_rmse`, `val_seg_miou` (this checkpoint's, when it was
+  evaluated) and `best_depth_rmse`, `best_seg_miou` (the best over `history`, the workdir's
+  metrics rows up to this step, and this checkpoint's). Values are our protocol's (frame-mean RMSE,
+  split mIoU). Its `val_loss` / `best_val_loss` are not written: validation here computes no loss."""
+  config = meta.get('config') or {}
+  parts = str(config.get('best_metric', '')).split('/')
+  name = parts[1] if len(parts) == 3 and parts[0] == 'val' else 'nyu'
+  rmse, miou = f'val/{name}/rmse', f'val/{name}/miou'
+  current = meta.get('metrics') or {}
+  rows = [*history, current]
+  out = {}
+  for field, key in (('val_depth_rmse', rmse), ('val_seg_miou', miou)):
+    if isinstance(current.get(key), (int, float)):
+      out[field] = float(current[key])
+  for field, key, best in (('best_depth_rmse', rmse, min), ('best_seg_miou', miou, max)):
+    values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if values:
+      out[field] = best(values)
+  return out
+
+
+def reference_param_groups(names: list[str]) -> list[tuple[str, list[str]]]:
+  """The reference train.py's AdamW groups by parameter name, from the model's parameter names in
+  `named_parameters()` order: ('encoder', the encoder's then the neck's), ('decoder', every other
+  model parameter, in order), ('kendall', the criterion's log-sigmas)."""
+  encoder = [n for n in names if n.startswith('encoder.')] + [n for n in names if n.startswith('neck.')]
+  return [('encoder', encoder), ('decoder', [n for n in names if not n.startswith(('encoder.', 'neck.'))]),
+          ('kendall', list(KENDALL_NAMES))]
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -633,22 +731,46 @@ def _dotted(path: tuple[Any, ...]) -> str:
   return trees.path_name(path).removesuffix('.value')
 
 
+def _torch_name_and_layout(dotted: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  """A trained pytree path ('model.<ours>' or 'kendall.<name>') and its leaf -> (torch name, torch layout)."""
+  top, ours = dotted.split('.', 1)
+  if top == 'kendall':
+    return ours, value
+  return torch_key(ours), value.transpose(_TO_TORCH[_kind(ours)]) if value.ndim == 4 else value
+
+
+def adam_moments(opt_state: Any) -> dict[str, tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+  """{group: (Adam step count, {torch parameter name: (first moment, second moment)})} of a
+  `make_optimizer` state, float32 in torch layouts."""
+  out = {}
+  for group in optimizer_lib.GROUPS:
+    adam = optimizer_lib.adam_state(opt_state, group)
+    moments: dict[str, list[np.ndarray]] = {}
+    for tree in (adam.mu, adam.nu):
+      for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name, value = _torch_name_and_layout(_dotted(path), np.asarray(value, np.float32))
+        moments.setdefault(name, []).append(np.ascontiguousarray(value))
+    out[group] = (int(adam.count), {k: (v[0], v[1]) for k, v in moments.items()})
+  return out
+
+
 def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict, dict]:
   """(optimizer, scheduler) state dicts in the reference's format for the training checkpoint
   `ckpt` read from the workdir `src` (its step).
 
-  AdamW: per parameter `step` (the group's Adam step count), `exp_avg` / `exp_avg_sq` (our first and
-  second moments, in torch layouts); a group that has not stepped yet (a frozen encoder) has no
-  state, as in torch. Scheduler: CosineAnnealingLR stepped once per finished epoch, so the rates
-  are the reference's per-epoch cosine for the next epoch (a run here with the per-step cosine,
-  `optimizer.lr_per_epoch = False`, continues on the per-epoch one).
+  AdamW over the reference's groups (`reference_param_groups` of the reference network's parameter
+  names: the twin registers its modules in the reference's order), each group with its `name`,
+  `param_names` and our rates and hyperparameters; per parameter `step` (the group's Adam step
+  count), `exp_avg` / `exp_avg_sq` (our moments, matched by name, each checked against its
+  parameter's shape). A group that has not stepped yet (a frozen encoder) has no state, as in torch.
+  Scheduler: CosineAnnealingLR(T_max = the run's cosine length in epochs, `cosine_epochs`) stepped
+  once per finished epoch, so `last_epoch` and each group's `lr` / `initial_lr` are torch's own.
   """
   import warnings  # pylint: disable=g-import-not-at-top
 
   import ml_collections  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
 
   root = checkpointing.resolve_root(src)
@@ -660,43 +782,48 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   missing = [k for k in ('optimizer', 'num_epochs', 'freeze_encoder_epochs') if k not in config]
   if missing:
     raise CheckpointError(f'{root}/{ckpt.step}: meta.config lacks {missing[0]}; not written by train.py')
+  t_max = cosine_epochs(ckpt.meta)
+  if t_max is None:
+    raise CheckpointError(f'{root}/{ckpt.step}: meta lacks steps_per_epoch / num_steps, so the length of '
+                          'the run\'s cosine in epochs (num_train_steps overrode num_epochs) is unknown; '
+                          'checkpoints written by the current train.py keep them')
   config = ml_collections.ConfigDict(config)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
   backbone = checkpoint_backbone(ckpt, f'{root}/{ckpt.step}')
   abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
   like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
-  opt_state = checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step)
+  moments = adam_moments(checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step))
 
-  model = torch_model.DepthSegNet(backbone=backbone)
-  kendall = [torch.nn.Parameter(torch.zeros(1)) for _ in ('log_sigma_d', 'log_sigma_s')]
-  optimizer, scheduler = reference_optimizer(model, kendall, config)
+  # The reference network's parameter names and shapes, in its named_parameters() order.
+  shapes = {n: tuple(p.shape) for n, p in torch_model.DepthSegNet(backbone=backbone).named_parameters()}
+  model_names = list(shapes)
+  shapes.update({n: (1,) for n in KENDALL_NAMES})
+  opt = config.optimizer
+  base_lr = {'encoder': opt.encoder_lr, 'decoder': opt.decoder_lr, 'kendall': opt.kendall_lr}
+  groups = [{'params': [(n, torch.nn.Parameter(torch.zeros(shapes[n]))) for n in names],
+             'lr': float(base_lr[group]), 'name': group}
+            for group, names in reference_param_groups(model_names)]
+  optimizer = torch.optim.AdamW(groups, betas=(optimizer_lib.ADAM_B1, optimizer_lib.ADAM_B2),
+                                eps=optimizer_lib.ADAM_EPS, weight_decay=float(opt.weight_decay))
+  scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
   with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": no training here
     warnings.simplefilter('ignore', UserWarning)
     for _ in range(int(ckpt.meta.get('epoch', 0))):
       scheduler.step()
-  params = {**dict(model.named_parameters()), 'log_sigma_d': kendall[0], 'log_sigma_s': kendall[1]}
-  for name, group in zip(optimizer_lib.GROUPS, optimizer.param_groups):
-    adam = optimizer_lib.adam_state(opt_state, name)
-    count = int(adam.count)
-    if count == 0:
-      continue
-    moments = {}
-    for which, tree in (('exp_avg', adam.mu), ('exp_avg_sq', adam.nu)):
-      for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dotted = _dotted(path)
-        if dotted.startswith('kendall.'):
-          key = dotted.split('.', 1)[1]
-        else:
-          ours = dotted.split('.', 1)[1]
-          key = torch_key(ours)
-          value = value.transpose(_TO_TORCH[_kind(ours)]) if value.ndim == 4 else value
-        moments.setdefault(key, {})[which] = torch.from_numpy(np.array(value, np.float32, order='C'))
-    by_id = {id(p): k for k, p in params.items()}
-    for p in group['params']:
-      key = by_id[id(p)]
-      if key not in moments or tuple(moments[key]['exp_avg'].shape) != tuple(p.shape):
-        raise AssertionError(f'optimiser state mapping out of date at {key}')
-      optimizer.state[p] = {'step': torch.tensor(float(count), dtype=torch.float32), **moments[key]}
+  for group in optimizer.param_groups:
+    count, group_moments = moments[group['name']]
+    if set(group_moments) != set(group['param_names']):
+      raise AssertionError(f'optimiser state mapping out of date in the {group["name"]} group: '
+                           f'{sorted(set(group_moments) ^ set(group["param_names"]))[:3]}')
+    for name, p in zip(group['param_names'], group['params']):
+      exp_avg, exp_avg_sq = group_moments[name]
+      if exp_avg.shape != tuple(p.shape) or exp_avg_sq.shape != tuple(p.shape):
+        raise AssertionError(f'optimiser state mapping out of date at {name}: moment shape {exp_avg.shape}, '
+                             f'parameter shape {tuple(p.shape)}')
+      if count:
+        optimizer.state[p] = {'step': torch.tensor(float(count), dtype=torch.float32),
+                              'exp_avg': torch.from_numpy(exp_avg.copy()),
+                              'exp_avg_sq': torch.from_numpy(exp_avg_sq.copy())}
   return optimizer.state_dict(), scheduler.state_dict()
 
 
@@ -772,6 +899,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('dst')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
   args = parser.parse_args(argv)
+  try:  # before any conversion: a destination in a read-only place fails now
+    checkpointing.check_writable(pathlib.Path(args.dst).absolute().parent)
+  except OSError as e:
+    print(f'error: cannot write {args.dst}: {e}', file=sys.stderr)
+    return 2
   try:
     if args.command == 'torch-to-orbax':
       ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
@@ -789,11 +921,23 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
       ckpt = checkpointing.load(args.src, args.step)
       training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
-      keys = save_torch(ckpt, args.dst, training_state, overwrite=args.overwrite)
-      print(f'wrote {args.dst}: {checkpoint_backbone(ckpt, args.src)}, {keys} state-dict keys, criterion, '
+      backbone = checkpoint_backbone(ckpt, args.src)
+      keys = save_torch(ckpt, args.dst, training_state, metrics_history(args.src, ckpt.step),
+                        overwrite=args.overwrite)
+      print(f'wrote {args.dst}: {backbone}, {keys} state-dict keys, criterion, '
             f'epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
             f'(0-based index of the last finished epoch; from step {ckpt.step})'
-            + ('; optimizer (AdamW, 3 groups) and scheduler state' if training_state else ''))
+            + (f'; optimizer (AdamW, 3 groups) and scheduler (T_max {training_state[1]["T_max"]}, '
+               f'last_epoch {training_state[1]["last_epoch"]})' if training_state else ''))
+      recipe = {k: v for k, v in reference_config(ckpt.meta, backbone).items()
+                if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'USE_KENDALL', 'BACKBONE', 'GRAD_CLIP_NORM')}
+      if training_state and recipe:
+        print("the reference's train.py reads these from its config.py, not from the .pt: set "
+              + ', '.join(f'{k} = {v!r}' for k, v in recipe.items()) + ' to continue this recipe')
+      spe = ckpt.meta.get('steps_per_epoch')
+      if training_state and spe and ckpt.step % int(spe):
+        print(f'note: step {ckpt.step} is inside epoch {ckpt.step // int(spe)} ({spe} steps per epoch); the '
+              'reference resumes at the start of that epoch')
     else:
       ckpt = encoder_checkpoint_from_timm(args.src)
       checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)

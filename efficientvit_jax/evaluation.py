@@ -22,7 +22,7 @@ from efficientvit_jax import domains
 from efficientvit_jax import metrics as metrics_lib
 from efficientvit_jax import parallel
 
-PROTOCOLS = ('ours', 'reference')
+PROTOCOLS = ('ours', 'reference', 'reference-frames')
 REFERENCE_BATCH_SIZE = 16  # the reference averaged its metrics over validation batches of 16
 
 
@@ -32,6 +32,8 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
 
   protocol 'reference': the reference's NYU validation, or for the corridor set its corridor
   evaluation (`batch['gt_depth']` then the sensor depth without window, `SensorDepthAsGroundTruth`).
+  'reference-frames': its per-frame evaluation, whose numbers are computed on the host: the
+  statistics are the maps themselves (`frame_mask`, `index`, `depth`, `gt_depth`).
 
   Predictions: `depth` [B, H, W] metres and `seg` [B, H, W] int32 class ids.
   """
@@ -44,7 +46,10 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
     seg = jnp.argmax(out['seg_logits'], axis=-1).astype(jnp.int32)
     gt_seg = batch['gt_seg'] if with_seg else None
     pred_seg = seg if with_seg else None
-    if protocol == 'reference' and set_name == 'corridor':
+    if protocol == 'reference-frames':
+      stats = {'frame_mask': batch['frame_mask'], 'index': batch['index'], 'depth': out['depth'],
+               'gt_depth': batch['gt_depth']}
+    elif protocol == 'reference' and set_name == 'corridor':
       stats = metrics_lib.corridor_reference_frame_stats(out['depth'], batch['gt_depth'], batch['frame_mask'],
                                                          min_depth=min_depth, max_depth=max_depth)
     elif protocol == 'reference':
@@ -115,11 +120,15 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   batches. with_seg: whether the split has ground-truth labels (`gt_seg`). on_batch(local batch,
   local predictions) sees every batch (e.g. to save predictions); padding rows included.
   """
+  with_seg = with_seg and protocol != 'reference-frames'  # a depth-only protocol
   keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
+  keys += ('index',) if protocol == 'reference-frames' else ()
   step = console.announce_compile(
       jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
       f'the evaluation step ({set_name})')
-  if protocol == 'reference' and set_name == 'corridor':
+  if protocol == 'reference-frames':
+    accumulator = metrics_lib.FramesReferenceAccumulator()
+  elif protocol == 'reference' and set_name == 'corridor':
     accumulator = metrics_lib.CorridorReferenceAccumulator()
   elif protocol == 'reference':
     accumulator = metrics_lib.ReferenceAccumulator(batch_size=REFERENCE_BATCH_SIZE)

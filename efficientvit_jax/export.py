@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--out', required=True, help='the file to write')
   parser.add_argument('--size', type=images.parse_size, default=None,
-                      help="input size HxW (default: the checkpoint's training size, else 240x320)")
+                      help=f"input size, {images.SIZE_HELP} (default: the checkpoint's training size, else 240x320)")
   parser.add_argument('--dynamic-batch', action='store_true', help='a symbolic batch axis instead of 1')
   parser.add_argument('--fp16', action='store_true', help='float16 weights and activations (see the module doc)')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f'--out {out} is a folder; give a file name')
   if not out.parent.is_dir():
     parser.error(f'--out {out}: folder {out.parent} does not exist')
+  try:
+    checkpointing.check_writable(out.parent)  # before the export: a read-only place fails now
+  except OSError as e:
+    parser.error(f'--out {out}: cannot write there ({e})')
   try:
     loaded = convert.load_model(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
     print(loaded.describe(args.size))

@@ -29,7 +29,9 @@ Definitions (docs/evaluation.md#metrics). A depth pixel is valid when `min_depth
 Undefined values (no valid pixel, no labelled pixel, non-finite results) are None, never NaN.
 
 The reference's own validation protocol (`--protocol reference`) is `reference_frame_stats` +
-`ReferenceAccumulator`; see there.
+`ReferenceAccumulator`, its corridor evaluation `corridor_reference_frame_stats` +
+`CorridorReferenceAccumulator`, and its per-frame evaluation (`--protocol reference-frames`)
+`FramesReferenceAccumulator` (on the host, in numpy, as it computes); see there.
 """
 
 from __future__ import annotations
@@ -564,4 +566,70 @@ class CorridorReferenceAccumulator:
         'bins': {name: block(index[name]) for name in self.bin_names},
         'regions': {name: block(index[name]) for name in ('top', 'bottom')},
         'sensor': sensor,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference's per-frame evaluation (`--protocol reference-frames`).
+# ------------------------------------------------------------------------------------------------
+
+def frames_reference_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+  """One frame's numbers as the reference's `run_student_evaluation.py` computes them, with its numpy
+  operations on its dtypes (float32 maps), so that they are its numbers to the last bit.
+
+  Valid pixels: 0.1 < g < 5 (m; float32 comparisons) and g not NaN; a frame with fewer than 100 is
+  undefined (NaN). RMSE, MAE, AbsRel = mean(|p - g| / max(g, 0.01)), delta1 = 100 x the fraction
+  with max(p / max(g, 0.01), g / max(p, 0.01)) < 1.25 (percent, as it reports).
+
+  Args:
+    pred: [H, W] float32 predicted depth, metres.
+    gt: [H, W] float32 sensor depth resized by OpenCV's nearest neighbour (no window applied).
+  Returns:
+    {'rmse', 'mae', 'abs_rel', 'delta1', 'valid_pixels'}.
+  """
+  valid = (gt > 0.1) & (gt < 5.0) & ~np.isnan(gt)
+  n = int(valid.sum())
+  if n < MIN_VALID_PIXELS:
+    return {'rmse': math.nan, 'mae': math.nan, 'abs_rel': math.nan, 'delta1': math.nan, 'valid_pixels': n}
+  p, g = pred[valid], gt[valid]
+  diff = np.abs(p - g)
+  ratio = np.maximum(p / np.clip(g, 0.01, None), g / np.clip(p, 0.01, None))
+  return {'rmse': float(np.sqrt(np.mean(diff ** 2))), 'mae': float(np.mean(diff)),
+          'abs_rel': float(np.mean(diff / np.clip(g, 0.01, None))),
+          'delta1': float((ratio < 1.25).mean() * 100.0), 'valid_pixels': n}
+
+
+class FramesReferenceAccumulator:
+  """The reference's per-frame evaluation from the eval step's `frame_mask`, `index`, `depth` and
+  `gt_depth` (the whole maps, brought to the host: the numbers are computed there, in numpy, as the
+  reference does; `frames_reference_metrics`).
+
+  `result()`: `num_frames`, `num_frames_skipped` (fewer than 100 valid pixels), `depth` {rmse, mae,
+  abs_rel, delta1}: the means over the other frames (delta1 a fraction: the reference's mean
+  percentage / 100), `std`: their population standard deviations (the reference's `+/-`), and
+  `frames`: every frame's numbers (`index`, the four metrics, `valid_pixels`; None where undefined).
+  """
+
+  def __init__(self):
+    self._frames: list[dict[str, float]] = []
+
+  def update(self, stats: Mapping[str, Any]) -> None:
+    frames = _real_frames(stats)
+    for index, p, g in zip(frames['index'], frames['depth'], frames['gt_depth']):
+      self._frames.append({'index': int(index), **frames_reference_metrics(p, g)})
+
+  def result(self) -> dict[str, Any]:
+    counted = [f for f in self._frames if not math.isnan(f['rmse'])]
+    keys = ('rmse', 'mae', 'abs_rel', 'delta1')
+    scale = {'delta1': 100.0}
+
+    def reduce(fn):
+      return {k: _json_float(fn([f[k] for f in counted]) / scale.get(k, 1.0)) if counted else None for k in keys}
+
+    return {
+        'num_frames': len(self._frames),
+        'num_frames_skipped': len(self._frames) - len(counted),
+        'depth': reduce(np.mean),
+        'std': reduce(np.std),
+        'frames': [{k: (_json_float(v) if k in keys else v) for k, v in f.items()} for f in self._frames],
     }

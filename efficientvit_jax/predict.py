@@ -166,18 +166,31 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--out', required=True, help='output folder')
   parser.add_argument('--size', type=images_lib.parse_size, default=None,
-                      help="model input size HxW (default: the checkpoint's training size, else 240x320)")
+                      help=f"model input size, {images_lib.SIZE_HELP} (default: the checkpoint's training size, "
+                           'else 240x320)')
   parser.add_argument('--native-size', action='store_true', help="outputs at each image's own size")
   parser.add_argument('--save-logits', action='store_true', help='also write <stem>_seg_logits.npy')
   parser.add_argument('--depth-png', action='store_true',
                       help='also write <stem>_depth_mm.png (16-bit, millimetres)')
-  parser.add_argument('--batch-size', type=int, default=8)
+  parser.add_argument('--batch-size', type=int, default=8,
+                      help=f'images a forward pass (default 8; at most {images_lib.MAX_BATCH_PIXELS:,} pixels a batch)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('--overwrite', action='store_true', help='replace existing outputs in --out')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
+  if args.batch_size < 1:
+    parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+  batch_size = min(args.batch_size, len(args.images))  # no padding beyond the images given
+  out_dir = pathlib.Path(args.out)
+  try:
+    if args.size is not None:
+      images_lib.check_batch_pixels(args.size, batch_size)
+  except ValueError as e:
+    parser.error(str(e))
+  if out_dir.exists() and not out_dir.is_dir():
+    parser.error(f'--out {out_dir} is a file; predict writes a folder of outputs')
   runtime.enable_compilation_cache(args.compilation_cache)
   try:
     rgbs = [read_rgb(p) for p in args.images]
@@ -188,17 +201,21 @@ def main(argv: list[str] | None = None) -> int:
   except (ImageError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  out_dir = pathlib.Path(args.out)
   suffixes = ('_depth.npy', '_seg.png', '_panel.png') + (('_seg_logits.npy',) if args.save_logits else ())
   existing = [out_dir / f'{stem}{s}' for stem in stems for s in suffixes if (out_dir / f'{stem}{s}').exists()]
   if existing and not args.overwrite:
     print(f'error: {existing[0]} already exists ({len(existing)} outputs in all); choose another --out or '
           'pass --overwrite', file=sys.stderr)
     return 2
-  out_dir.mkdir(parents=True, exist_ok=True)
-  print(loaded.describe(args.size))
   size = loaded.input_size(args.size)
-  predictor = Predictor(loaded.model, size, args.batch_size)
+  try:
+    checkpointing.check_writable(out_dir)  # before predicting: a read-only place fails now
+    images_lib.check_batch_pixels(size, batch_size)  # the checkpoint's size, when --size gave none
+  except (OSError, ValueError) as e:
+    print(f'error: cannot write --out: {e}' if isinstance(e, OSError) else f'error: {e}', file=sys.stderr)
+    return 2
+  print(loaded.describe(args.size))
+  predictor = Predictor(loaded.model, size, batch_size)
   resized = [images_lib.resize_rgb(rgb, size) for rgb in rgbs]
   outputs = predictor(np.stack(resized).astype(np.float32) / 255.0)
   for i, (stem, rgb) in enumerate(zip(stems, rgbs)):

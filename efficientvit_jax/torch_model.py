@@ -3,9 +3,9 @@
 An encoder of the family (timm `efficientvit_b0..b3` with `features_only=True`, or torchvision
 `mobilenet_v3_small().features` with the reference's skips) plus the reference's neck, two
 skip-connected decoders and heads (`models/student.py`). Module attribute names are chosen so that
-`DepthSegNet(backbone=...).state_dict()` has exactly the reference's keys (358 for B1), e.g.
-`encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`, `encoder.4.block.2.fc1.weight`,
-`depth_d1.fuse.1.running_var`.
+`DepthSegNet(backbone=...).state_dict()` has exactly the reference's keys in its order (358 for
+B1), e.g. `encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`,
+`encoder.4.block.2.fc1.weight`, `depth_d1.fuse.1.running_var`.
 
 It serves as the oracle for the JAX model in tests, as the target layout of `orbax-to-torch` and
 as the baseline of `benchmarks/train_step.py --torch`. Only torch and `backbones.py` (the
@@ -280,12 +280,14 @@ class DepthSegNet(nn.Module):
     self.register_buffer('img_std', torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
     self.encoder = make_encoder(backbone)
     self.neck = nn.Sequential(nn.Conv2d(skips[3], 128, 1), nn.BatchNorm2d(128), nn.ReLU())
+    # Registration order = the reference's (each task's decoder, then its head): the order of
+    # named_parameters(), hence of an optimiser's state (convert.torch_training_state).
     for task in ('depth', 'seg'):
       self.add_module(f'{task}_d1', DecoderBlock(128, skips[2], 64))
       self.add_module(f'{task}_d2', DecoderBlock(64, skips[1], 32))
       self.add_module(f'{task}_d3', DecoderBlock(32, skips[0], 16))
-    self.depth_head = nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU())
-    self.seg_head = nn.Conv2d(16, num_classes, 1)
+      self.add_module(f'{task}_head', nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU()) if task == 'depth'
+                      else nn.Conv2d(16, num_classes, 1))
 
   def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
     """[N, 3, H, W] in [0, 1] -> the 4 encoder maps [N, C_i, ceil(H/s_i), ceil(W/s_i)]."""

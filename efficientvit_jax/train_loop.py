@@ -230,6 +230,7 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
   kendall = {k: checkpointing.to_host(v) for k, v in state['kendall'].items()}
   frozen_steps = run.freeze_steps if run.bn_frozen else 0  # encoder BatchNorms in eval mode meanwhile
   meta = {'step': step, 'epoch': step // run.steps_per_epoch,
+          'steps_per_epoch': run.steps_per_epoch, 'num_steps': run.total_steps,  # the plan (convert.planned_epochs)
           **convert.counters_meta(run.counters, step, frozen_steps=frozen_steps), 'source': run.source,
           'backbone': run.config.model.backbone, 'input_size': list(run.config.data.input_size),
           'config': json.loads(run.config.to_json()), 'metrics': metrics}

@@ -108,3 +108,41 @@ def synthetic_tiny(tmp_path_factory):
     synthetic.generate(str(path), seed=0, size='tiny')
     (path / '.complete').touch()
   return path
+
+
+def run_command(args, expect, timeout=300, cwd=None):
+  """`python ARGS` in the checkout (JAX on the CPU, the suite's compilation cache): asserts exit code
+  `expect` and no traceback; when `expect` is 2, also exactly one line holding 'error:' (argparse's
+  usage lines may precede it). Returns (the process, that line or None)."""
+  import subprocess
+  import sys
+
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
+  proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if 'error:' in line]
+  if expect == 2:
+    assert len(errors) == 1, proc.stderr[-3000:]
+  return proc, errors[0] if errors else None
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A folder nothing can be written into, by root too: chmod 0o555, and as root `chattr +i`
+  (immutable; skipped where the file system or the container does not allow it)."""
+  import shutil
+  import subprocess
+
+  path = tmp_path / 'read_only'
+  path.mkdir()
+  path.chmod(0o555)
+  root = os.geteuid() == 0
+  if root and (not shutil.which('chattr') or subprocess.run(['chattr', '+i', str(path)], capture_output=True).returncode):
+    path.chmod(0o755)
+    pytest.skip('as root, a read-only folder needs chattr +i, which is not available here')
+  yield path
+  if root:
+    subprocess.run(['chattr', '-i', str(path)], check=True)
+  path.chmod(0o755)

@@ -104,6 +104,9 @@ def test_device_check_cpu_mode_reports_every_part(tmp_path):
   assert code == (0 if decoded else 1)
   parts = report['parts']
   assert {'jax', 'flax', 'torch'} <= set(parts['env']['versions'])
+  # Here every import works and `make setup`'s versions meet every range of the walk.
+  assert parts['env']['import_failures'] == {} and parts['env']['requirements'] == []
+  assert set(parts['env']['carried']) == {'grain', 'array-record', 'ml-collections', 'tensorboardx', 'portpicker'}
   assert [r['variant'] for r in parts['parity']['rows']] == ['float32', 'bfloat16']
   assert all(r['within_tolerance'] for r in parts['parity']['rows'])
   for dtype in ('bfloat16', 'float32'):
@@ -175,7 +178,11 @@ def test_device_check_markdown_of_a_gpu_report():
             'wall_s': 400.0, 'parts': {
                 'env': {'status': 'ok', 'wall_s': 9, 'limit_s': 60, 'python': '3.12.3', 'torch_device': 'NVIDIA H200',
                         'jax_devices': ['gpu:NVIDIA H200'], 'nvidia_smi': 'NVIDIA H200, 580.159.03, 143771 MiB',
-                        'torch_cuda': '13.0', 'cudnn': 91300, 'versions': {'jax': '0.11.2', 'torch': '2.11.0'}},
+                        'torch_cuda': '13.0', 'cudnn': 91300, 'versions': {'jax': '0.11.2', 'torch': '2.11.0'},
+                        'carried': {'grain': '0.2.18', 'portpicker': '1.6.0'}, 'import_failures': {},
+                        'requirements': [{'requirement': 'jax<0.11,>=0.10.2', 'required_by': 'pyproject.toml',
+                                          'found': '0.11.2'},
+                                         {'requirement': 'protobuf>=5.28.3', 'required_by': 'grain', 'found': None}]},
                 'parity': {'status': 'ok', 'wall_s': 30, 'limit_s': 90, 'rows': [
                     {'variant': 'float32', 'precision': 'default', 'within_tolerance': False, **parity},
                     {'variant': 'float32_highest', 'precision': 'highest', 'within_tolerance': True, **parity}]},
@@ -192,6 +199,8 @@ def test_device_check_markdown_of_a_gpu_report():
   assert '| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 | 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |' in md
   assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
   assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
+  assert 'Carried (`make wheels`): grain 0.2.18, portpicker 1.6.0.' in md
+  assert '| `jax<0.11,>=0.10.2` | pyproject.toml | 0.11.2 |' in md and '| `protobuf>=5.28.3` | grain | missing |' in md
 
 
 def test_input_pipeline_table_on_given_data(tmp_path, synthetic_tiny, capsys):
@@ -199,10 +208,30 @@ def test_input_pipeline_table_on_given_data(tmp_path, synthetic_tiny, capsys):
   _load('input_pipeline').main(['--root', str(synthetic_tiny), '--format', 'files', '--modes', 'nyu', '--threads', '1',
                                 '--batches', '2', '--batch-size', '2', '--size', '48x64', '--json', str(out)])
   result = json.loads(out.read_text())
-  assert [(r['format'], r['mode'], r['threads']) for r in result['results']] == [('files', 'nyu', 1)]
+  assert [(r['format'], r['mode'], r['workers'], r['threads']) for r in result['results']] == [('files', 'nyu', 0, 1)]
   assert result['results'][0]['images_per_s'] > 0 and result['png_decode_frames_per_s'] > 0
-  assert '| files | nyu |' in capsys.readouterr().out
+  assert '| files | nyu | 0 |' in capsys.readouterr().out
   assert not (synthetic_tiny / 'decoded').exists()  # --format files writes nothing into the root
+
+
+@pytest.mark.e2e
+def test_input_pipeline_with_worker_processes_repeated(tmp_path, synthetic_tiny, capsys):
+  out = tmp_path / 'pipeline.json'
+  _load('input_pipeline').main(['--root', str(synthetic_tiny), '--format', 'files', '--modes', 'nyu', '--threads', '1',
+                                '--workers', '0,1', '--repeats', '2', '--batches', '2', '--batch-size', '2',
+                                '--size', '48x64', '--json', str(out)])
+  result = json.loads(out.read_text())
+  assert [(r['workers'], len(r['runs'])) for r in result['results']] == [(0, 2), (1, 2)]
+  assert all(r['images_per_s'] > 0 for r in result['results'])
+  text = capsys.readouterr().out
+  assert '| files | nyu | 0 |' in text and '| files | nyu | 1 |' in text and 'median of 2' in text
+
+
+@pytest.mark.parametrize('args', [['--workers', '-1'], ['--threads', '0'], ['--workers', 'two'], ['--repeats', '0']])
+def test_input_pipeline_rejects_bad_counts(args, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _load('input_pipeline').main(args)
+  assert exit_info.value.code == 2 and args[0] in capsys.readouterr().err
 
 
 def test_latency_rejects_bad_batch_sizes(capsys):

@@ -16,7 +16,7 @@ from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
 
-from conftest import DATA, backbone_fixture
+from conftest import DATA, backbone_fixture, run_command
 
 FIXTURE = DATA / 'student_random.pt'
 
@@ -186,6 +186,31 @@ def test_batchnorm_counters(reference_ckpt):
   assert convert.start_counters(stats, resumed={**reference_ckpt.meta, **meta}) == init
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize('case', ['read_only', 'float16', 'bfloat16', 'pickle_opcode'])
+def test_command_line_refusals(tmp_path, read_only_dir, case):
+  """Through the command line, one line and exit 2: a destination in a read-only place (before the
+  source is read: it does not exist); a half-precision .pt named by its dtype before anything
+  else is checked; a file the weights-only unpickler refuses for something other than a class
+  (a pickle-protocol-5 opcode) still gets the --allow-pickle hint."""
+  obj = _fixture()
+  src, dst = tmp_path / f'{case}.pt', tmp_path / 'out'
+  if case == 'read_only':
+    src, dst = tmp_path / 'none.pt', read_only_dir / 'out'
+    expect = f'cannot write {dst}: {read_only_dir}'
+  elif case == 'pickle_opcode':
+    torch.save({**obj, 'notes': bytearray(b'x')}, src, pickle_protocol=5)
+    expect = 'refuses; if you trust the file, rerun with --allow-pickle'
+  else:
+    dtype = getattr(torch, case)
+    torch.save({**obj, 'model': {k: v.to(dtype) if v.is_floating_point() else v for k, v in obj['model'].items()}}, src)
+    expect = f'has dtype {case}, expected float32'
+  _, line = run_command(['-m', 'efficientvit_jax.convert', 'torch-to-orbax', src, dst], 2)
+  assert line.startswith('error: ') and expect in line, line
+  assert not dst.exists() and not any(read_only_dir.iterdir())
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, 'read_only'} - {'none.pt'})
+
+
 # --------------------------------------------------------------------------------------------------
 # Every backbone
 
@@ -208,7 +233,7 @@ def test_backbone_fixture_round_trip_is_bit_exact(tmp_path, backbone):
   assert meta['backbone'] == backbone and meta['input_size'] == [240, 320]
   assert convert.main(['orbax-to-torch', str(folder), str(back)]) == 0
   original, result = fixture['pt'], torch.load(back, weights_only=True)
-  assert set(result['model']) == set(original['model'])  # every key (the order is the twin's)
+  assert list(result['model']) == list(original['model'])  # every key, in the reference's order
   for key, value in original['model'].items():
     assert result['model'][key].dtype == value.dtype and torch.equal(result['model'][key], value), key
   assert result['config']['BACKBONE'] == backbone and result['config']['INPUT_HEIGHT'] == 240

@@ -1,12 +1,16 @@
-"""grain pipelines: V8 composition, process slices, resume, eval padding, bad frames."""
+"""grain pipelines: V8 composition, process slices, resume, eval padding, bad frames, worker processes."""
 
 import collections
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from configs import v8
@@ -178,59 +182,165 @@ def test_resolve_paths():
   assert p['nyu_root'] == '/n' and p['nyu_teacher_manifest'] == '/t/m.jsonl'
 
 
-def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
-  """A truncated PNG and a missing depth file among the first batch's LILocBench frames."""
-  config = config_for(scaled, steps=2)
+def _damaged_lilocbench(scaled, tmp_path, steps=(0,)):
+  """A copy of the LILocBench manifest whose first LILocBench frames of the joint batch (16) at
+  each of `steps` are bad: at the first step a truncated PNG then a missing depth file, at the
+  others a truncated PNG. Returns (its path, the number of bad frames)."""
   manifest = os.path.join(scaled, 'lilocbench', 'manifest.jsonl')
   lines = [json.loads(l) for l in open(manifest)]
   reader = readers.LilocbenchReader(manifest, 'train')
-  domain, index = mixing.global_batch('joint', {'nyu': 32, 'lilocbench': len(reader)}, 16, 0, 0,
-                                      {'nyu': 0.5, 'lilocbench': 0.5})
-  first = [reader.frame_index(int(i)) for i in index[domain == 1][:2]]
-  data = open(lines[first[0]]['rgb'], 'rb').read()
-  (tmp_path / 'trunc.png').write_bytes(data[:len(data) // 3])
-  lines[first[0]]['rgb'] = str(tmp_path / 'trunc.png')
-  lines[first[1]]['sensor_depth'] = str(tmp_path / 'missing.npy')
+  bad = 0
+  for step in steps:
+    domain, index = mixing.global_batch('joint', {'nyu': 32, 'lilocbench': len(reader)}, 16, step, 0,
+                                        {'nyu': 0.5, 'lilocbench': 0.5})
+    frames = [reader.frame_index(int(i)) for i in index[domain == 1][:2 if step == steps[0] else 1]]
+    data = open(lines[frames[0]]['rgb'], 'rb').read()
+    (tmp_path / f'trunc{step}.png').write_bytes(data[:len(data) // 3])
+    lines[frames[0]]['rgb'] = str(tmp_path / f'trunc{step}.png')
+    if len(frames) > 1:
+      lines[frames[1]]['sensor_depth'] = str(tmp_path / 'missing.npy')
+    bad += len(frames)
   (tmp_path / 'lil').mkdir()
-  bad = tmp_path / 'lil' / 'manifest.jsonl'
-  bad.write_text(''.join(json.dumps(l) + '\n' for l in lines))
-  config.data.lilocbench.manifest = str(bad)
-  with pytest.raises(readers.BadFrameError, match=r'(trunc\.png|missing\.npy).*line \d+'):
+  out = tmp_path / 'lil' / 'manifest.jsonl'
+  out.write_text(''.join(json.dumps(l) + '\n' for l in lines))
+  return str(out), bad
+
+
+def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path):
+  """A truncated PNG and a missing depth file among the first batch's LILocBench frames."""
+  config = config_for(scaled, steps=2)
+  config.data.lilocbench.manifest, _ = _damaged_lilocbench(scaled, tmp_path)
+  with pytest.raises(readers.BadFrameError, match=r'(trunc0\.png|missing\.npy).*line \d+'):
     next(datasets.train_iterator(config))
   config.data.skip_bad_frames = True
   it = datasets.train_iterator(config)
   batch = next(it)
   assert (batch['domain'] == 1).sum() == 8 and it.skipped.count == 2
-  assert any('trunc.png' in m for m in it.skipped.messages)
+  assert any('trunc0.png' in m for m in it.skipped.messages)
   assert any('missing.npy' in m for m in it.skipped.messages)
   it.close()
   # Evaluation masks a skipped frame out instead of replacing it.
   ev = datasets.eval_iterator(config, 'lilocbench', 'train', batch_size=16)
-  masks = np.concatenate([b['frame_mask'] for b in ev])
-  assert masks.sum() == len(reader) - 2 and ev.skipped.count == 2
+  ev_batches = list(ev)
+  masks = np.concatenate([b['frame_mask'] for b in ev_batches])
+  assert masks.sum() == len(ev.reader) - 2 and ev.skipped.count == 2
+  assert batch.keys() == ev_batches[0].keys() - {'frame_mask'}  # the skip counts are taken out
 
 
-@pytest.mark.slow
-def test_multiprocessing_workers_give_the_same_batches(scaled):
+def _spawned_children() -> set[int]:
+  """pids of this process's multiprocessing 'spawn' children (grain's workers)."""
+  out = set()
+  for child in psutil.Process().children(recursive=True):
+    try:
+      if 'spawn_main' in ' '.join(child.cmdline()):
+        out.add(child.pid)
+    except psutil.NoSuchProcess:
+      pass
+  return out
+
+
+@pytest.mark.e2e
+def test_worker_processes_give_the_same_batches_and_skip_counts(scaled, tmp_path):
+  """data.num_workers=2 (worker w makes batches w, w + 2, ...) against the threads alone: the same
+  batches bit for bit, bad frames of batches made by both workers counted, no worker left after
+  the end; without skipping, a bad frame met by the second worker stops the iterator naming it,
+  and its workers are gone when the error arrives."""
+  config = config_for(scaled, steps=3)
+  config.data.lilocbench.manifest, bad = _damaged_lilocbench(scaled, tmp_path, steps=(0, 1))
+  config.data.skip_bad_frames = True
+  threads = datasets.train_iterator(config)
+  expected = list(threads)
+  assert threads.skipped.count == bad == 3
+  before = _spawned_children()
+  config.data.num_workers = 2
+  workers = datasets.train_iterator(config)
+  got = [next(workers)]
+  assert len(_spawned_children() - before) == 2
+  got += list(workers)  # the end closes the iterator
+  assert len(got) == 3 and workers.step == 3
+  for a, b in zip(expected, got):
+    assert_same(a, b)
+  assert workers.skipped.count == bad
+  assert not _spawned_children() - before
+  config.data.skip_bad_frames = False
+  (tmp_path / 'late').mkdir()
+  config.data.lilocbench.manifest, _ = _damaged_lilocbench(scaled, tmp_path / 'late', steps=(1,))
+  workers = datasets.train_iterator(config)
+  next(workers)
+  with pytest.raises(readers.BadFrameError, match=r'(trunc1\.png|missing\.npy).*line \d+'):
+    next(workers)
+  assert not _spawned_children() - before
+  workers.close()
+
+
+@pytest.mark.e2e
+def test_bad_frame_in_a_worker_stops_train_py_cleanly(tmp_path, synthetic_tiny):
+  """train.py with data.num_workers=2 and every NYU training image truncated: exit 2 with one
+  `error:` line naming an image, no traceback, no hang, and no process of the run left behind."""
+  data = tmp_path / 'data'
+  shutil.copytree(synthetic_tiny, data)
+  cache = data / 'nyu' / 'nyu_cache'
+  for i in (cache / 'train_indices.txt').read_text().split():
+    png = cache / 'rgb' / f'{int(i):05d}.png'
+    png.write_bytes(png.read_bytes()[:200])
+  mark = f'{os.getpid()}-{tmp_path.name}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, EVIT_TEST_RUN=mark)
+  cmd = [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(tmp_path / 'w'),
+         f'--config.data.root={data}', '--config.batch_size=2', '--config.data.input_size=(64,64)',
+         '--config.data.eval_sets=()', '--config.data.num_threads=1', '--config.data.num_workers=2',
+         '--config.num_train_steps=4']
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'nyu_cache/rgb/' in errors[0] and 'cannot decode image' in errors[0], errors
+  left = []
+  for p in psutil.process_iter():
+    try:
+      if p.environ().get('EVIT_TEST_RUN') == mark:
+        left.append(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+      pass
+  assert not left
+
+
+def _alive(pid: int) -> bool:
+  try:
+    return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+  except psutil.NoSuchProcess:
+    return False
+
+
+@pytest.mark.e2e
+def test_workers_end_with_a_killed_parent(scaled, tmp_path):
+  """A process killed (SIGKILL: no close, no exit handlers) while its grain workers wait on a full
+  queue: the workers end within seconds instead of living on as orphans."""
   script = f'''
-import numpy as np
-from absl import app
+import os, signal, psutil
 from configs import v8
 from data_pipelines import datasets
-def main(_):
-  c = v8.get_config()
-  c.data.root, c.data.input_size, c.batch_size, c.num_train_steps = {scaled!r}, (48, 64), 8, 3
-  ref = list(datasets.train_iterator(c))
-  c.data.num_workers = 2
-  it = datasets.train_iterator(c)
-  got = list(it)
-  it.close()
-  assert len(got) == 3
-  for a, b in zip(ref, got):
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k])
-app.run(main)
+config = v8.get_config()
+config.data.root, config.data.input_size, config.data.num_workers = {scaled!r}, (48, 64), 2
+config.batch_size, config.num_train_steps = 16, 8
+it = datasets.train_iterator(config)
+next(it)
+print('workers:', *(c.pid for c in psutil.Process().children() if 'spawn_main' in ' '.join(c.cmdline())), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
 '''
-  res = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
+  out = tmp_path / 'out.txt'
+  with open(out, 'w') as f:  # a file, not a pipe: orphans holding a pipe would stall the run itself
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=f, stderr=subprocess.STDOUT, timeout=120)
+  assert proc.returncode == -signal.SIGKILL, out.read_text()[-3000:]
+  line, = (l for l in out.read_text().splitlines() if l.startswith('workers:'))
+  pids = [int(p) for p in line.split()[1:]]
+  assert len(pids) == 2
+  deadline = time.monotonic() + 10
+  try:
+    while any(_alive(p) for p in pids):
+      assert time.monotonic() < deadline, 'grain workers outlived their parent'
+      time.sleep(0.2)
+  finally:
+    for p in pids:
+      if _alive(p):
+        os.kill(p, signal.SIGKILL)

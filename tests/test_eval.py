@@ -11,10 +11,16 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, run_command
 
 PT = str(DATA / 'student_random.pt')
 SIZE = '96x128'
+# NYU40 -> 6 classes (docs/data.md), written out independently.
+_SIX = np.full(41, 5)
+_SIX[0] = 255
+for _ids, _c in (((2, 20), 0), ((1, 8, 9, 22), 1), ((31,), 2),
+                 ((3, 4, 5, 6, 7, 10, 12, 14, 15, 17, 24, 32, 33, 34, 36, 39), 3), ((19,), 4)):
+  _SIX[list(_ids)] = _c
 
 
 def _run(tmp_path, name, *args):
@@ -111,22 +117,99 @@ def test_pt_and_converted_folder_agree(tmp_path, synthetic_tiny, reference_folde
   assert a == b
 
 
+def _reference_batch_metrics(pred, gt, seg_pred, gt_seg, num_classes=6):
+  """The reference train.py's `compute_metrics` of one validation batch, in numpy: RMSE over gt > 0
+  pooled over the batch; per class IoU = |pred = c & gt = c| / |pred = c | gt = c| over all pixels
+  (255 counted as no class), mean over classes with a non-empty union."""
+  valid = gt > 0
+  rmse = float(np.sqrt(np.mean((pred[valid] - gt[valid]) ** 2))) if valid.any() else 0.0
+  ious = [np.sum((seg_pred == c) & (gt_seg == c)) / np.sum((seg_pred == c) | (gt_seg == c))
+          for c in range(num_classes) if np.sum((seg_pred == c) | (gt_seg == c))]
+  return rmse, float(np.mean(ious)) if ious else 0.0
+
+
 @pytest.mark.e2e
 def test_reference_protocol(tmp_path, synthetic_tiny):
+  """The reference's NYU validation recomputed from its loader's description: ground-truth depth
+  `Image.fromarray(depth).resize((W, H), Image.BILINEAR)` (PIL, antialiased), labels the SAM2
+  teacher's resized by PIL's nearest, then its batch metrics (one batch of 16 holds all 5 frames)."""
   preds = tmp_path / 'preds'
-  result, _ = _run(tmp_path, 'ref', '--checkpoint', PT, '--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'),
-                   '--split', 'all', '--protocol', 'reference', '--save-predictions', str(preds))
-  assert result['protocol'] == 'reference'
-  # One batch of 16 holds all 5 frames: the pooled RMSE over gt > 0 of that batch.
-  sq = n = 0
-  for f in sorted(os.listdir(preds)):
-    if f.endswith('_gt_depth.npy'):
-      g = np.load(preds / f)
-      p = np.load(preds / f.replace('_gt_depth', '_depth'))
-      sq += np.sum((p[g > 0] - g[g > 0]) ** 2)
-      n += np.sum(g > 0)
-  assert result['depth']['rmse'] == pytest.approx(np.sqrt(sq / n), rel=1e-5)
-  assert 0 <= result['seg']['miou'] <= 1
+  result, out = _run(tmp_path, 'ref', '--checkpoint', PT, '--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'),
+                     '--split', 'all', '--protocol', 'reference', '--save-predictions', str(preds))
+  assert result['protocol'] == 'reference' and result['num_frames'] == 5
+  h, w = (int(v) for v in SIZE.split('x'))
+  nyu = synthetic_tiny / 'nyu'
+  lines = (nyu / 'teacher' / 'manifest.jsonl').read_text().splitlines()
+  teacher = {json.loads(line)['stem']: json.loads(line) for line in lines}
+  stems = sorted(f[:-len('_gt_depth.npy')] for f in os.listdir(preds) if f.endswith('_gt_depth.npy'))
+  pred, gt, seg_pred, gt_seg = [], [], [], []
+  for stem in stems:
+    frame = stem.split('_')[1]
+    depth = np.load(nyu / 'nyu_cache' / 'depth' / f'{frame}.npy')
+    gt.append(np.array(Image.fromarray(depth).resize((w, h), Image.BILINEAR), dtype=np.float32))
+    sam2 = teacher.get(frame, {}).get('sam2_seg')  # else the reference falls back to the human labels
+    labels = (np.load(nyu / 'teacher' / sam2) if sam2 else _SIX[np.load(nyu / 'nyu_cache' / 'seg' / f'{frame}.npy')])
+    labels = labels.astype(np.int32)
+    gt_seg.append(np.array(Image.fromarray(labels).resize((w, h), Image.NEAREST)))
+    pred.append(np.load(preds / f'{stem}_depth.npy'))
+    seg_pred.append(np.asarray(Image.open(preds / f'{stem}_seg.png')).astype(np.int32))
+    np.testing.assert_array_equal(np.load(preds / f'{stem}_gt_depth.npy'), gt[-1])  # as used
+  rmse, miou = _reference_batch_metrics(*(np.stack(x) for x in (pred, gt, seg_pred, gt_seg)))
+  assert result['depth']['rmse'] == pytest.approx(rmse, rel=1e-6)
+  assert result['seg']['miou'] == pytest.approx(miou, rel=1e-12)
+  assert 'PIL\'s antialiased bilinear' in out.with_suffix('.md').read_text()
+
+
+def _student_evaluation(frames, size):
+  """The reference's run_student_evaluation.py on our predictions: per frame the sensor depth resized
+  by OpenCV's nearest (source index floor(i * n_in / n_out)), valid 0.1 < g < 5 and not NaN, at least
+  100 valid pixels; RMSE, MAE, AbsRel with g clipped at 0.01, delta1 in percent; means over frames."""
+  h, w = size
+  rows = []
+  for depth_file, pred in frames:
+    sensor = np.load(depth_file)
+    ys, xs = np.arange(h) * sensor.shape[0] // h, np.arange(w) * sensor.shape[1] // w
+    g = sensor[ys][:, xs]
+    valid = (g > 0.1) & (g < 5.0) & ~np.isnan(g)
+    if valid.sum() < 100:
+      rows.append(None)
+      continue
+    p, g = pred[valid], g[valid]
+    diff = np.abs(p - g)
+    ratio = np.maximum(p / np.clip(g, 0.01, None), g / np.clip(p, 0.01, None))
+    rows.append({'rmse': float(np.sqrt(np.mean(diff ** 2))), 'mae': float(np.mean(diff)),
+                 'abs_rel': float(np.mean(diff / np.clip(g, 0.01, None))),
+                 'delta1': float((ratio < 1.25).mean() * 100.0), 'valid_pixels': int(valid.sum())})
+  counted = [r for r in rows if r]
+  means = {k: float(np.mean([r[k] for r in counted])) for k in ('rmse', 'mae', 'abs_rel', 'delta1')}
+  return rows, means
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('dataset', ['corridor', 'nyu'])
+def test_reference_frames_protocol(tmp_path, synthetic_tiny, dataset):
+  preds = tmp_path / 'preds'
+  data = synthetic_tiny / dataset
+  result, out = _run(tmp_path, 'frames', '--checkpoint', PT, '--dataset', dataset, '--data', str(data),
+                     '--split', 'all', '--protocol', 'reference-frames', '--save-predictions', str(preds))
+  if dataset == 'corridor':  # the frames folder the reference reads: rgb/<stem>.png, depth/<stem>.npy
+    lines = [json.loads(line) for line in (data / 'manifest.jsonl').read_text().splitlines()]
+    depth_file = lambda i: data / lines[i]['sensor_depth']
+  else:
+    depth_file = lambda i: data / 'nyu_cache' / 'depth' / f'{i:05d}.npy'
+  stems = [f'{dataset}_{r["index"]:05d}' for r in result['frames']]
+  frames = [(depth_file(r['index']), np.load(preds / f'{stem}_depth.npy')) for r, stem in zip(result['frames'], stems)]
+  rows, means = _student_evaluation(frames, tuple(int(v) for v in SIZE.split('x')))
+  assert result['num_frames'] == len(rows) and result['num_frames_skipped'] == rows.count(None)
+  assert rows.count(None) < len(rows)
+  for ours, ref in zip(result['frames'], rows):
+    if ref is None:
+      assert ours['rmse'] is None
+    else:
+      assert {k: ours[k] for k in ref} == ref  # to the last bit
+  for k, v in means.items():
+    assert result['depth'][k] * (100.0 if k == 'delta1' else 1.0) == pytest.approx(v, rel=1e-14, abs=1e-14)
+  assert 'Reference per-frame protocol' in out.with_suffix('.md').read_text()
 
 
 @pytest.mark.e2e
@@ -167,6 +250,27 @@ def test_bad_arguments(tmp_path, synthetic_tiny, capsys):
                            '--out', str(tmp_path / 'x.json')]) == 2
   assert 'manifest' in capsys.readouterr().err
   assert not (tmp_path / 'x.json').exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('case', ['out_read_only', 'predictions_read_only', 'batch_size_0', 'out_is_a_folder',
+                                  'absurd_size'])
+def test_command_line_refusals_before_the_evaluation(tmp_path, synthetic_tiny, read_only_dir, case):
+  """Exit 2 and one line naming the flag; the checkpoint named does not exist, so each refusal
+  came before anything was loaded or evaluated, and nothing was written."""
+  out = tmp_path / 'r.json'
+  argv = {'--checkpoint': tmp_path / 'none.pt', '--dataset': 'nyu', '--data': synthetic_tiny / 'nyu', '--out': out}
+  extra, expect = {
+      'out_read_only': ({'--out': read_only_dir / 'r.json'}, f'cannot write --out: {read_only_dir}'),
+      'predictions_read_only': ({'--save-predictions': read_only_dir / 'p'}, 'cannot write --save-predictions'),
+      'batch_size_0': ({'--batch-size': '0'}, '--batch-size must be at least 1, got 0'),
+      'out_is_a_folder': ({'--out': tmp_path, '--overwrite': None}, 'is a folder; give the JSON file'),
+      'absurd_size': ({'--size': '240x99999'}, '--size: each side must be at most 4096'),
+  }[case]
+  argv.update(extra)
+  _, line = run_command(['eval.py', *[x for kv in argv.items() for x in kv if x is not None]], 2)
+  assert expect in line, line
+  assert not out.exists() and not any(read_only_dir.iterdir())
 
 
 @pytest.mark.e2e

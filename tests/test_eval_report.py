@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-from conftest import DATA
+from conftest import DATA, run_command
 
 PT = str(DATA / 'student_random.pt')
 
@@ -66,7 +66,7 @@ def _reference_corridor(manifest, preds, stems, size, min_depth=0.1, max_depth=5
   entries = [json.loads(line) for line in manifest.read_text().splitlines()]
   all_pred, all_gt = [], []
   for entry, stem in zip(entries, stems):
-    sensor = np.load(manifest.parent / (entry.get('sensor_depth') or entry['depth'])).astype(np.float32)
+    sensor = np.load(manifest.parent / entry['sensor_depth']).astype(np.float32)  # the key it reads
     all_gt.append(np.array(Image.fromarray(sensor).resize((w, h), Image.NEAREST), dtype=np.float32))
     all_pred.append(np.load(preds / f'{stem}_depth.npy'))
   all_pred, all_gt = np.array(all_pred), np.array(all_gt)
@@ -117,4 +117,46 @@ def test_reference_corridor_protocol_equals_its_script(tmp_path, synthetic_tiny)
   assert result['sensor']['zero_fraction'] == pytest.approx(expected['zero_fraction'])
   assert result['sensor']['far_fraction'] == pytest.approx(expected['far_fraction'])
   assert result['sensor']['failure_prediction']['mean'] == pytest.approx(expected['failure_mean'], rel=1e-5)
-  assert 'Reference corridor protocol' in out.with_suffix('.md').read_text()
+  notes = out.with_suffix('.md').read_text().split('\n\n', 1)[1]
+  assert 'Reference corridor protocol' in notes and 'pooled over all pixels' in notes
+  assert 'means over frames with' not in notes  # the default protocol's note would be wrong here
+
+
+def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result):
+  """`--compare` on results edited by hand: each refused naming the file and the key."""
+  good = json.loads(nyu_result.read_text())
+  edits = {
+      'depth.frame_mean.rmse': (lambda r: r['depth']['frame_mean'].update(rmse='0.5'), "must be a number or null, got '0.5'"),
+      'depth': (lambda r: r.update(depth=[1, 2]), 'depth must be an object'),
+      'depth.median_scaled': (lambda r: r['depth'].update(median_scaled=3), 'depth.median_scaled must be an object'),
+      'seg': (lambda r: r.update(seg='none'), 'seg must be an object'),
+      'seg.iou.floor': (lambda r: r['seg']['iou'].update(floor=[1]), 'seg.iou.floor must be a number or null'),
+      'seg.classes': (lambda r: r['seg'].update(classes='floor'), 'seg.classes must be a list of class names'),
+      'num_frames': (lambda r: r.update(num_frames='5'), "num_frames must be an integer, got '5'"),
+      'dataset': (lambda r: r.update(dataset=None), 'dataset must be a string'),
+      'baselines': (lambda r: r.update(baselines={'mean_depth_rmse': True}), 'baselines.mean_depth_rmse must be'),
+  }
+  for key, (edit, expect) in edits.items():
+    result = json.loads(json.dumps(good))
+    edit(result)
+    path = tmp_path / f'{key}.json'
+    path.write_text(json.dumps(result))
+    table, errors = eval_script.compare([str(nyu_result), str(path)])
+    assert not table and len(errors) == 1 and errors[0].startswith(f'{path}: ') and expect in errors[0], (key, errors)
+  # Values left out (null) or absent are shown as '—'.
+  result = json.loads(json.dumps(good))
+  result['depth']['frame_mean']['mae'] = None
+  del result['seg']['miou']
+  (tmp_path / 'sparse.json').write_text(json.dumps(result))
+  table, errors = eval_script.compare([str(tmp_path / 'sparse.json')])
+  assert not errors and '—' in table
+
+
+@pytest.mark.e2e
+def test_compare_command_line_on_a_hand_edited_result(tmp_path, nyu_result):
+  result = json.loads(nyu_result.read_text())
+  result['depth']['frame_mean']['rmse'] = '0.5'
+  path = tmp_path / 'edited.json'
+  path.write_text(json.dumps(result))
+  proc, line = run_command(['eval.py', '--compare', nyu_result, path], 2)
+  assert line == f"error: {path}: depth.frame_mean.rmse must be a number or null, got '0.5'" and not proc.stdout

@@ -11,8 +11,9 @@ import pytest
 
 from efficientvit_jax import convert
 from efficientvit_jax import export
+from efficientvit_jax import images
 from efficientvit_jax import predict
-from conftest import DATA
+from conftest import DATA, run_command
 
 PT = str(DATA / 'student_random.pt')
 
@@ -149,3 +150,18 @@ def test_latency_benchmark_smoke(tmp_path, capsys):
     assert 0 < r['median_ms'] <= r['p90_ms'] and r['threads'] >= 1
     assert r['ms_per_image'] == pytest.approx(r['median_ms'] / r['batch_size'])
   assert '| runtime | batch | median ms | p90 ms |' in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('case', ['read_only', 'absurd_size'])
+def test_command_line_refuses_before_exporting(tmp_path, read_only_dir, case):
+  """Through the command line: exit 2 and one line naming --out or --size, before the checkpoint is
+  read (it does not exist) and before anything is allocated or written."""
+  out = read_only_dir / 'm.onnx' if case == 'read_only' else tmp_path / 'm.onnx'
+  extra = ['--size', '65536x65536'] if case == 'absurd_size' else []
+  _, line = run_command(['-m', 'efficientvit_jax.export', '--checkpoint', tmp_path / 'none.pt', '--format', 'stablehlo',
+                         '--out', out, *extra], 2)
+  expect = (f'--out {out}: cannot write there' if case == 'read_only'
+            else f'--size: each side must be at most {images.MAX_SIDE}, got 65536x65536')
+  assert expect in line, line
+  assert not out.exists() and not any(read_only_dir.iterdir())

@@ -208,6 +208,38 @@ def test_reference_protocol():
   assert r['seg']['miou'] == pytest.approx(((1 / 8 + 3 / 4 + 0) / 3 + 0) / 2)
 
 
+def test_frames_reference_protocol():
+  """Per frame over 0.1 < g < 5 (both ends excluded), >= 100 pixels, g and p clipped at 0.01 in the
+  ratios; then plain means and population deviations over the counted frames (hand-computed)."""
+  h, w = 12, 12
+  gt = np.zeros((3, h, w), np.float32)
+  pred = np.full((3, h, w), 2.0, np.float32)
+  gt[0, :10] = 1.0  # 120 valid pixels: p = 2 everywhere -> |e| 1, ratio 2
+  gt[0, 10, :6] = [0.1, 5.0, np.nan, 0.05, 7.0, 0.0]  # none of these counts
+  gt[1, :10] = 2.5  # 120 valid pixels, half predicted 2.5
+  pred[1, :5] = 2.5
+  pred[1, 0, 0] = 0.0  # clipped to 0.01 in the ratio: still > 1.25
+  gt[2, :8] = 1.0  # 96 valid pixels: skipped
+  acc = metrics.FramesReferenceAccumulator()
+  stats = {'frame_mask': np.array([True, True, True, False]), 'index': np.arange(4),
+           'depth': np.concatenate([pred, pred[:1]]), 'gt_depth': np.concatenate([gt, gt[:1]])}
+  acc.update(stats)
+  r = acc.result()
+  assert (r['num_frames'], r['num_frames_skipped']) == (3, 1)
+  f0, f1, f2 = r['frames']
+  assert (f0['valid_pixels'], f1['valid_pixels'], f2['valid_pixels']) == (120, 120, 96)
+  assert f2['rmse'] is None and f2['index'] == 2
+  _approx(f0, dict(rmse=1.0, mae=1.0, abs_rel=1.0, delta1=0.0))
+  # Frame 1: 60 pixels exact (one of them predicted 0: error 2.5), 60 with error 0.5.
+  e = np.array([0.0] * 59 + [2.5] + [0.5] * 60)
+  _approx(f1, dict(rmse=math.sqrt(np.mean(e ** 2)), mae=np.mean(e), abs_rel=np.mean(e / 2.5), delta1=100 * 59 / 120))
+  rmses, d1 = [1.0, math.sqrt(np.mean(e ** 2))], [0.0, 100 * 59 / 120]
+  _approx(r['depth'], dict(rmse=np.mean(rmses), delta1=np.mean(d1) / 100))
+  _approx(r['std'], dict(rmse=np.std(rmses), delta1=np.std(d1) / 100))
+  json.dumps(r, allow_nan=False)
+  assert metrics.FramesReferenceAccumulator().result()['depth']['rmse'] is None
+
+
 def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
   """Independent float64 recomputation of the ours-protocol numbers."""
   def metric_set(p, g):

@@ -1,10 +1,14 @@
-"""The prediction CLI, end to end from a reference .pt, against the PyTorch twin."""
+"""The prediction CLI, end to end from a reference .pt, against the PyTorch twin; its refusals."""
+
+import argparse
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import DATA, run_command
+from efficientvit_jax import images
 from efficientvit_jax import predict
 from efficientvit_jax import torch_model
 
@@ -120,3 +124,37 @@ def test_python_api_on_uint8_images(tmp_path, random_pt):
   np.testing.assert_allclose(batch['depth'][1], predictor(frames[1], native_size=True)['depth'], atol=1e-6)
   with pytest.raises(ValueError, match='uint8'):
     predictor(frames.astype(np.float32) / 255)
+
+
+def test_size_limits_are_stated_and_checked():
+  assert images.parse_size(f'{images.MAX_SIDE}x{images.MIN_SIDE}') == (images.MAX_SIDE, images.MIN_SIDE)
+  with pytest.raises(argparse.ArgumentTypeError, match=f'at most {images.MAX_SIDE}'):
+    images.parse_size(f'240x{images.MAX_SIDE + 1}')
+  images.check_batch_pixels((4096, 4096), 2)  # 2**25 pixels: at the limit
+  with pytest.raises(ValueError, match='use --batch-size 436 or less'):
+    images.check_batch_pixels((240, 320), 437)
+  assert f'{images.MIN_SIDE} to {images.MAX_SIDE}' in images.SIZE_HELP
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize('case', ['batch_size_0', 'out_is_a_file', 'out_read_only', 'absurd_size', 'batch_too_big'])
+def test_command_line_refusals_before_any_work(tmp_path, read_only_dir, case):
+  """Each refusal: exit 2, one line naming the flag, nothing written. The checkpoint named does not
+  exist, so a refusal seen proves the check came before loading anything; a read-only --out is
+  found once the images and the checkpoint are read (they can fail without creating --out), before
+  the prediction."""
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / 'a.png')
+  (tmp_path / 'file').write_text('keep')
+  out = tmp_path / 'out'
+  args = {'batch_size_0': (['--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+          'out_is_a_file': (['--out', tmp_path / 'file'], 'is a file; predict writes a folder'),
+          'out_read_only': (['--out', read_only_dir / 'sub', '--checkpoint', DATA / 'student_random.pt'],
+                            'cannot write --out'),
+          'absurd_size': (['--size', '100000x100000'], f'--size: each side must be at most {images.MAX_SIDE}'),
+          'batch_too_big': (['--size', '4096x4096', '--batch-size', '4'], 'use --batch-size 2 or less')}[case]
+  argv = {'--checkpoint': tmp_path / 'none.pt', '--out': out}
+  argv.update(zip(args[0][::2], args[0][1::2]))
+  images_in = [tmp_path / 'a.png'] * (3 if case == 'batch_too_big' else 1)
+  _, line = run_command(['-m', 'efficientvit_jax.predict', *[x for kv in argv.items() for x in kv], *images_in], 2)
+  assert args[1] in line, line
+  assert not out.exists() and (tmp_path / 'file').read_text() == 'keep' and not any(read_only_dir.iterdir())

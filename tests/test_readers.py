@@ -188,6 +188,23 @@ def test_corridor_reader_window_and_confidence(root):
     readers.make_file_reader('corridor', 'train', p)
 
 
+def test_corridor_manifest_keys(root, tmp_path):
+  """Our manifests carry the sensor depth under `sensor_depth` (the reference's key) and `depth`;
+  a manifest with either one alone reads the same frames."""
+  base = os.path.join(root, 'corridor')
+  lines = [json.loads(l) for l in open(os.path.join(base, 'manifest.jsonl')) if l.strip()]
+  assert lines and all(l['sensor_depth'] == l['depth'] for l in lines)
+  frames = []
+  for key in ('sensor_depth', 'depth'):
+    alone = tmp_path / f'{key}.jsonl'
+    alone.write_text(''.join(json.dumps({'rgb': os.path.join(base, l['rgb']), key: os.path.join(base, l[key])}) + '\n'
+                             for l in lines))
+    frames.append(readers.CorridorReader(str(alone)).read(0))
+  for k in ('sensor_depth', 'gt_depth', 'rgb'):
+    np.testing.assert_array_equal(frames[0][k], frames[1][k])
+  assert frames[0]['sensor_depth'].any()
+
+
 def test_bad_input_named(tmp_path):
   d = tmp_path / 'c'
   d.mkdir()

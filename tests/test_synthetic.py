@@ -55,6 +55,7 @@ def test_layout_and_info(root):
   k = int(0.8 * n)
   assert [int(x) for x in (cache / 'train_indices.txt').read_text().split()] == order[:k]
   assert [int(x) for x in (cache / 'val_indices.txt').read_text().split()] == order[k:]
+  assert (cache / '.download_complete').is_file()  # the reference's loader uses a cache only with it
   assert info['intrinsics']['nyu'] == {'fx': 518.86, 'fy': 519.47, 'cx': 325.58, 'cy': 253.74}
   for name in ('lilocbench_raw/extraction_truth.json', 'lilocbench/manifest.jsonl', 'corridor/manifest.jsonl',
                'nyu/teacher/manifest.jsonl'):
@@ -151,6 +152,7 @@ def test_corridor_set(root):
   for x in lines:
     with Image.open(root / 'corridor' / x['rgb']) as im:
       assert im.size == (1280, 720)
+    assert x['sensor_depth'] == x['depth']  # the reference's key and ours
     depth = np.load(root / 'corridor' / x['depth'])
     conf = np.load(root / 'corridor' / x['confidence'])
     assert depth.shape == conf.shape == (720, 1280)

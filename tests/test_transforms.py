@@ -4,6 +4,7 @@ the colour jitter run on the device: tests/test_augment.py)."""
 import numpy as np
 import pytest
 
+from conftest import DATA
 from data_pipelines import transforms
 
 
@@ -110,15 +111,53 @@ def test_validation_resize_only():
   np.testing.assert_array_equal(a['gt_depth'], frame['gt_depth'][ys][:, xs])
 
 
+def triangle_resize(a, size):
+  """PIL's bilinear resize of a float image, written out from its definition: per axis, output i
+  takes the inputs within `s = max(n_in / n_out, 1)` of its centre c = (i + 0.5) n_in / n_out, with
+  weights 1 - |x + 0.5 - c| / s normalised to sum 1 (so shrinking averages: antialiasing);
+  columns first, float32 in between."""
+  def weights(n_in, n_out):
+    scale = n_in / n_out
+    s = max(scale, 1.0)
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+      c = (i + 0.5) * scale
+      lo, hi = max(int(c - s + 0.5), 0), min(int(c + s + 0.5), n_in)
+      x = np.arange(lo, hi)
+      k = np.maximum(0.0, 1.0 - np.abs((x + 0.5 - c) / s))
+      w[i, lo:hi] = k / k.sum()
+    return w
+  rows = (a.astype(np.float64) @ weights(a.shape[1], size[1]).T).astype(np.float32)
+  return (weights(a.shape[0], size[0]) @ rows.astype(np.float64)).astype(np.float32)
+
+
 def test_reference_protocol_targets():
   frame = make_frame(domain=0)
   frame['sensor_depth'] = frame['depth'].copy()
-  frame['sensor_depth'][:2, :2] = 0.0  # a hole, mixed in bilinearly
-  el = transforms.eval_transform(frame, (240, 320), protocol='reference')
-  d = frame['sensor_depth']
-  np.testing.assert_allclose(el['gt_depth'], (d[0::2, 0::2] + d[1::2, 0::2] + d[0::2, 1::2] + d[1::2, 1::2]) / 4,
-                             rtol=1e-6)  # exact 2x: bilinear (align_corners=False) = 2x2 mean
-  assert el['gt_depth'][0, 0] == 0.0
-  np.testing.assert_array_equal(el['gt_seg'], el['seg'])
+  frame['sensor_depth'][:2, :2] = 0.0  # a hole, mixed in
+  for size in ((240, 320), (96, 128)):
+    el = transforms.eval_transform(frame, size, protocol='reference')
+    expected = triangle_resize(frame['sensor_depth'], size)
+    np.testing.assert_allclose(el['gt_depth'], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(el['gt_seg'], el['seg'])
+  # Antialiased: at an exact 2x shrink 4 taps (1, 3, 3, 1) / 8 per axis, not the 2x2 mean of 2-tap bilinear.
+  d = frame['sensor_depth'].astype(np.float64)
+  two_tap = (d[2:6:2, 2:6:2] + d[3:7:2, 2:6:2] + d[2:6:2, 3:7:2] + d[3:7:2, 3:7:2]) / 4
+  assert not np.allclose(el['gt_depth'][1:3, 1:3], two_tap)
+  assert 0.0 < el['gt_depth'][0, 0] < d[2, 2]  # the hole pulls its neighbourhood down
   with pytest.raises(ValueError, match='protocol'):
     transforms.eval_transform(frame, (240, 320), protocol='theirs')
+
+
+def test_reference_frames_protocol_resizes_as_opencv():
+  """The RGB by OpenCV's bilinear and the sensor depth by its nearest neighbour, bit for bit:
+  tests/data/opencv_resize.npz holds `cv2.resize` outputs (opencv-python-headless 4.10.0.84;
+  5.1.0.95 gives the same) for shrinking by 3x4, 2x, other ratios, and enlarging."""
+  with np.load(DATA / 'opencv_resize.npz') as z:
+    fixture = {k: z[k] for k in z.files}
+  for i, (_, _, h, w) in enumerate(fixture['cases']):
+    frame = make_frame(h=fixture[f'rgb_{i}'].shape[0], w=fixture[f'rgb_{i}'].shape[1], domain=2)
+    frame['rgb'], frame['sensor_depth'] = fixture[f'rgb_{i}'], fixture[f'depth_{i}']
+    el = transforms.eval_transform(frame, (int(h), int(w)), protocol='reference-frames')
+    np.testing.assert_array_equal(el['image'], fixture[f'rgb_{i}_linear'], err_msg=str(i))
+    np.testing.assert_array_equal(el['gt_depth'], fixture[f'depth_{i}_nearest'], err_msg=str(i))

@@ -420,7 +420,8 @@ def _corridor_frame(out: pathlib.Path, seed: int, i: int, n: int) -> dict:
   da3, scale = da3_teacher(r['depth'], DA3_SIZE_169, rng)
   np.save(root / 'da3_depth' / f'{stem}.npy', da3)
   np.save(root / 'sam2_seg' / f'{stem}.npy', sam2_teacher(to_six(r['label']), rng))
-  entry = {'stem': stem, 'rgb': f'rgb/{stem}.png', 'depth': f'depth/{stem}.npy',
+  # `sensor_depth` is the key the reference's corridor evaluation reads; `depth` ours (docs/data.md#corridor-set).
+  entry = {'stem': stem, 'rgb': f'rgb/{stem}.png', 'depth': f'depth/{stem}.npy', 'sensor_depth': f'depth/{stem}.npy',
            'confidence': f'confidence/{stem}.npy', 'da3_depth': f'da3_depth/{stem}.npy',
            'sam2_seg': f'sam2_seg/{stem}.npy',
            'intrinsics': dict(zip(('fx', 'fy', 'cx', 'cy'), FEMTO))}
@@ -532,6 +533,7 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
   cache = out / 'nyu' / 'nyu_cache'
   (cache / 'train_indices.txt').write_text(''.join(f'{i}\n' for i in train))
   (cache / 'val_indices.txt').write_text(''.join(f'{i}\n' for i in val))
+  (cache / '.download_complete').touch()  # the reference's loader reads a cache only with this marker
   nyu = [r for t, r in zip(tasks, results) if t[0] == 'nyu']
   with open(out / 'nyu' / 'teacher' / 'manifest.jsonl', 'w') as f:
     for r in nyu:
