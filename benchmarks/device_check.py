@@ -618,8 +618,9 @@ def markdown(report: dict[str, Any]) -> str:
           fmt(r.get('torch_compile_images_per_s'), '.1f'), fmt(r.get('torch_compile_mfu'), '.1%'),
           fmt(r.get('torch_compile_s'), '.1f'), fmt(r.get('torch_compile_device_peak_mb'), '.0f'),
           fmt(r.get('speedup_vs_compile'), '.2f')]) + ' |')
-    lines.append('\nMFU: 3x the forward GFLOP (XLA cost analysis; B1 at 240x320: 2.19) per trained image against the dense peak of the compute dtype; '
-                 'ours: JAX peak since the process started; torch: `max_memory_allocated` over one step.')
+    lines.append('\nMFU: 3x the forward GFLOP (XLA cost analysis; B1 at 240x320: 2.19) per trained image against '
+                 'the dense peak of the compute dtype; ours: JAX peak since the process started; torch: '
+                 '`max_memory_allocated` over one step.')
   train = report['parts'].get('train', {})
   if 'last_step' in train:
     lines += ['', '## train.py run', '', '| data | batch | size | steps | wall s | img/s | input wait | loss first -> last |',
