@@ -5,7 +5,9 @@
       [--protocol ours|reference|reference-frames] [--save-predictions DIR]
   python eval.py --compare A.json B.json ...   # one table of several results side by side
 
-SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt.
+SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt; its
+backbone and the input size it was trained at come from the checkpoint (240x320 when it records
+none; one line per checkpoint says which), `--size HxW` overrides the size.
 PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
 or of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics (nearest-neighbour
 ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
@@ -253,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--save-predictions', default=None, metavar='DIR')
   parser.add_argument('--batch-size', type=int, default=16,
                       help=f'global evaluation batch (default 16; at most {images.MAX_BATCH_PIXELS:,} pixels a batch)')
-  parser.add_argument('--size', type=images.parse_size, default=(240, 320),
-                      help=f'model input size, {images.SIZE_HELP} (default 240x320)')
+  parser.add_argument('--size', type=images.parse_size, default=None,
+                      help=f"model input size, {images.SIZE_HELP} (default: each checkpoint's training size, else "
+                           '240x320)')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   parser.add_argument('--compilation-cache', default='', metavar='DIR',
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.batch_size < 1:
     parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
   try:
-    images.check_batch_pixels(args.size, args.batch_size)
+    if args.size is not None:  # else checked per checkpoint, at the size it records
+      images.check_batch_pixels(args.size, args.batch_size)
   except ValueError as e:
     parser.error(str(e))
   corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
@@ -313,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
   from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
@@ -332,17 +335,19 @@ def main(argv: list[str] | None = None) -> int:
   results = []
   try:
     for src in args.checkpoint:
-      ckpt = convert.load_any(src, args.step, allow_pickle=args.allow_pickle)
-      model = model_lib.create()
-      checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
-      graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+      loaded = convert.load_model(src, args.step, allow_pickle=args.allow_pickle)
+      ckpt, size = loaded.ckpt, loaded.input_size(args.size)
+      images.check_batch_pixels(size, args.batch_size)
+      if process == 0:
+        print(loaded.describe(args.size), flush=True)
+      graphdef, params, batch_stats = nnx.split(loaded.model, nnx.Param, nnx.BatchStat)
       params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
       if corridor_reference:  # the sensor depth, nearest-resized; the metric applies the window
         reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
-        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=args.size)
+        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=size)
       else:
         batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
-                                         process_index=process, process_count=num_processes, input_size=args.size,
+                                         process_index=process, process_count=num_processes, input_size=size,
                                          protocol=args.protocol)
       writer = None
       if args.save_predictions:
@@ -369,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         batches.close()
       result = {'dataset': args.dataset, 'split': args.split, 'checkpoint': src, 'step': ckpt.step,
-                'protocol': args.protocol, **metrics}
+                'backbone': loaded.backbone, 'input_size': list(size), 'protocol': args.protocol, **metrics}
       results.append(result)
   except (checkpointing.CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)

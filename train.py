@@ -99,6 +99,10 @@ def check_config(config) -> None:
   if config.requires_init_from and not config.init_from:
     raise ValueError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
                      'folder, training workdir or reference .pt (e.g. the V5 weights)')
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  if config.model.backbone not in model_lib.BACKBONES:
+    raise ValueError(f'model.backbone must be one of {", ".join(model_lib.BACKBONES)}, got {config.model.backbone!r}')
   if config.compute_dtype not in ('float32', 'bfloat16'):
     raise ValueError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:

@@ -13,7 +13,9 @@ inside `--budget-s` (later parts get what is left, a part with under 10 s left i
   (`data_pipelines.synthetic`), then the decode-once copy (`data_pipelines.decoded`).
 - `parity`: the reference fixture (`tests/data/student_random.pt` and its outputs) on the device:
   max |error| of depth and logits in eval and train mode, float32 (and float32 at 'highest'
-  matmul precision, i.e. no TF32) and bfloat16 compute, against the test suite's tolerances.
+  matmul precision, i.e. no TF32) and bfloat16 compute, against the test suite's tolerances; and
+  the other backbones' fixtures (`tests/data/backbones/`: EfficientViT-B0, MobileNetV3-Small, made
+  with real timm / torchvision) in eval mode, float32.
 - `step_bfloat16`, `step_float32`: `benchmarks/train_step.py` sweeps against the PyTorch twin in
   eager mode (bf16 autocast for bfloat16, plain float32 for float32) and under `torch.compile`:
   images/s, MFU, peak memory, compile time.
@@ -24,6 +26,9 @@ inside `--budget-s` (later parts get what is left, a part with under 10 s left i
 - `eval`: steady-state evaluation frames/s (the grain eval pipeline from files, our eval step,
   the metric accumulator; the compiling first pass is timed separately) and the device-only
   forward images/s (`benchmarks/forward.py`) at the same batch.
+- `backbones`: `benchmarks/backbones.py` for every backbone: parameters, GFLOP, forward and
+  training-step images/s against the twin (bf16), MFU. The CPU mode runs B0 and MobileNetV3-Small,
+  forward only, at 64x96.
 
 Writes DIR/device_check.json (everything, with date, device, versions, the command),
 DIR/device_check.md (the tables) and DIR/device_check.log (each part's output, last lines).
@@ -84,23 +89,23 @@ class Mode:
 
 
 MODES = {
-    # An H200 lease: 8 minutes in all, so the parts come in order of importance and the last one
+    # A device lease: 10 minutes for the parts, so they come in order of importance and the last one
     # gets what is left (`--parts` reruns what a first run could not finish).
     'gpu': Mode(size=(240, 320), batches=(16, 64, 256), steps=10, warmup=3, torch_compile=True,
                 synthetic='default', train_batch=16, train_steps=10**7, train_s=120, log_every=50,
-                eval_batch=16, eval_sets=('nyu', 'lilocbench'), eval_min_s=5.0, budget_s=470,
+                eval_batch=16, eval_sets=('nyu', 'lilocbench'), eval_min_s=5.0, budget_s=600,
                 limits={'env': 60, 'data': 150, 'parity': 90, 'step_bfloat16': 200, 'train': 165,
-                        'eval': 75, 'step_float32': 200}),
+                        'eval': 75, 'backbones': 200, 'step_float32': 200}),
     # Compiling the training step takes XLA:CPU about a minute of CPU time per program, so here
     # the limits only guard against hangs on a loaded machine.
     'cpu': Mode(size=(64, 96), batches=(2,), steps=2, warmup=1, torch_compile=False,
                 synthetic='tiny', train_batch=2, train_steps=4, train_s=400, log_every=2,
                 eval_batch=2, eval_sets=('nyu',), eval_min_s=0.0, budget_s=1800,
                 limits={'env': 120, 'data': 300, 'parity': 300, 'step_bfloat16': 400, 'train': 420,
-                        'eval': 300, 'step_float32': 400}),
+                        'eval': 300, 'backbones': 600, 'step_float32': 400}),
 }
 # Run order; `data` starts first in the background and is joined before the first timed part.
-PARTS = ('env', 'parity', 'step_bfloat16', 'train', 'eval', 'step_float32')
+PARTS = ('env', 'parity', 'step_bfloat16', 'train', 'eval', 'backbones', 'step_float32')
 MIN_PART_S = 10.0
 KILL_GRACE_S = 10.0  # SIGTERM, then SIGKILL this much later
 
@@ -244,6 +249,22 @@ def part_parity(args: argparse.Namespace, result: dict[str, Any]) -> None:
                                  and max(row['train_depth_max_err'], row['train_seg_logits_max_err'])
                                  <= TOLERANCE['train'])
     rows.append(row)
+    save_result(args, result)
+  for backbone in ('efficientvit_b0', 'mobilenet_v3_small'):
+    folder = FIXTURE / 'backbones' / backbone
+    loaded = convert.load_model(folder / 'student.pt')
+    with np.load(folder / 'expected.npz') as z:
+      expected = {k: z[k] for k in z.files}
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    image = np.stack([np.asarray(Image.open(folder / f'img_{i}.png').convert('RGB')) for i in range(2)]) / 255.0
+    graphdef, state = nnx.split(loaded.model)
+    out = jax.device_get(jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x, train=False))(
+        state, jnp.asarray(image, jnp.float32)))
+    errors = _max_errors(out, expected, '')
+    result.setdefault('backbones', []).append(
+        {'backbone': backbone, **errors,
+         'within_tolerance': max(errors['depth_max_err'], errors['seg_logits_max_err']) <= TOLERANCE['eval']})
     save_result(args, result)
   result['device'] = f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}'
 
@@ -409,6 +430,13 @@ def run_part(args: argparse.Namespace) -> int:
 def part_command(name: str, args: argparse.Namespace, result: pathlib.Path) -> list[str]:
   """The process that runs part `name` and leaves its JSON at `result`."""
   mode = mode_of(args)
+  if name == 'backbones':
+    argv = [sys.executable, str(BENCH / 'backbones.py'), '--steps', str(mode.steps), '--warmup', str(mode.warmup),
+            '--no-onnx', '--json', str(result)]
+    if args.cpu:  # one backbone of each kind, forward only: training steps take XLA:CPU minutes to compile
+      return argv + ['--backbones', 'efficientvit_b0,mobilenet_v3_small', '--size', size_arg(mode.size),
+                     '--forward-batch', '2', '--no-train', '--impl', 'native', '--threads', '1']
+    return argv + ['--size', size_arg(mode.size), '--dtype', 'bfloat16', '--forward-batch', '64', '--train-batch', '64']
   if name.startswith('step_'):
     dtype = name.split('_', 1)[1]
     argv = [sys.executable, str(BENCH / 'train_step.py'), '--dtype', dtype, '--torch', '--steps', str(mode.steps),
@@ -568,6 +596,10 @@ def markdown(report: dict[str, Any]) -> str:
                    f'{r["eval_seg_logits_max_err"]:.2e} | {r["train_depth_max_err"]:.2e} | '
                    f'{r["train_seg_logits_max_err"]:.2e} | {r["eval_depth_rel_err"]:.2e} | '
                    f'{"yes" if r["within_tolerance"] else "NO"} |')
+    for r in report['parts'].get('parity', {}).get('backbones', []):
+      lines.append(f'| float32 ({r["backbone"]}, 120x160) | default | {r["depth_max_err"]:.2e} | '
+                   f'{r["seg_logits_max_err"]:.2e} | - | - | {r["depth_rel_err"]:.2e} | '
+                   f'{"yes" if r["within_tolerance"] else "NO"} |')
     lines.append(f'\nTolerances (tests/test_model.py): float32 {TOLERANCE["eval"]:g} eval / {TOLERANCE["train"]:g} '
                  f'train mode; bfloat16: mean relative depth error < {TOLERANCE["bf16_rel"]:g}.')
   steps = [row for name in ('step_bfloat16', 'step_float32')
@@ -586,8 +618,9 @@ def markdown(report: dict[str, Any]) -> str:
           fmt(r.get('torch_compile_images_per_s'), '.1f'), fmt(r.get('torch_compile_mfu'), '.1%'),
           fmt(r.get('torch_compile_s'), '.1f'), fmt(r.get('torch_compile_device_peak_mb'), '.0f'),
           fmt(r.get('speedup_vs_compile'), '.2f')]) + ' |')
-    lines.append('\nMFU: 6.3 GFLOP per trained 240x320 image against the dense peak of the compute dtype; '
-                 'ours: JAX peak since the process started; torch: `max_memory_allocated` over one step.')
+    lines.append('\nMFU: 3x the forward GFLOP (XLA cost analysis; B1 at 240x320: 2.19) per trained image against '
+                 'the dense peak of the compute dtype; ours: JAX peak since the process started; torch: '
+                 '`max_memory_allocated` over one step.')
   train = report['parts'].get('train', {})
   if 'last_step' in train:
     lines += ['', '## train.py run', '', '| data | batch | size | steps | wall s | img/s | input wait | loss first -> last |',
@@ -596,6 +629,18 @@ def markdown(report: dict[str, Any]) -> str:
               f'{train["train_wall_s"]:.0f} | {fmt(train.get("images_per_s"), ".1f")} | {fmt(train.get("input_wait"), ".1%")} | '
               f'{fmt(train.get("loss_first"), ".3f")} -> {fmt(train.get("loss_last"), ".3f")} |',
               '', f'`python {train["command"]}`; img/s and input wait leave out the first log interval (compilation).']
+  backbones = report['parts'].get('backbones', {})
+  rows = backbones.get('rows') or []
+  if rows:
+    lines += ['', f'## Every backbone ({"x".join(map(str, rows[0]["size"]))}, {rows[0]["dtype"]}, '
+              '`benchmarks/backbones.py`)', '',
+              '| backbone | params M | GFLOP | fwd img/s | torch fwd img/s | train img/s | torch train img/s | ours/torch | MFU |',
+              '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+      lines.append(f'| {r["backbone"]} | {r["params_m"]:.2f} | {r["forward_gflop"]:.2f} | '
+                   f'{fmt(r.get("forward_images_per_s"), ".1f")} | {fmt(r.get("torch_forward_images_per_s"), ".1f")} | '
+                   f'{fmt(r.get("train_images_per_s"), ".1f")} | {fmt(r.get("torch_train_images_per_s"), ".1f")} | '
+                   f'{fmt(r.get("train_speedup"), ".2f")} | {fmt(r.get("mfu"), ".1%")} |')
   ev = report['parts'].get('eval', {})
   if ev.get('sets'):
     lines += ['', f'## Evaluation (batch {ev["batch_size"]}, {"x".join(map(str, ev["size"]))}, float32)', '',

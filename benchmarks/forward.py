@@ -1,7 +1,7 @@
 """Inference speed: images/s of the eval-mode jitted forward at several batch sizes, and compile time.
 
   python benchmarks/forward.py [--batch-sizes 1,16,64] [--steps N] [--dtype float32|bfloat16]
-      [--size HxW] [--threads T] [--impl auto|native|cpu] [--torch] [--json F]
+      [--size HxW] [--threads T] [--impl auto|native|cpu] [--torch] [--backbone NAME] [--json F]
 
 Ours: `nnx.split` once, a jitted pure function of (params, batch statistics, image) returning depth
 and logits (what `predict.py` runs). `--torch` times the PyTorch twin in eval mode under
@@ -28,7 +28,7 @@ from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong
 class JaxForward:
   """Our eval-mode forward, compiled for one batch shape."""
 
-  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, backbone: str = 'efficientvit_b1'):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
@@ -36,7 +36,7 @@ class JaxForward:
     from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
     self._jax = jax
-    model = model_lib.create(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    model = model_lib.create(backbone=backbone, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
     graphdef, self.state = nnx.split(model)
 
     def forward(state, image):
@@ -58,7 +58,7 @@ class JaxForward:
 class TorchForward:
   """The twin's eval-mode forward (inference mode; fp16 autocast on CUDA unless float32)."""
 
-  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str):
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, backbone: str = 'efficientvit_b1'):
     import torch  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
 
@@ -66,7 +66,7 @@ class TorchForward:
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     self.cuda = self.device.type == 'cuda'
     self.amp = self.cuda and dtype != 'float32'
-    self.model = torch_model.DepthSegNet().to(self.device).eval()
+    self.model = torch_model.DepthSegNet(backbone=backbone).to(self.device).eval()
     self.image = torch.rand(batch_size, 3, *size, device=self.device)
     if self.cuda:
       self.model = self.model.to(memory_format=torch.channels_last)
@@ -83,13 +83,14 @@ class TorchForward:
 
 
 def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
-  ours = JaxForward(batch_size, args.size, args.dtype)
+  ours = JaxForward(batch_size, args.size, args.dtype, args.backbone)
   runners: dict[str, Callable[[], float]] = {'ours': ours.run}
   if args.torch:
-    runners['torch'] = TorchForward(batch_size, args.size, args.dtype).run
+    runners['torch'] = TorchForward(batch_size, args.size, args.dtype, args.backbone).run
   times, _ = train_step.interleaved(runners, args.warmup, args.steps)
   step_s = statistics.median(times['ours'])
   row: dict[str, Any] = {
+      'backbone': args.backbone,
       'batch_size': batch_size,
       'images_per_s': batch_size / step_s,
       'step_s': step_s,
@@ -113,6 +114,8 @@ TABLE = [('batch', 'batch_size', 'd'), ('ms/batch', 'ms_per_batch', '.1f'), ('im
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-sizes', default='1,16,64')
   parser.add_argument('--steps', type=int, default=20, help='timed forwards per batch size')
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--threads', type=int, default=0, help='CPU cores (0: all schedulable)')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'))
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch twin, interleaved')
+  parser.add_argument('--backbone', default=model_lib.DEFAULT_BACKBONE, choices=model_lib.BACKBONES)
   parser.add_argument('--release-memory', action='store_true',
                       help="keep glibc's default of returning freed memory (efficientvit_jax.host_memory)")
   parser.add_argument('--json', default='')
@@ -129,8 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
   args.threads = train_step.setup_process(args.threads, args.torch, args.impl, args.release_memory)
   rows = [bench_one(b, args) for b in batches]
-  print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, {args.dtype}, '
-        f'ops {args.impl}, eval-mode forward, median of {args.steps}')
+  print(f'device {rows[0]["device"]}, {args.backbone}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
+        f'{args.dtype}, ops {args.impl}, eval-mode forward, median of {args.steps}')
   train_step.print_table(rows, TABLE)
   if args.json:
     train_step.write_json(args.json, rows)

@@ -3,7 +3,8 @@
   python benchmarks/latency.py [--checkpoint SRC (default: tests/data/student_random.pt)] [--batch-sizes 1,8] [--size HxW] [--steps N]
       [--warmup N] [--threads T] [--no-fp16] [--release-memory] [--json F]
 
-All contestants take the same uint8 [N, H, W, 3] frames and return depth, logits and labels:
+The model (its backbone) and the default input size come from the checkpoint. All contestants
+take the same uint8 [N, H, W, 3] frames and return depth, logits and labels:
 - `jax`: `predict.ImagePredictor` (the jitted eval-mode forward, CPU formulations on the CPU, the
   /255 and the argmax on the host), i.e. what `predict.load(...)` gives a robot node;
 - `onnxruntime fp32` / `fp16`: `efficientvit_jax.export.onnx_model` with a dynamic batch (and its
@@ -46,18 +47,15 @@ def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
   return run
 
 
-def runners(ckpt, size: tuple[int, int], batch_sizes: list[int], threads: int,
+def runners(loaded, size: tuple[int, int], batch_sizes: list[int], threads: int,
             fp16: bool) -> dict[int, dict[str, Callable[[], float]]]:
-  """Per batch size, one timed callable per runtime."""
+  """Per batch size, one timed callable per runtime; `loaded`: a `convert.LoadedModel`."""
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import export  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
-  model = model_lib.create()
-  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats)
+  model, ckpt = loaded.model, loaded.ckpt
   onnx_fp32 = export.onnx_model(ckpt, size, dynamic_batch=True)
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
@@ -99,7 +97,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--checkpoint', default=str(FIXTURE), help='checkpoint source (default: the test fixture)')
   parser.add_argument('--batch-sizes', default='1,8')
-  parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input HxW')
+  parser.add_argument('--size', default=None, type=images.parse_size,
+                      help="input HxW (default: the checkpoint's training size, else 240x320)")
   parser.add_argument('--steps', type=int, default=30, help='timed calls per runtime and batch size')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--threads', type=int, default=0, help='CPU cores for every runtime (0: all schedulable)')
@@ -112,9 +111,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
   from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
 
-  ckpt = convert.load_any(args.checkpoint)
+  loaded = convert.load_model(args.checkpoint)
+  size = loaded.input_size(args.size)
   rows = []
-  for b, contestants in runners(ckpt, args.size, batches, threads, not args.no_fp16).items():
+  for b, contestants in runners(loaded, size, batches, threads, not args.no_fp16).items():
     times, _ = train_step.interleaved(contestants, args.warmup, args.steps)
     torch_median = float(np.median(times['torch']))
     for name, t in times.items():
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       rows.append({'runtime': name, 'batch_size': b, 'median_ms': 1e3 * median,
                    'p90_ms': 1e3 * float(np.percentile(t, 90)), 'ms_per_image': 1e3 * median / b,
                    'speedup_vs_torch': torch_median / median, 'threads': threads,
-                   'size': list(args.size), 'steps': args.steps})
-  print(f'CPU, {threads} threads (every runtime), {args.size[0]}x{args.size[1]} uint8 frames, '
+                   'backbone': loaded.backbone, 'size': list(size), 'steps': args.steps})
+  print(f'CPU, {threads} threads (every runtime), {loaded.backbone}, {size[0]}x{size[1]} uint8 frames, '
         f'median and p90 of {args.steps} interleaved calls after {args.warmup} warm-up calls')
   train_step.print_table(rows, TABLE)
   if args.json:

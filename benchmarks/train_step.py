@@ -2,7 +2,7 @@
 
   python benchmarks/train_step.py [--batch-size B] [--steps N] [--dtype float32|bfloat16] [--torch]
       [--torch-compile] [--torch-amp float16|bfloat16] [--json F] [--sweep 1,4,16,64] [--size HxW]
-      [--threads T] [--impl auto|native|cpu] [--profile DIR] [--compare-augment]
+      [--threads T] [--impl auto|native|cpu] [--profile DIR] [--compare-augment] [--backbone NAME]
 
 Ours: `training.make_train_step` (the device-side augmentation of V8, flip and colour jitter on both
 domains; forward, the V5 loss, backward, the real three-group AdamW with clipping) under
@@ -19,8 +19,10 @@ synchronised (`block_until_ready`, `cuda.synchronize`) and the median is reporte
 
 `--threads T` pins the process to T cores before JAX and torch start (XLA:CPU sizes its thread
 pool from the schedulable cores) and sets `torch.set_num_threads(T)`: both use the same cores.
-MFU counts 2.1 GFLOP per 240x320 image forward (scaled by pixels), 3x that per training image,
-against the peak of the device's compute dtype (table below; None where unknown, e.g. CPUs).
+MFU counts the FLOPs of one image's forward at the run's size as XLA's cost analysis of the compiled
+eval-mode model gives them (`forward_flop`; 2.19 GFLOP for B1 at 240x320), 3x that per training image
+(the backward's two products per forward one), against the peak of the device's compute dtype
+(table below; None where unknown, e.g. CPUs).
 
 `--json F` writes `{"images_per_s", "step_s", "compile_s", "batch_size", "dtype", "device",
 "torch_images_per_s", "speedup"}` (the last two with `--torch`) plus extras (`mfu`, memory,
@@ -36,6 +38,7 @@ over one extra step of that twin after the timed ones (both twins' weights inclu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -46,9 +49,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FORWARD_GFLOP = 2.1  # per 240x320 image
 TRAIN_FACTOR = 3.0  # forward + backward ~ 3x forward
-REFERENCE_PIXELS = 240 * 320
 
 # Dense peak TFLOP/s per chip: (bfloat16/float16 tensor cores, float32). float32 is the non-tensor
 # rate (XLA and torch may use TF32 for matmuls and convolutions on Ampere and later, so fp32 MFU
@@ -85,8 +86,34 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-def train_flop_per_image(size: tuple[int, int]) -> float:
-  return TRAIN_FACTOR * FORWARD_GFLOP * 1e9 * size[0] * size[1] / REFERENCE_PIXELS
+@functools.lru_cache(maxsize=None)
+def forward_flop(backbone: str, size: tuple[int, int]) -> float:
+  """FLOPs of one image's eval-mode forward at `size`: XLA's cost analysis of the model compiled for
+  the CPU with the native ops (the formulations of `ops.py` compute the same products in other
+  ways), whatever the device. Counts every op, elementwise ones included, so it is a few percent
+  above FLOP counters that count only convolutions and matrix products (torch's: 2.10 GFLOP for B1)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import ops  # pylint: disable=g-import-not-at-top
+
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.create(backbone=backbone)))
+  image = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+  previous = ops._IMPL  # pylint: disable=protected-access
+  ops.set_impl('native')
+  try:
+    with jax.default_device(jax.devices('cpu')[0]):
+      compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)).lower(state, image).compile()
+  finally:
+    ops.set_impl(previous)
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+
+
+def train_flop_per_image(backbone: str, size: tuple[int, int]) -> float:
+  return TRAIN_FACTOR * forward_flop(backbone, tuple(size))
 
 
 def peak_rss_mb() -> float:
@@ -121,7 +148,8 @@ def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[
 class JaxStep:
   """Our jitted train step on one fixed batch; `run()` does one synchronised step."""
 
-  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, augment: bool = True):
+  def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, augment: bool = True,
+               backbone: str = 'efficientvit_b1'):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from configs import default  # pylint: disable=g-import-not-at-top
@@ -134,7 +162,7 @@ class JaxStep:
     config.batch_size = batch_size
     config.freeze_encoder_epochs = 0
     mesh = parallel.make_mesh()
-    model = model_lib.create(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    model = model_lib.create(backbone=backbone, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
     tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1000, total_steps=100_000)
     graphdef, self.state = training.create_state(model, checkpointing.default_kendall(), tx, mesh)
     self.batch = parallel.global_batch(random_batch(batch_size, size), mesh)
@@ -199,7 +227,7 @@ class TorchStep:
   """The twin's train step (AdamW in three groups, clipping 1.0; fp16 AMP on CUDA unless float32)."""
 
   def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, compile_model: bool = False,
-               amp_dtype: str = 'float16'):
+               amp_dtype: str = 'float16', backbone: str = 'efficientvit_b1'):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
@@ -210,7 +238,7 @@ class TorchStep:
     self.amp = self.cuda and dtype != 'float32'
     self.amp_dtype = getattr(torch, amp_dtype)
     torch.manual_seed(0)
-    model = torch_model.DepthSegNet().to(self.device).train()
+    model = torch_model.DepthSegNet(backbone=backbone).to(self.device).train()
     if self.cuda:
       model = model.to(memory_format=torch.channels_last)
       torch.backends.cudnn.benchmark = True
@@ -335,21 +363,22 @@ def print_profile(prof: dict[str, Any], threads: int) -> None:
 def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   """One batch size: ours (and theirs), interleaved; the `--json` fields of the module docstring."""
   size = args.size
-  ours = JaxStep(batch_size, size, args.dtype)
+  ours = JaxStep(batch_size, size, args.dtype, backbone=args.backbone)
   rss_after_ours = peak_rss_mb()
   runners: dict[str, Callable[[], float]] = {'ours': ours.run}
   plain = None
   if args.compare_augment:
-    plain = JaxStep(batch_size, size, args.dtype, augment=False)
+    plain = JaxStep(batch_size, size, args.dtype, augment=False, backbone=args.backbone)
     runners['ours_without_augment'] = plain.run
   theirs = theirs_compiled = None
   compile_error = None
   if args.torch:
-    theirs = TorchStep(batch_size, size, args.dtype, amp_dtype=args.torch_amp)
+    theirs = TorchStep(batch_size, size, args.dtype, amp_dtype=args.torch_amp, backbone=args.backbone)
     runners['torch'] = theirs.run
   if args.torch_compile:
     try:
-      theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True, amp_dtype=args.torch_amp)
+      theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True, amp_dtype=args.torch_amp,
+                                  backbone=args.backbone)
       runners['torch_compile'] = theirs_compiled.run
     except Exception as e:  # pylint: disable=broad-except
       # Inductor needs a C++ compiler and (on GPUs) Triton; report, and time the others.
@@ -359,8 +388,10 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   step_s = statistics.median(times['ours'])
   device = f'{ours.device.platform}:{ours.device.device_kind}'
   peak = peak_tflops(ours.device.device_kind, args.dtype)
-  mfu = lambda ips: ips * train_flop_per_image(size) / (peak * 1e12) if peak else None
+  mfu = lambda ips: ips * train_flop_per_image(args.backbone, size) / (peak * 1e12) if peak else None
   row: dict[str, Any] = {
+      'backbone': args.backbone,
+      'forward_gflop': forward_flop(args.backbone, tuple(size)) / 1e9,
       'images_per_s': batch_size / step_s,
       'step_s': step_s,
       'compile_s': ours.compile_s,
@@ -425,6 +456,7 @@ def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = T
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   from efficientvit_jax import images  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-size', type=int, default=16)
@@ -448,6 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help='also trace 3 of our steps into DIR and print the op time per XLA op kind')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
                       help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
+  parser.add_argument('--backbone', default=model_lib.DEFAULT_BACKBONE, choices=model_lib.BACKBONES)
   args = parser.parse_args(argv)
   args.batches = batch_sizes(parser, '--sweep', args.sweep) if args.sweep else [args.batch_size]
   return args
@@ -528,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       write_json(args.json, summary(rows))
     if len(args.batches) > 1:
       print(f'batch {batch_size}: {rows[-1]["images_per_s"]:.2f} img/s', file=sys.stderr, flush=True)
-  print(f'device {rows[0]["device"]}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
+  print(f'device {rows[0]["device"]}, {args.backbone}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
         f'{args.dtype}, ops {args.impl}, median of {args.steps} interleaved steps')
   print_table(rows)
   for row in rows:

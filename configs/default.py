@@ -10,6 +10,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
+  c.model = ml_collections.ConfigDict()
+  # efficientvit_b0 | efficientvit_b1 | efficientvit_b2 | efficientvit_b3 | mobilenet_v3_small
+  c.model.backbone = 'efficientvit_b1'
+
   c.data = ml_collections.ConfigDict()
   c.data.root = 'data'  # the data root (docs/data.md): nyu/, lilocbench/, lilocbench_raw/, corridor/
   c.data.nyu = ml_collections.ConfigDict()

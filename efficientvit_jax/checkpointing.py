@@ -108,7 +108,8 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
 
   Every leaf's shape is checked. Unless `partial`, the trees must cover the model exactly; with
   `partial` (an encoder-only checkpoint, `init_from`) leaves the model has and the source lacks
-  keep their values, but a source leaf the model does not have is still an error.
+  keep their values, but a source leaf the model does not have is still an error. `model` may be
+  abstract (`nnx.eval_shape`): loading it whole makes it concrete without a random initialisation.
   """
   copied = []
   for kind, tree in ((nnx.Param, params), (nnx.BatchStat, batch_stats)):
@@ -126,7 +127,7 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
       if tuple(np.shape(value)) != tuple(var.shape):
         raise MismatchError(f'{source}: {name} has shape {tuple(np.shape(value))}, '
                             f'the model expects {tuple(var.shape)}')
-      var[...] = jax.numpy.asarray(value, var[...].dtype)
+      var.set_value(jax.numpy.asarray(value, var.get_value().dtype))  # also into an abstract model
       copied.append(name)
   return copied
 

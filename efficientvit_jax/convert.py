@@ -9,9 +9,16 @@ the leaf (`_LEAVES`); layouts differ only by transposes (`_TO_JAX`), so a round 
 Strict both ways: every torch key is used, or checked and dropped (`img_mean`, `img_std`), every
 shape checked, and errors name the key. torch is imported lazily (conversion only).
 
+Every backbone of `model.BACKBONES` converts. A `.pt` names its backbone in `config['BACKBONE']`;
+without one, it is the backbone whose shapes the state dict fits (`backbone_of_state_dict`), and a
+state dict that fits none is refused naming the first key that differs from the nearest one. Our
+checkpoints record it in `meta['backbone']` (older ones: found from their shapes,
+`checkpoint_backbone`).
+
 `load_any` reads any checkpoint source: a checkpoint folder or workdir (`checkpointing.load`) or a
-reference `.pt`. The torch-only BatchNorm counters (`num_batches_tracked`) that training keeps in
-a checkpoint's meta are computed here too (`start_counters`, `counters_meta`).
+reference `.pt`; `load_model` builds the model it holds and says what it is (backbone, training
+input size). The torch-only BatchNorm counters (`num_batches_tracked`) that training keeps in a
+checkpoint's meta are computed here too (`start_counters`, `counters_meta`).
 
 Epochs: a .pt's `epoch` is, as in the reference, the 0-based index of its last finished epoch (its
 `train.py --resume` starts at `epoch + 1`); our checkpoints' `meta['epoch']` counts finished epochs.
@@ -26,6 +33,8 @@ made here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -47,8 +56,12 @@ from efficientvit_jax import trees
 from efficientvit_jax.checkpointing import Checkpoint, CheckpointError, check_finite
 from efficientvit_jax.classes import CLASS_NAMES
 
-# JAX module path pieces that the reference names by position in an nn.Sequential.
+# JAX module path pieces that the reference names by position in an nn.Sequential (MobileNetV3's
+# `features` is the reference's encoder itself, each block a Sequential(conv, BN, act)).
 _MODULES = (
+    (r'^encoder\.features\.(\d+)\.', r'encoder.\1.'),
+    (r'^(encoder\.\d+\.(?:block\.\d+\.)?)conv\.', r'\g<1>0.'),
+    (r'^(encoder\.\d+\.(?:block\.\d+\.)?)norm\.', r'\g<1>1.'),
     (r'^neck\.conv\.', 'neck.0.'),
     (r'^neck\.norm\.', 'neck.1.'),
     (r'\.fuse\.conv\.', '.fuse.0.'),
@@ -122,12 +135,96 @@ def counters_meta(start: Mapping[str, int], step: int, *, frozen_steps: int = 0)
           'init_num_batches_tracked': dict(start)}
 
 
-def _template() -> tuple[dict[str, Any], dict[str, Any]]:
-  """Shapes of our params and batch stats (no weights computed)."""
-  abstract = nnx.eval_shape(lambda: model_lib.create())
-  return (trees.flatten(trees.unflatten(
-              {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(abstract, kind))}))
-          for kind in (nnx.Param, nnx.BatchStat))
+@functools.lru_cache(maxsize=None)
+def _template(backbone: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Shapes of our params and batch stats for `backbone` (no weights computed)."""
+  abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
+  return tuple(trees.flatten(trees.unflatten(
+      {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(abstract, kind))}))
+               for kind in (nnx.Param, nnx.BatchStat))
+
+
+# --------------------------------------------------------------------------------------------------
+# Which backbone
+
+
+def canonical_backbone(name: Any, source: str, key: str = 'config.BACKBONE') -> str:
+  """A backbone name as the reference writes it (`efficientvit_b2.r288_in1k`: timm's tag ignored)
+  -> one of `model.BACKBONES`; CheckpointError naming `key` otherwise."""
+  backbone = str(name).split('.')[0]
+  if backbone not in model_lib.BACKBONES:
+    raise CheckpointError(f'{source}: {key} is {name!r}, not one of {", ".join(model_lib.BACKBONES)}')
+  return backbone
+
+
+def _first_difference(shapes: Mapping[str, tuple[int, ...]], backbone: str, *, prefix: str = '',
+                      only: tuple[str, ...] | None = None) -> tuple[str | None, int]:
+  """(the first torch key of `backbone`'s model, restricted to the top-level parts `only`, that
+  `shapes` (torch key -> shape) lacks or holds with another shape, or else the first unexpected
+  key, as a message; None when all fit) and the number of keys that fit."""
+  keep = lambda path: only is None or path.split('.')[0] in only
+  params, stats = ({p: v for p, v in tree.items() if keep(p)} for tree in _template(backbone))
+  expected = {prefix + torch_key(p): _torch_shape(p, v.shape) for p, v in {**params, **stats}.items()}
+  expected.update({f'{prefix}{bn}.num_batches_tracked': () for bn in bn_prefixes(stats)})
+  fits = sum(1 for k, shape in expected.items() if shapes.get(k) == shape)
+  for key, shape in expected.items():
+    if key not in shapes:
+      return f'missing key {key} (expected shape {shape})', fits
+    if shapes[key] != shape:
+      return f'key {key} has shape {shapes[key]}, expected {shape}', fits
+  unexpected = sorted(set(shapes) - set(expected) - {'img_mean', 'img_std'})
+  if unexpected:
+    return f'unexpected key {unexpected[0]} ({len(unexpected)} unexpected keys in all)', fits
+  return None, fits
+
+
+def backbone_of_state_dict(sd: Mapping[str, Any], source: str, *, named: Any = None, prefix: str = '',
+                           only: tuple[str, ...] | None = None) -> str:
+  """The backbone of a reference state dict: `named` (its `config['BACKBONE']`) when given, else the
+  one whose shapes it fits exactly (restricted to the parts `only`, e.g. ('encoder',)).
+
+  Raises CheckpointError with one line naming the first key that differs from the nearest backbone.
+  """
+  return _backbone_of_shapes({k: tuple(np.shape(v)) for k, v in sd.items()}, source, named=named, prefix=prefix,
+                             only=only)
+
+
+def _backbone_of_shapes(shapes: Mapping[str, tuple[int, ...]], source: str, *, named: Any = None, prefix: str = '',
+                        only: tuple[str, ...] | None = None) -> str:
+  """`backbone_of_state_dict` of the torch key -> shape map `shapes`."""
+  if named is not None:
+    backbone = canonical_backbone(named, source)
+    difference, _ = _first_difference(shapes, backbone, prefix=prefix, only=only)
+    if difference is None:
+      return backbone
+    try:
+      hint = f'; its shapes are those of {_backbone_of_shapes(shapes, source, prefix=prefix, only=only)}'
+    except CheckpointError:
+      hint = ''
+    raise CheckpointError(f'{source}: config.BACKBONE is {named!r}, but {difference}{hint}')
+  nearest = None
+  for backbone in model_lib.BACKBONES:
+    difference, fits = _first_difference(shapes, backbone, prefix=prefix, only=only)
+    if difference is None:
+      return backbone
+    if nearest is None or fits > nearest[2]:
+      nearest = (backbone, difference, fits)
+  raise CheckpointError(f'{source}: fits none of the backbones ({", ".join(model_lib.BACKBONES)}); nearest '
+                        f'{nearest[0]}: {nearest[1]}')
+
+
+def checkpoint_backbone(ckpt: Checkpoint, source: str = 'checkpoint') -> str:
+  """The backbone of one of our checkpoints: `meta['backbone']`, else (checkpoints written before
+  backbones were recorded) the one whose shapes its params fit (an encoder-only one: its encoder)."""
+  if ckpt.meta.get('backbone') is not None:
+    return canonical_backbone(ckpt.meta['backbone'], source, key='meta.backbone')
+  shapes = {}
+  for tree in (ckpt.params, ckpt.batch_stats):
+    for path, value in trees.flatten(tree).items():
+      shapes[torch_key(path)] = _torch_shape(path, tuple(np.shape(value)))
+  only = tuple(sorted({p.split('.')[0] for p in trees.flatten(ckpt.params)}))
+  shapes.update({f'{bn}.num_batches_tracked': () for bn in bn_prefixes(ckpt.batch_stats)})
+  return _backbone_of_shapes(shapes, source, only=only)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,14 +320,15 @@ def _check_normalisation(sd: Mapping[str, Any], source: str) -> None:
                             'with another normalisation and would give wrong outputs')
 
 
-def params_from_state_dict(sd: Mapping[str, Any], source: str, *, prefix: str = '',
-                           only: tuple[str, ...] | None = None) -> tuple[dict, dict, dict[str, int]]:
-  """Maps a reference state dict onto our trees: (params, batch_stats, num_batches_tracked).
+def params_from_state_dict(sd: Mapping[str, Any], source: str, *, backbone: str = model_lib.DEFAULT_BACKBONE,
+                           prefix: str = '', only: tuple[str, ...] | None = None) -> tuple[dict, dict, dict[str, int]]:
+  """Maps a reference state dict of a `backbone` model onto our trees: (params, batch_stats,
+  num_batches_tracked).
 
   `only` restricts the conversion to top-level modules (e.g. ('encoder',)); keys outside are
   errors. `prefix` is prepended to our paths' torch keys (timm's encoder has none).
   """
-  param_shapes, stat_shapes = _template()
+  param_shapes, stat_shapes = _template(backbone)
   keep = lambda p: only is None or p.split('.')[0] in only
   used: set[str] = set()
   mapped = []
@@ -302,7 +400,9 @@ def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
   sd, rest = split_checkpoint(obj, source)
   _check_not_half(sd, source)
   _check_normalisation(sd, source)
-  params, batch_stats, num_batches = params_from_state_dict(sd, source)
+  config = rest.get('config') if isinstance(rest.get('config'), Mapping) else {}
+  backbone = backbone_of_state_dict(sd, source, named=config.get('BACKBONE'))
+  params, batch_stats, num_batches = params_from_state_dict(sd, source, backbone=backbone)
   kendall = checkpointing.default_kendall()
   criterion = rest.get('criterion') or {}
   for name in kendall:
@@ -322,10 +422,14 @@ def checkpoint_from_torch(obj: Mapping[str, Any], source: str) -> Checkpoint:
       'epoch': int(rest['epoch']) + 1 if rest.get('epoch') is not None else 0,  # finished epochs
       'num_batches_tracked': num_batches,
       'source': f'torch:{source}',
+      'backbone': backbone,
       'config': _json_safe(rest.get('config', {})),
       'metrics': metrics,
       'dropped': sorted(k for k in ('optimizer', 'scheduler') if k in rest),
   }
+  size = [config.get('INPUT_HEIGHT'), config.get('INPUT_WIDTH')]
+  if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+    meta['input_size'] = size
   return Checkpoint(params=params, batch_stats=batch_stats, kendall=kendall, meta=meta)
 
 
@@ -344,12 +448,80 @@ def load_any(src: str | os.PathLike, step: int | None = None, *, allow_pickle: b
   return checkpoint_from_torch_file(path, allow_pickle=allow_pickle)
 
 
+DEFAULT_INPUT_SIZE = (240, 320)  # the reference's, for checkpoints that record no input size
+
+
+def input_size_of(ckpt: Checkpoint) -> tuple[int, int] | None:
+  """The training input size a checkpoint records: `meta['input_size']`, else its training config's
+  `data.input_size` (ours) or `INPUT_HEIGHT` x `INPUT_WIDTH` (the reference's); None if none."""
+  config = ckpt.meta.get('config')
+  config = config if isinstance(config, Mapping) else {}
+  data = config.get('data') if isinstance(config.get('data'), Mapping) else {}
+  for size in (ckpt.meta.get('input_size'), data.get('input_size'),
+               (config.get('INPUT_HEIGHT'), config.get('INPUT_WIDTH'))):
+    if (isinstance(size, (list, tuple)) and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+      return int(size[0]), int(size[1])
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """A model built from a checkpoint source, and what the checkpoint says it is."""
+
+  model: model_lib.DepthSegNet
+  ckpt: Checkpoint
+  source: str
+  backbone: str
+  recorded_size: tuple[int, int] | None  # the training input size the checkpoint records
+
+  def input_size(self, override: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The size to run at: `override` (a --size flag), else the recorded one, else 240x320."""
+    return tuple(override or self.recorded_size or DEFAULT_INPUT_SIZE)
+
+  def describe(self, override: tuple[int, int] | None = None) -> str:
+    """One console line: which model at which input size, and where the size comes from."""
+    h, w = self.input_size(override)
+    recorded = f'{self.recorded_size[0]}x{self.recorded_size[1]}' if self.recorded_size else None
+    if override:
+      why = f'from --size; trained at {recorded}' if recorded else 'from --size'
+    elif recorded:
+      why = 'the training input size recorded in the checkpoint; --size overrides'
+    else:
+      why = 'default: the checkpoint records no input size; --size overrides'
+    step = f' step {self.ckpt.step}' if not str(self.ckpt.meta.get('source', '')).startswith('torch:') else ''
+    return f'{self.source}{step}: {self.backbone}, input {h}x{w} ({why})'
+
+
+def load_model(src: str | os.PathLike, step: int | None = None, *, dtype: Any = np.float32,
+               allow_pickle: bool = False) -> LoadedModel:
+  """The model of any checkpoint source (folder, workdir + `step`, reference `.pt`), built with its
+  backbone and its weights loaded, with what the checkpoint records (`LoadedModel`). `dtype`: the
+  compute dtype. CheckpointError (one line naming the source) for what cannot be loaded."""
+  source = os.fspath(src)
+  ckpt = load_any(source, step, allow_pickle=allow_pickle)
+  model = model_from_checkpoint(ckpt, dtype=dtype, source=source)
+  return LoadedModel(model=model, ckpt=ckpt, source=source, backbone=model.backbone,
+                     recorded_size=input_size_of(ckpt))
+
+
+def model_from_checkpoint(ckpt: Checkpoint, *, dtype: Any = np.float32,
+                          source: str = 'checkpoint') -> model_lib.DepthSegNet:
+  """The model of `ckpt`'s backbone with its weights (a whole model's checkpoint)."""
+  backbone = checkpoint_backbone(ckpt, source)
+  # Abstract, then loaded whole: no random initialisation to compute and throw away.
+  model = nnx.eval_shape(lambda: model_lib.create(backbone=backbone, dtype=dtype))
+  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=source)
+  return model
+
+
 # --------------------------------------------------------------------------------------------------
 # ours -> torch
 
 
 def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
-  """Our Checkpoint -> the reference state dict (all 358 keys, the twin's key order), torch tensors."""
+  """Our Checkpoint -> the reference state dict of its backbone (all keys, 358 for B1, in the
+  twin's key order), torch tensors."""
   import torch  # pylint: disable=g-import-not-at-top
 
   from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
@@ -358,7 +530,8 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
       'img_mean': np.asarray(model_lib.IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1),
       'img_std': np.asarray(model_lib.IMAGENET_STD, np.float32).reshape(1, 3, 1, 1),
   }
-  param_shapes, stat_shapes = _template()
+  backbone = checkpoint_backbone(ckpt)
+  param_shapes, stat_shapes = _template(backbone)
   for tree, shapes, item in ((ckpt.params, param_shapes, 'params'), (ckpt.batch_stats, stat_shapes, 'batch_stats')):
     flat = trees.flatten(tree)
     if set(flat) != set(shapes):
@@ -378,7 +551,7 @@ def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
   counters = ckpt.meta.get('num_batches_tracked') or {}
   for bn in bn_prefixes(ckpt.batch_stats):
     values[f'{bn}.num_batches_tracked'] = np.asarray(int(counters.get(bn, 0)), np.int64)
-  order = list(torch_model.DepthSegNet().state_dict())
+  order = list(torch_model.DepthSegNet(backbone=backbone).state_dict())
   if set(order) != set(values):
     raise AssertionError(f'mapping table out of date: {sorted(set(order) ^ set(values))[:5]}')
   return {k: torch.from_numpy(np.array(values[k], order='C', copy=True)) for k in order}
@@ -388,8 +561,9 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
                      history: list[Mapping[str, Any]] = ()) -> dict[str, Any]:
   """The reference training-checkpoint dict: `model`, `criterion`, `epoch` (the 0-based index of
   the last finished epoch, -1 for none), `config` (`reference_config`; a converted .pt's own
-  `config` as it was), the numeric `meta.metrics` and the same results under the reference's
-  metric names (`reference_metrics` over `history`), + `optimizer`, `scheduler` when given."""
+  `config` as it was, with `BACKBONE` the model's, and the recorded input size where it has none),
+  the numeric `meta.metrics` and the same results under the reference's metric names
+  (`reference_metrics` over `history`), + `optimizer`, `scheduler` when given."""
   import torch  # pylint: disable=g-import-not-at-top
 
   for name, value in ckpt.kendall.items():
@@ -400,9 +574,15 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
                     for k, v in ckpt.kendall.items()},
       'epoch': int(ckpt.meta.get('epoch', 0)) - 1,
   }
-  config = reference_config(ckpt.meta) or dict(ckpt.meta.get('config') or {})
-  if config:
-    out['config'] = config
+  backbone = checkpoint_backbone(ckpt)
+  own = ckpt.meta.get('config')
+  config = reference_config(ckpt.meta, backbone) or (dict(own) if isinstance(own, Mapping) else {})
+  if str(config.get('BACKBONE', '')).split('.')[0] != backbone:  # a timm tag that names it stays
+    config['BACKBONE'] = backbone
+  size = input_size_of(ckpt)
+  if size is not None and 'INPUT_HEIGHT' not in config:
+    config['INPUT_HEIGHT'], config['INPUT_WIDTH'] = size
+  out['config'] = config
   if training_state is not None:
     out['optimizer'], out['scheduler'] = training_state
   for key, value in (ckpt.meta.get('metrics') or {}).items():
@@ -414,9 +594,10 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
 
 
 def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[dict, dict] | None = None,
-               history: list[Mapping[str, Any]] = (), *, overwrite: bool = False) -> None:
+               history: list[Mapping[str, Any]] = (), *, overwrite: bool = False) -> int:
   """Writes `torch_checkpoint(ckpt, training_state, history)` as a reference `.pt` atomically
-  (temporary file + rename); an existing `dst` only with `overwrite`."""
+  (temporary file + rename); an existing `dst` only with `overwrite`. Returns the number of
+  state-dict keys written."""
   import torch  # pylint: disable=g-import-not-at-top
 
   dst = pathlib.Path(dst)
@@ -431,13 +612,13 @@ def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[d
     os.replace(tmp, dst)
   finally:
     tmp.unlink(missing_ok=True)
+  return len(payload['model'])
 
 
 # --------------------------------------------------------------------------------------------------
 # What the reference's train.py reads from a .pt to continue a run (docs/checkpoints.md#resuming-in-the-reference):
 # its Config fields, its metric fields, the AdamW and scheduler state.
 
-REFERENCE_BACKBONE = 'efficientvit_b1'  # the reference's Config.BACKBONE of this network
 KENDALL_NAMES = ('log_sigma_d', 'log_sigma_s')  # its criterion's parameters, in registration order
 
 
@@ -463,7 +644,7 @@ def cosine_epochs(meta: Mapping[str, Any]) -> int | None:
   return planned_epochs(meta)
 
 
-def reference_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+def reference_config(meta: Mapping[str, Any], backbone: str) -> dict[str, Any]:
   """The reference's Config fields (its `config.py` names) that describe a run trained here, for a
   .pt's `config`; {} for a checkpoint without a training configuration. `EPOCHS` is the planned
   epochs (absent when unknown), `LR` the decoder rate, `ENCODER_LR_SCALE` encoder / decoder rate."""
@@ -474,7 +655,7 @@ def reference_config(meta: Mapping[str, Any]) -> dict[str, Any]:
   decoder_lr = float(opt['decoder_lr'])
   height, width = (config.get('data') or {}).get('input_size', (240, 320))
   out = {
-      'BACKBONE': REFERENCE_BACKBONE, 'NUM_CLASSES': len(CLASS_NAMES), 'INPUT_HEIGHT': int(height),
+      'BACKBONE': backbone, 'NUM_CLASSES': len(CLASS_NAMES), 'INPUT_HEIGHT': int(height),
       'INPUT_WIDTH': int(width), 'BATCH_SIZE': int(config.get('batch_size', 0)), 'LR': decoder_lr,
       'ENCODER_LR_SCALE': float(opt['encoder_lr']) / decoder_lr if decoder_lr else 0.0,
       'KENDALL_LR': float(opt['kendall_lr']), 'USE_KENDALL': bool(loss.get('use_kendall', True)),
@@ -601,12 +782,13 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
                           'checkpoints written by the current train.py keep them')
   config = ml_collections.ConfigDict(config)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
-  abstract = nnx.eval_shape(lambda: model_lib.create())
+  backbone = checkpoint_backbone(ckpt, f'{root}/{ckpt.step}')
+  abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
   like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
   moments = adam_moments(checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step))
 
   # The reference network's parameter names and shapes, in its named_parameters() order.
-  shapes = {n: tuple(p.shape) for n, p in torch_model.DepthSegNet().named_parameters()}
+  shapes = {n: tuple(p.shape) for n, p in torch_model.DepthSegNet(backbone=backbone).named_parameters()}
   model_names = list(shapes)
   shapes.update({n: (1,) for n in KENDALL_NAMES})
   opt = config.optimizer
@@ -639,16 +821,20 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
 
 
 # --------------------------------------------------------------------------------------------------
-# timm ImageNet encoder
+# ImageNet encoders: timm's EfficientViT B0-B3, torchvision's MobileNetV3-Small
 
 
 def timm_to_reference_names(sd: Mapping[str, Any]) -> dict[str, Any]:
-  """timm's plain `efficientvit_b1` names -> the reference's `encoder.` names; `head.*` dropped."""
+  """ImageNet classifier weights -> the reference's `encoder.` names, the classifier dropped:
+  timm's plain `efficientvit_b*` names (`stem.res0.`, `stages.2.`; `head.*` dropped) or
+  torchvision's `mobilenet_v3_small` ones (`features.4.`, whose `features` is the reference's
+  encoder; `classifier.*` dropped)."""
   out = {}
   for key, value in sd.items():
-    if key.startswith('head.'):
+    if key.startswith(('head.', 'classifier.')):
       continue
-    name = re.sub(r'^stem\.(in_conv|res\d+)\.', r'stem_\1.', key)
+    name = re.sub(r'^features\.', '', key)
+    name = re.sub(r'^stem\.(in_conv|res\d+)\.', r'stem_\1.', name)
     name = re.sub(r'^stages\.(\d+)\.', r'stages_\1.', name)
     out['encoder.' + name] = value
   return out
@@ -668,11 +854,14 @@ def read_timm_file(path: str | os.PathLike) -> Mapping[str, Any]:
 
 
 def encoder_checkpoint_from_timm(path: str | os.PathLike) -> Checkpoint:
+  """An encoder-only checkpoint (for `init_from`) from timm's or torchvision's ImageNet weights; the
+  backbone is the one whose encoder the weights fit."""
   source = os.fspath(path)
   sd = timm_to_reference_names(read_timm_file(path))
-  params, batch_stats, num_batches = params_from_state_dict(sd, source, only=('encoder',))
+  backbone = backbone_of_state_dict(sd, source, only=('encoder',))
+  params, batch_stats, num_batches = params_from_state_dict(sd, source, backbone=backbone, only=('encoder',))
   meta = {'step': 0, 'epoch': 0, 'num_batches_tracked': num_batches, 'source': f'timm:{source}',
-          'config': {}, 'metrics': {}}
+          'backbone': backbone, 'config': {}, 'metrics': {}}
   return Checkpoint(params=params, batch_stats=batch_stats, kendall=checkpointing.default_kendall(), meta=meta)
 
 
@@ -697,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--with-optimizer', action='store_true',
                  help="also the AdamW and scheduler state (training workdirs), for the reference's train.py --resume")
   p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
-  p = sub.add_parser('timm-encoder', help='timm ImageNet weights (.pth/.safetensors) -> encoder-only checkpoint')
+  p = sub.add_parser('timm-encoder', help="timm's EfficientViT or torchvision's MobileNetV3-Small ImageNet weights "
+                                          '(.pth/.safetensors) -> encoder-only checkpoint')
   p.add_argument('src')
   p.add_argument('dst')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
@@ -712,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
       ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
       checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
       dropped = ckpt.meta['dropped']
-      print(f'wrote {args.dst}: {len(trees.flatten(ckpt.params))} parameters, '
+      print(f'wrote {args.dst}: {ckpt.meta["backbone"]}, {len(trees.flatten(ckpt.params))} parameters, '
             f'{len(trees.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
             f'epoch {ckpt.meta["epoch"]}'
             + (f'; not converted: {", ".join(dropped)} (training here starts a fresh optimiser)' if dropped else ''))
@@ -724,12 +914,15 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
       ckpt = checkpointing.load(args.src, args.step)
       training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
-      save_torch(ckpt, args.dst, training_state, metrics_history(args.src, ckpt.step), overwrite=args.overwrite)
-      print(f'wrote {args.dst}: 358 state-dict keys, criterion, epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
+      backbone = checkpoint_backbone(ckpt, args.src)
+      keys = save_torch(ckpt, args.dst, training_state, metrics_history(args.src, ckpt.step),
+                        overwrite=args.overwrite)
+      print(f'wrote {args.dst}: {backbone}, {keys} state-dict keys, criterion, '
+            f'epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
             f'(0-based index of the last finished epoch; from step {ckpt.step})'
             + (f'; optimizer (AdamW, 3 groups) and scheduler (T_max {training_state[1]["T_max"]}, '
                f'last_epoch {training_state[1]["last_epoch"]})' if training_state else ''))
-      recipe = {k: v for k, v in reference_config(ckpt.meta).items()
+      recipe = {k: v for k, v in reference_config(ckpt.meta, backbone).items()
                 if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'USE_KENDALL', 'BACKBONE', 'GRAD_CLIP_NORM')}
       if training_state and recipe:
         print("the reference's train.py reads these from its config.py, not from the .pt: set "
@@ -741,8 +934,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
       ckpt = encoder_checkpoint_from_timm(args.src)
       checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
-      print(f'wrote {args.dst}: encoder only ({len(trees.flatten(ckpt.params))} parameters); '
-            'use it as init_from')
+      print(f'wrote {args.dst}: {ckpt.meta["backbone"]} encoder only ({len(trees.flatten(ckpt.params))} '
+            f'parameters); use it as init_from with model.backbone={ckpt.meta["backbone"]}')
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -3,8 +3,9 @@
   python -m efficientvit_jax.export --checkpoint SRC --format onnx|stablehlo --out F [--size HxW]
       [--dynamic-batch] [--fp16] [--overwrite] [--step N] [--allow-pickle]
 
-Both formats hold the whole eval-mode network, normalisation included, at one input size
-(default 240x320), with one input and three outputs:
+Both formats hold the whole eval-mode network (the checkpoint's backbone), normalisation
+included, at one input size (default: the training input size the checkpoint records, else
+240x320; printed), with one input and three outputs:
 
   image       [N, H, W, 3] uint8 RGB (the camera's bytes; divided by 255 and normalised inside)
   depth       [N, H, W] float32 metres (>= 0)
@@ -75,7 +76,8 @@ def torch_deploy_module(ckpt: Checkpoint):
       logits = heads[1]
       return depth, logits.permute(0, 2, 3, 1), logits.argmax(1).to(torch.uint8)
 
-  twin = torch_model.load_reference(convert.state_dict_from_checkpoint(ckpt))
+  twin = torch_model.load_reference(convert.state_dict_from_checkpoint(ckpt),
+                                    backbone=convert.checkpoint_backbone(ckpt))
   return DeployNet(twin).eval()
 
 
@@ -136,10 +138,7 @@ def jax_deploy_fn(ckpt: Checkpoint, *, fp16: bool = False):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-
-  model = model_lib.create(dtype=jnp.float16 if fp16 else jnp.float32)
-  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source='checkpoint')
+  model = convert.model_from_checkpoint(ckpt, dtype=jnp.float16 if fp16 else jnp.float32)
   graphdef, state = nnx.split(model)
   state = jax.tree.map(jnp.asarray, state)
 
@@ -216,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--out', required=True, help='the file to write')
-  parser.add_argument('--size', type=images.parse_size, default=(240, 320),
-                      help=f'input size, {images.SIZE_HELP} (default 240x320)')
+  parser.add_argument('--size', type=images.parse_size, default=None,
+                      help=f"input size, {images.SIZE_HELP} (default: the checkpoint's training size, else 240x320)")
   parser.add_argument('--dynamic-batch', action='store_true', help='a symbolic batch axis instead of 1')
   parser.add_argument('--fp16', action='store_true', help='float16 weights and activations (see the module doc)')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
@@ -235,14 +234,16 @@ def main(argv: list[str] | None = None) -> int:
   except OSError as e:
     parser.error(f'--out {out}: cannot write there ({e})')
   try:
-    ckpt = convert.load_any(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
-    nbytes = export(ckpt, args.format, out, args.size, dynamic_batch=args.dynamic_batch, fp16=args.fp16)
+    loaded = convert.load_model(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
+    print(loaded.describe(args.size))
+    size = loaded.input_size(args.size)
+    nbytes = export(loaded.ckpt, args.format, out, size, dynamic_batch=args.dynamic_batch, fp16=args.fp16)
   except checkpointing.CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   batch = 'N' if args.dynamic_batch else '1'
-  print(f'wrote {out} ({args.format}{", fp16" if args.fp16 else ""}, {nbytes / 2**20:.1f} MiB, '
-        f'image [{batch}, {args.size[0]}, {args.size[1]}, 3] uint8)')
+  print(f'wrote {out} ({args.format}{", fp16" if args.fp16 else ""}, {loaded.backbone}, {nbytes / 2**20:.1f} MiB, '
+        f'image [{batch}, {size[0]}, {size[1]}, 3] uint8)')
   return 0
 
 

@@ -1,9 +1,11 @@
-"""EfficientViT-B1 encoder + depth / segmentation decoders (docs/model.md), Flax NNX, NHWC.
+"""The reference's multi-task network (docs/model.md), Flax NNX, NHWC: an encoder from the family
+`BACKBONES` (timm's EfficientViT B0-B3, torchvision's MobileNetV3-Small), a neck and two
+skip-connected decoders sized from the encoder's channels.
 
-Module and attribute names follow the reference's PyTorch names (timm `efficientvit_b1` features
-plus the reference decoder), so that `convert.py` maps one tree onto the other by a short table.
-Parameters are float32; `dtype` is the compute dtype of convolutions. BatchNorm, the attention
-normaliser and the outputs stay float32.
+Module and attribute names follow the reference's PyTorch names (timm `efficientvit_b*` features,
+torchvision `mobilenet_v3_small().features`, the reference decoder), so that `convert.py` maps one
+tree onto the other by a short table. Parameters are float32; `dtype` is the compute dtype of
+convolutions. BatchNorm, the attention normaliser and the outputs stay float32.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from efficientvit_jax import backbones
 from efficientvit_jax import classes
 from efficientvit_jax import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WIDTHS = (16, 32, 64, 128, 256)
-DEPTHS = (1, 2, 3, 3, 4)
-HEAD_DIM = 16
-EXPAND_RATIO = 4
+BACKBONES = backbones.BACKBONES
+DEFAULT_BACKBONE = backbones.DEFAULT_BACKBONE
+encoder_channels = backbones.encoder_channels
+NECK_CHANNELS = 128
+DECODER_CHANNELS = (64, 32, 16)
 ENCODER_KEYS = ('encoder', 'neck')  # the parameters frozen in the reference's first epochs
+_MOBILENET_NORM = {'norm_eps': backbones.MOBILENET_BN['eps'], 'norm_momentum': backbones.MOBILENET_BN['momentum']}
 
 _ACTS = {
     None: lambda x: x,
@@ -112,10 +117,10 @@ class ConvNormAct(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, stride: int = 1, groups: int = 1,
                use_bias: bool = False, norm: bool = True, act: str | None = None, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               norm_eps: float = 1e-5, norm_momentum: float = 0.1, rngs: nnx.Rngs):
     self.conv = Conv(in_ch, out_ch, kernel_size, stride=stride, groups=groups, use_bias=use_bias,
                      dtype=dtype, rngs=rngs)
-    self.norm = BatchNorm(out_ch) if norm else None
+    self.norm = BatchNorm(out_ch, eps=norm_eps, momentum=norm_momentum) if norm else None
     self.act = act
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -144,7 +149,7 @@ class MBConv(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, *, stride: int = 1, fewer_norm: bool = False, dtype,
                rngs: nnx.Rngs):
-    mid = in_ch * EXPAND_RATIO
+    mid = in_ch * backbones.EXPAND_RATIO
     self.inverted_conv = ConvNormAct(in_ch, mid, 1, use_bias=fewer_norm, norm=not fewer_norm,
                                      act='hswish', dtype=dtype, rngs=rngs)
     self.depth_conv = ConvNormAct(mid, mid, 3, stride=stride, groups=mid, use_bias=fewer_norm,
@@ -158,29 +163,31 @@ class MBConv(nnx.Module):
 
 
 class LiteMLA(nnx.Module):
-  """Lightweight multi-scale linear attention (heads = C / 16, one 5x5 aggregation scale)."""
+  """Lightweight multi-scale linear attention (heads of `head_dim` channels, one 5x5 aggregation scale)."""
 
-  def __init__(self, ch: int, *, dtype, rngs: nnx.Rngs):
-    heads = ch // HEAD_DIM
-    total = 3 * heads * HEAD_DIM
+  def __init__(self, ch: int, *, head_dim: int, dtype, rngs: nnx.Rngs):
+    heads = ch // head_dim
+    total = 3 * heads * head_dim
+    self.head_dim = head_dim
     self.qkv = ConvNormAct(ch, total, 1, norm=False, dtype=dtype, rngs=rngs)
     # Mirrors timm's ModuleList([Sequential(depthwise 5x5, grouped 1x1)]): `aggreg.0.0`, `aggreg.0.1`.
     self.aggreg = nnx.List([nnx.List([
         Conv(total, total, 5, groups=total, dtype=dtype, rngs=rngs),
         Conv(total, total, 1, groups=3 * heads, dtype=dtype, rngs=rngs),
     ])])
-    self.proj = ConvNormAct(2 * heads * HEAD_DIM, ch, 1, dtype=dtype, rngs=rngs)
+    self.proj = ConvNormAct(2 * heads * head_dim, ch, 1, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     n, h, w, _ = x.shape
+    d = self.head_dim
     qkv = self.qkv(x, train)
     scales = [qkv] + [pw(dw(qkv)) for dw, pw in self.aggreg]
-    # Channels group-major: group g holds q, k, v of one head at channels g*48 + (0..15, 16..31, 32..47).
-    qkv = jnp.concatenate(scales, axis=-1).reshape(n, h * w, -1, 3 * HEAD_DIM).astype(jnp.float32)
-    q = jax.nn.relu(qkv[..., :HEAD_DIM])
-    k = jax.nn.relu(qkv[..., HEAD_DIM:2 * HEAD_DIM])
-    v = qkv[..., 2 * HEAD_DIM:]
-    kv = jnp.einsum('nmgd,nmge->ngde', k, v)  # [N, G, 16, 16]
+    # Channels group-major: group g holds q, k, v of one head at channels g*3d + (0..d-1, d..2d-1, 2d..3d-1).
+    qkv = jnp.concatenate(scales, axis=-1).reshape(n, h * w, -1, 3 * d).astype(jnp.float32)
+    q = jax.nn.relu(qkv[..., :d])
+    k = jax.nn.relu(qkv[..., d:2 * d])
+    v = qkv[..., 2 * d:]
+    kv = jnp.einsum('nmgd,nmge->ngde', k, v)  # [N, G, d, d]
     num = jnp.einsum('nmgd,ngde->nmge', q, kv)
     den = jnp.einsum('nmgd,ngd->nmg', q, k.sum(axis=1))[..., None]
     out = (num / (den + 1e-5)).astype(x.dtype).reshape(n, h, w, -1)
@@ -202,8 +209,8 @@ class ResidualBlock(nnx.Module):
 class EfficientVitBlock(nnx.Module):
   """`x + LiteMLA(x)` then `x + MBConv(x)` (fewer-norm MBConv)."""
 
-  def __init__(self, ch: int, *, dtype, rngs: nnx.Rngs):
-    self.context_module = ResidualBlock(LiteMLA(ch, dtype=dtype, rngs=rngs), shortcut=True)
+  def __init__(self, ch: int, *, head_dim: int, dtype, rngs: nnx.Rngs):
+    self.context_module = ResidualBlock(LiteMLA(ch, head_dim=head_dim, dtype=dtype, rngs=rngs), shortcut=True)
     self.local_module = ResidualBlock(
         MBConv(ch, ch, fewer_norm=True, dtype=dtype, rngs=rngs), shortcut=True)
 
@@ -214,12 +221,13 @@ class EfficientVitBlock(nnx.Module):
 class Stage(nnx.Module):
   """Block 0: stride-2 MBConv without residual; then residual MBConvs or EfficientViT blocks."""
 
-  def __init__(self, in_ch: int, out_ch: int, depth: int, *, vit: bool, dtype, rngs: nnx.Rngs):
+  def __init__(self, in_ch: int, out_ch: int, depth: int, *, vit: bool, head_dim: int, dtype,
+               rngs: nnx.Rngs):
     blocks = [ResidualBlock(MBConv(in_ch, out_ch, stride=2, fewer_norm=vit, dtype=dtype, rngs=rngs),
                             shortcut=False)]
     for _ in range(depth if vit else depth - 1):
       if vit:
-        blocks.append(EfficientVitBlock(out_ch, dtype=dtype, rngs=rngs))
+        blocks.append(EfficientVitBlock(out_ch, head_dim=head_dim, dtype=dtype, rngs=rngs))
       else:
         blocks.append(ResidualBlock(MBConv(out_ch, out_ch, dtype=dtype, rngs=rngs), shortcut=True))
     self.blocks = nnx.List(blocks)
@@ -230,26 +238,101 @@ class Stage(nnx.Module):
     return x
 
 
-class EfficientVitB1(nnx.Module):
-  """timm `efficientvit_b1` with `features_only=True`: 4 maps at strides 4, 8, 16, 32."""
+class EfficientVit(nnx.Module):
+  """timm `efficientvit_b0..b3` with `features_only=True`: 4 maps at strides 4, 8, 16, 32."""
 
-  def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    w, d = WIDTHS, DEPTHS
+  def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], head_dim: int, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    w, d = widths, depths
     self.stem_in_conv = ConvNormAct(3, w[0], 3, stride=2, act='hswish', dtype=dtype, rngs=rngs)
-    self.stem_res0 = ResidualBlock(DSConv(w[0], dtype=dtype, rngs=rngs), shortcut=True)
-    self.stages_0 = Stage(w[0], w[1], d[1], vit=False, dtype=dtype, rngs=rngs)
-    self.stages_1 = Stage(w[1], w[2], d[2], vit=False, dtype=dtype, rngs=rngs)
-    self.stages_2 = Stage(w[2], w[3], d[3], vit=True, dtype=dtype, rngs=rngs)
-    self.stages_3 = Stage(w[3], w[4], d[4], vit=True, dtype=dtype, rngs=rngs)
+    self.stem_depth = d[0]
+    for i in range(d[0]):
+      setattr(self, f'stem_res{i}', ResidualBlock(DSConv(w[0], dtype=dtype, rngs=rngs), shortcut=True))
+    for i in range(4):
+      setattr(self, f'stages_{i}', Stage(w[i], w[i + 1], d[i + 1], vit=i >= 2, head_dim=head_dim, dtype=dtype,
+                                         rngs=rngs))
 
   def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
-    """x: [N, H, W, 3] normalised -> [N, H/4, W/4, 32], [../8, 64], [../16, 128], [../32, 256]."""
-    x = self.stem_res0(self.stem_in_conv(x, train), train)
+    """x: [N, H, W, 3] normalised -> [N, H/4, W/4, w1], [../8, w2], [../16, w3], [../32, w4]."""
+    x = self.stem_in_conv(x, train)
+    for i in range(self.stem_depth):
+      x = getattr(self, f'stem_res{i}')(x, train)
     features = []
-    for stage in (self.stages_0, self.stages_1, self.stages_2, self.stages_3):
-      x = stage(x, train)
+    for i in range(4):
+      x = getattr(self, f'stages_{i}')(x, train)
       features.append(x)
     return features
+
+
+class SqueezeExcitation(nnx.Module):
+  """torchvision's SE: x * hardsigmoid(fc2(relu(fc1(mean over H, W of x)))), fc1/fc2 1x1 convs with bias."""
+
+  def __init__(self, ch: int, squeeze: int, *, dtype, rngs: nnx.Rngs):
+    self.fc1 = Conv(ch, squeeze, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    self.fc2 = Conv(squeeze, ch, 1, use_bias=True, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train
+    pooled = x.astype(jnp.float32).mean(axis=(1, 2), keepdims=True).astype(x.dtype)  # [N, 1, 1, C]
+    scale = jax.nn.hard_sigmoid(self.fc2(jax.nn.relu(self.fc1(pooled))))
+    return x * scale.astype(x.dtype)
+
+
+class InvertedResidual(nnx.Module):
+  """torchvision's MobileNetV3 block: `block` = [1x1 expand +BN +act (if expanded)], depthwise kxk
+  (stride) +BN +act, [SE], 1x1 project +BN; `+ x` when stride 1 and the channels stay."""
+
+  def __init__(self, in_ch: int, kernel: int, expanded: int, out_ch: int, use_se: bool, act: str,
+               stride: int, *, dtype, rngs: nnx.Rngs):
+    layers = []
+    if expanded != in_ch:
+      layers.append(ConvNormAct(in_ch, expanded, 1, act=act, dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
+    layers.append(ConvNormAct(expanded, expanded, kernel, stride=stride, groups=expanded, act=act, dtype=dtype,
+                              rngs=rngs, **_MOBILENET_NORM))
+    if use_se:
+      layers.append(SqueezeExcitation(expanded, backbones.make_divisible(expanded // 4), dtype=dtype, rngs=rngs))
+    layers.append(ConvNormAct(expanded, out_ch, 1, dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
+    self.block = nnx.List(layers)
+    self.residual = stride == 1 and in_ch == out_ch
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = x
+    for layer in self.block:
+      y = layer(y, train)
+    return y + x if self.residual else y
+
+
+class MobileNetV3Small(nnx.Module):
+  """torchvision `mobilenet_v3_small().features` (13 blocks); returns the outputs of blocks 1, 3, 4
+  and 12: 16, 24, 40, 576 channels at strides 4, 8, 16, 32."""
+
+  def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    layers = [ConvNormAct(3, backbones.MOBILENET_STEM, 3, stride=2, act='hswish', dtype=dtype, rngs=rngs,
+                          **_MOBILENET_NORM)]
+    ch = backbones.MOBILENET_STEM
+    for kernel, expanded, out_ch, use_se, act, stride in backbones.MOBILENET_V3_SMALL:
+      layers.append(InvertedResidual(ch, kernel, expanded, out_ch, use_se, act, stride, dtype=dtype, rngs=rngs))
+      ch = out_ch
+    layers.append(ConvNormAct(ch, 6 * ch, 1, act='hswish', dtype=dtype, rngs=rngs, **_MOBILENET_NORM))
+    self.features = nnx.List(layers)
+
+  def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
+    """x: [N, H, W, 3] normalised -> [N, H/4, W/4, 16], [../8, 24], [../16, 40], [../32, 576]."""
+    features = []
+    for i, layer in enumerate(self.features):
+      x = layer(x, train)
+      if i in backbones.MOBILENET_SKIPS:
+        features.append(x)
+    return features + [x]
+
+
+def make_encoder(backbone: str, *, dtype=jnp.float32, rngs: nnx.Rngs) -> EfficientVit | MobileNetV3Small:
+  """The encoder named `backbone` (one of `BACKBONES`)."""
+  if backbone in backbones.EFFICIENTVIT:
+    return EfficientVit(*backbones.EFFICIENTVIT[backbone], dtype=dtype, rngs=rngs)
+  if backbone == 'mobilenet_v3_small':
+    return MobileNetV3Small(dtype=dtype, rngs=rngs)
+  raise ValueError(f'unknown backbone {backbone!r}; one of {", ".join(BACKBONES)}')
 
 
 class DecoderBlock(nnx.Module):
@@ -271,18 +354,24 @@ class DepthSegNet(nnx.Module):
   """The reference's multi-task student: metric depth + `num_classes` segmentation logits.
 
   `model(image, train=...)` with image `[N, H, W, 3]` float RGB in [0, 1] (any H, W >= 32) returns
-  `{'depth': [N, H, W] float32 metres >= 0, 'seg_logits': [N, H, W, C] float32}`.
+  `{'depth': [N, H, W] float32 metres >= 0, 'seg_logits': [N, H, W, C] float32}`. The neck maps the
+  encoder's last output to 128 channels; decoder block i upsamples to `DECODER_CHANNELS[i]` and
+  fuses the encoder output of the same stride.
   """
 
-  def __init__(self, *, num_classes: int = classes.NUM_CLASSES, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.encoder = EfficientVitB1(dtype=dtype, rngs=rngs)
-    self.neck = ConvNormAct(256, 128, 1, use_bias=True, act='relu', dtype=dtype, rngs=rngs)
+  def __init__(self, *, backbone: str = DEFAULT_BACKBONE, num_classes: int = classes.NUM_CLASSES,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.backbone = backbone
+    self.encoder = make_encoder(backbone, dtype=dtype, rngs=rngs)
+    skips = encoder_channels(backbone)
+    self.neck = ConvNormAct(skips[3], NECK_CHANNELS, 1, use_bias=True, act='relu', dtype=dtype, rngs=rngs)
     for task in ('depth', 'seg'):
-      setattr(self, f'{task}_d1', DecoderBlock(128, 128, 64, dtype=dtype, rngs=rngs))
-      setattr(self, f'{task}_d2', DecoderBlock(64, 64, 32, dtype=dtype, rngs=rngs))
-      setattr(self, f'{task}_d3', DecoderBlock(32, 32, 16, dtype=dtype, rngs=rngs))
-    self.depth_head = Conv(16, 1, 1, use_bias=True, dtype=dtype, rngs=rngs)
-    self.seg_head = Conv(16, num_classes, 1, use_bias=True, dtype=dtype, rngs=rngs)
+      ch = NECK_CHANNELS
+      for i, (out_ch, skip_ch) in enumerate(zip(DECODER_CHANNELS, skips[2::-1]), start=1):
+        setattr(self, f'{task}_d{i}', DecoderBlock(ch, skip_ch, out_ch, dtype=dtype, rngs=rngs))
+        ch = out_ch
+    self.depth_head = Conv(DECODER_CHANNELS[-1], 1, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    self.seg_head = Conv(DECODER_CHANNELS[-1], num_classes, 1, use_bias=True, dtype=dtype, rngs=rngs)
     self.dtype = dtype
 
   def features(self, image: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -312,6 +401,7 @@ class DepthSegNet(nnx.Module):
     return {'depth': jax.nn.relu(outputs['depth'][..., 0]), 'seg_logits': outputs['seg']}
 
 
-def create(*, num_classes: int = classes.NUM_CLASSES, dtype=jnp.float32, seed: int = 0) -> DepthSegNet:
+def create(*, backbone: str = DEFAULT_BACKBONE, num_classes: int = classes.NUM_CLASSES, dtype=jnp.float32,
+           seed: int = 0) -> DepthSegNet:
   """A freshly initialised model (PyTorch default init, BN scale 1 / bias 0 / mean 0 / var 1)."""
-  return DepthSegNet(num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))
+  return DepthSegNet(backbone=backbone, num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))

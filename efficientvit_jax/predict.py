@@ -6,12 +6,15 @@
 Per image: `<stem>_depth.npy` [H, W] float32 metres, `<stem>_seg.png` class ids (8-bit PNG),
 `<stem>_seg_logits.npy` [H, W, 6] (with --save-logits), `<stem>_depth_mm.png` (with --depth-png:
 16-bit PNG, depth in millimetres, the ROS / RealSense convention) and `<stem>_panel.png`. Outputs
-are at the model's input size (default 240x320), or at the image's own size with --native-size.
-Pixels are uint8 / 255 as in training; an image of another size is resized bilinearly first.
+are at the model's input size, or at the image's own size with --native-size. The model (its
+backbone) and the input size come from the checkpoint (the size it was trained at; 240x320 when it
+records none; printed); --size overrides the size. Pixels are uint8 / 255 as in training; an image
+of another size is resized bilinearly first.
 
 From Python (a robot node, a notebook):
 
   predictor = predict.load('runs/b1')           # folder, workdir or reference .pt
+  predictor.size, predictor.backbone            # (240, 320), 'efficientvit_b1': from the checkpoint
   out = predictor(rgb)                          # rgb [H, W, 3] or [N, H, W, 3] uint8, any H, W
   out['depth'], out['labels'], out['seg_logits']  # metres, uint8 class ids, float32 logits
 """
@@ -99,6 +102,7 @@ class ImagePredictor:
 
   def __init__(self, model: model_lib.DepthSegNet, size: tuple[int, int] = (240, 320), batch_size: int = 8):
     self.size = tuple(size)
+    self.backbone = model.backbone
     self._predictor = Predictor(model, self.size, batch_size)
 
   def __call__(self, images: np.ndarray, *, native_size: bool = False) -> dict[str, np.ndarray]:
@@ -122,11 +126,12 @@ class ImagePredictor:
     return {k: v[0] for k, v in out.items()} if single else out
 
 
-def load(src: str | os.PathLike, *, size: tuple[int, int] = (240, 320), step: int | None = None,
+def load(src: str | os.PathLike, *, size: tuple[int, int] | None = None, step: int | None = None,
          batch_size: int = 8, allow_pickle: bool = False) -> ImagePredictor:
-  """A checkpoint folder, training workdir (latest step or `step`) or reference .pt -> predictor."""
-  model, _ = load_model(os.fspath(src), step=step, allow_pickle=allow_pickle)
-  return ImagePredictor(model, size, batch_size)
+  """A checkpoint folder, training workdir (latest step or `step`) or reference .pt -> predictor at
+  `size`, by default the training input size the checkpoint records (else 240x320)."""
+  loaded = convert.load_model(src, step, allow_pickle=allow_pickle)
+  return ImagePredictor(loaded.model, loaded.input_size(size), batch_size)
 
 
 DEPTH_PNG_SCALE = 1000.0  # uint16 units per metre: millimetres
@@ -148,13 +153,6 @@ def read_depth_png(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img, np.uint16).astype(np.float32) / DEPTH_PNG_SCALE
 
 
-def load_model(src: str, *, step: int | None = None, dtype=jnp.float32, allow_pickle: bool = False):
-  ckpt = convert.load_any(src, step, allow_pickle=allow_pickle)
-  model = model_lib.create(dtype=dtype)
-  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=src)
-  return model, ckpt
-
-
 def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
   """Bilinear resize of depth [H, W] and logits [H, W, C] to `size` (as the model's own resizes)."""
   depth = ops.resize_bilinear(jnp.asarray(out['depth'])[None, ..., None], size)[0, ..., 0]
@@ -167,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--size', type=images_lib.parse_size, default=(240, 320),
-                      help=f'model input size, {images_lib.SIZE_HELP} (default 240x320)')
+  parser.add_argument('--size', type=images_lib.parse_size, default=None,
+                      help=f"model input size, {images_lib.SIZE_HELP} (default: the checkpoint's training size, "
+                           'else 240x320)')
   parser.add_argument('--native-size', action='store_true', help="outputs at each image's own size")
   parser.add_argument('--save-logits', action='store_true', help='also write <stem>_seg_logits.npy')
   parser.add_argument('--depth-png', action='store_true',
@@ -186,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
   batch_size = min(args.batch_size, len(args.images))  # no padding beyond the images given
   out_dir = pathlib.Path(args.out)
   try:
-    images_lib.check_batch_pixels(args.size, batch_size)
+    if args.size is not None:
+      images_lib.check_batch_pixels(args.size, batch_size)
   except ValueError as e:
     parser.error(str(e))
   if out_dir.exists() and not out_dir.is_dir():
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     stems = [pathlib.Path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):
       raise ImageError('two input images share a file name stem; their outputs would overwrite each other')
-    model, _ = load_model(args.checkpoint, step=args.step, allow_pickle=args.allow_pickle)
+    loaded = convert.load_model(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
   except (ImageError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -207,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {existing[0]} already exists ({len(existing)} outputs in all); choose another --out or '
           'pass --overwrite', file=sys.stderr)
     return 2
+  size = loaded.input_size(args.size)
   try:
     checkpointing.check_writable(out_dir)  # before predicting: a read-only place fails now
-  except OSError as e:
-    print(f'error: cannot write --out: {e}', file=sys.stderr)
+    images_lib.check_batch_pixels(size, batch_size)  # the checkpoint's size, when --size gave none
+  except (OSError, ValueError) as e:
+    print(f'error: cannot write --out: {e}' if isinstance(e, OSError) else f'error: {e}', file=sys.stderr)
     return 2
-  predictor = Predictor(model, args.size, batch_size)
-  resized = [images_lib.resize_rgb(rgb, args.size) for rgb in rgbs]
+  print(loaded.describe(args.size))
+  predictor = Predictor(loaded.model, size, batch_size)
+  resized = [images_lib.resize_rgb(rgb, size) for rgb in rgbs]
   outputs = predictor(np.stack(resized).astype(np.float32) / 255.0)
   for i, (stem, rgb) in enumerate(zip(stems, rgbs)):
     out = {k: v[i] for k, v in outputs.items()}

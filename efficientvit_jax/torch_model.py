@@ -1,16 +1,19 @@
-"""PyTorch twin of the reference network, without timm.
+"""PyTorch twin of the reference network, without timm or torchvision.
 
-EfficientViT-B1 encoder (timm `efficientvit_b1`, `features_only=True`) plus the reference's
-neck, two skip-connected decoders and heads (`models/student.py`). Module attribute names are
-chosen so that `DepthSegNet().state_dict()` has exactly the reference's 358 keys in its order, e.g.
-`encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`, `depth_d1.fuse.1.running_var`.
+An encoder of the family (timm `efficientvit_b0..b3` with `features_only=True`, or torchvision
+`mobilenet_v3_small().features` with the reference's skips) plus the reference's neck, two
+skip-connected decoders and heads (`models/student.py`). Module attribute names are chosen so that
+`DepthSegNet(backbone=...).state_dict()` has exactly the reference's keys in its order (358 for
+B1), e.g. `encoder.stages_2.blocks.1.context_module.main.aggreg.0.0.weight`,
+`encoder.4.block.2.fc1.weight`, `depth_d1.fuse.1.running_var`.
 
 It serves as the oracle for the JAX model in tests, as the target layout of `orbax-to-torch` and
-as the baseline of `benchmarks/train_step.py --torch`. Only torch and numpy are imported here;
-the rest of the package imports this module lazily.
+as the baseline of `benchmarks/train_step.py --torch`. Only torch and `backbones.py` (the
+encoders' sizes as plain data, shared with the Flax model) are imported here; the rest of the
+package imports this module lazily.
 
 Usage:
-  model = load_reference('student.pt')  # eval mode
+  model = load_reference('student.pt')  # eval mode; the backbone from the file
   depth, seg_logits = model(image)  # image [N, 3, H, W] float32 in [0, 1]
 """
 
@@ -24,12 +27,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from efficientvit_jax import backbones
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WIDTHS = (16, 32, 64, 128, 256)
-DEPTHS = (1, 2, 3, 3, 4)
-HEAD_DIM = 16
-EXPAND_RATIO = 4
+BACKBONES = backbones.BACKBONES
+DEFAULT_BACKBONE = backbones.DEFAULT_BACKBONE
 
 
 class ConvNormAct(nn.Module):
@@ -64,7 +67,7 @@ class MBConv(nn.Module):
   `fewer_norm` (stages 2-3): the first two convs have a bias and no BatchNorm.
   """
 
-  def __init__(self, cin: int, cout: int, stride: int = 1, expand_ratio: int = EXPAND_RATIO,
+  def __init__(self, cin: int, cout: int, stride: int = 1, expand_ratio: int = backbones.EXPAND_RATIO,
                fewer_norm: bool = False):
     super().__init__()
     mid = cin * expand_ratio
@@ -81,7 +84,7 @@ class MBConv(nn.Module):
 class LiteMLA(nn.Module):
   """Multi-scale ReLU linear attention (heads of `dim` channels, one 5x5 aggregation scale)."""
 
-  def __init__(self, channels: int, dim: int = HEAD_DIM, eps: float = 1e-5):
+  def __init__(self, channels: int, dim: int, eps: float = 1e-5):
     super().__init__()
     heads = channels // dim
     total = heads * dim
@@ -127,9 +130,9 @@ class ResidualBlock(nn.Module):
 class EfficientVitBlock(nn.Module):
   """`x + LiteMLA(x)`, then `x + MBConv(x)` (fewer-norm MBConv)."""
 
-  def __init__(self, channels: int):
+  def __init__(self, channels: int, head_dim: int):
     super().__init__()
-    self.context_module = ResidualBlock(LiteMLA(channels))
+    self.context_module = ResidualBlock(LiteMLA(channels, head_dim))
     self.local_module = ResidualBlock(MBConv(channels, channels, fewer_norm=True))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,11 +142,11 @@ class EfficientVitBlock(nn.Module):
 class EfficientVitStage(nn.Module):
   """Stride-2 MBConv without residual, then residual MBConvs or EfficientViT blocks."""
 
-  def __init__(self, cin: int, cout: int, depth: int, vit_stage: bool):
+  def __init__(self, cin: int, cout: int, depth: int, vit_stage: bool, head_dim: int):
     super().__init__()
     blocks = [ResidualBlock(MBConv(cin, cout, stride=2, fewer_norm=vit_stage), shortcut=False)]
     if vit_stage:
-      blocks += [EfficientVitBlock(cout) for _ in range(depth)]
+      blocks += [EfficientVitBlock(cout, head_dim) for _ in range(depth)]
     else:
       blocks += [ResidualBlock(MBConv(cout, cout)) for _ in range(depth - 1)]
     self.blocks = nn.Sequential(*blocks)
@@ -152,24 +155,99 @@ class EfficientVitStage(nn.Module):
     return self.blocks(x)
 
 
-class EfficientVitB1Encoder(nn.Module):
-  """timm `efficientvit_b1` as `features_only`: stem, then 4 stages whose outputs are returned."""
+class EfficientVitEncoder(nn.Module):
+  """timm `efficientvit_b*` as `features_only`: stem, then 4 stages whose outputs are returned."""
 
-  def __init__(self):
+  def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...], head_dim: int):
     super().__init__()
-    self.stem_in_conv = ConvNormAct(3, WIDTHS[0], 3, stride=2, act=nn.Hardswish)
-    self.stem_res0 = ResidualBlock(DSConv(WIDTHS[0], WIDTHS[0]))
-    for i, (cin, cout, depth) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], DEPTHS[1:])):
-      self.add_module(f'stages_{i}', EfficientVitStage(cin, cout, depth, vit_stage=i >= 2))
+    self.stem_in_conv = ConvNormAct(3, widths[0], 3, stride=2, act=nn.Hardswish)
+    self.stem_depth = depths[0]
+    for i in range(depths[0]):
+      self.add_module(f'stem_res{i}', ResidualBlock(DSConv(widths[0], widths[0])))
+    for i, (cin, cout, depth) in enumerate(zip(widths[:-1], widths[1:], depths[1:])):
+      self.add_module(f'stages_{i}', EfficientVitStage(cin, cout, depth, vit_stage=i >= 2, head_dim=head_dim))
 
   def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-    """[N, 3, H, W] normalised -> 4 maps of 32/64/128/256 channels at strides 4/8/16/32."""
-    x = self.stem_res0(self.stem_in_conv(x))
+    """[N, 3, H, W] normalised -> 4 maps (widths[1:] channels) at strides 4/8/16/32."""
+    x = self.stem_in_conv(x)
+    for i in range(self.stem_depth):
+      x = getattr(self, f'stem_res{i}')(x)
     features = []
     for i in range(4):
       x = getattr(self, f'stages_{i}')(x)
       features.append(x)
     return features
+
+
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: type[nn.Module] | None = None) -> nn.Sequential:
+  """torchvision's Conv2dNormActivation: Sequential(conv, BN(eps 1e-3, momentum 0.01)[, act])."""
+  layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, **backbones.MOBILENET_BN)]
+  return nn.Sequential(*layers, *([act()] if act is not None else []))
+
+
+class SqueezeExcitation(nn.Module):
+  """torchvision's SE: x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))."""
+
+  def __init__(self, channels: int, squeeze: int):
+    super().__init__()
+    self.fc1 = nn.Conv2d(channels, squeeze, 1)
+    self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    scale = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
+    return x * F.hardsigmoid(scale)
+
+
+class InvertedResidual(nn.Module):
+  """torchvision's MobileNetV3 block; `block` holds [expand], depthwise, [SE], project."""
+
+  def __init__(self, cin: int, kernel: int, expanded: int, cout: int, use_se: bool, act: str, stride: int):
+    super().__init__()
+    act = {'hswish': nn.Hardswish, 'relu': nn.ReLU}[act]
+    layers: list[nn.Module] = []
+    if expanded != cin:
+      layers.append(_conv_bn_act(cin, expanded, 1, act=act))
+    layers.append(_conv_bn_act(expanded, expanded, kernel, stride, groups=expanded, act=act))
+    if use_se:
+      layers.append(SqueezeExcitation(expanded, backbones.make_divisible(expanded // 4)))
+    layers.append(_conv_bn_act(expanded, cout, 1))
+    self.block = nn.Sequential(*layers)
+    self.use_res_connect = stride == 1 and cin == cout
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = self.block(x)
+    return y + x if self.use_res_connect else y
+
+
+class MobileNetV3SmallEncoder(nn.Sequential):
+  """torchvision `mobilenet_v3_small().features` (blocks 0-12), returning the outputs of blocks 1, 3,
+  4 and 12 (16, 24, 40, 576 channels at strides 4, 8, 16, 32), as the reference's skips."""
+
+  def __init__(self):
+    layers: list[nn.Module] = [_conv_bn_act(3, backbones.MOBILENET_STEM, 3, 2, act=nn.Hardswish)]
+    cin = backbones.MOBILENET_STEM
+    for kernel, expanded, cout, use_se, act, stride in backbones.MOBILENET_V3_SMALL:
+      layers.append(InvertedResidual(cin, kernel, expanded, cout, use_se, act, stride))
+      cin = cout
+    layers.append(_conv_bn_act(cin, 6 * cin, 1, act=nn.Hardswish))
+    super().__init__(*layers)
+
+  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    features = []
+    for i, block in enumerate(self):
+      x = block(x)
+      if i in backbones.MOBILENET_SKIPS:
+        features.append(x)
+    return features + [x]
+
+
+def make_encoder(backbone: str) -> nn.Module:
+  if backbone == 'mobilenet_v3_small':
+    return MobileNetV3SmallEncoder()
+  backbones.encoder_channels(backbone)  # raises for an unknown name
+  return EfficientVitEncoder(*backbones.EFFICIENTVIT[backbone])
 
 
 class DecoderBlock(nn.Module):
@@ -191,20 +269,23 @@ class DecoderBlock(nn.Module):
 
 
 class DepthSegNet(nn.Module):
-  """EfficientViT-B1 encoder, neck, depth and segmentation decoders (reference layout)."""
+  """Encoder (`backbone`), neck, depth and segmentation decoders sized from the encoder's channels
+  (reference layout)."""
 
-  def __init__(self, num_classes: int = 6):
+  def __init__(self, num_classes: int = 6, backbone: str = DEFAULT_BACKBONE):
     super().__init__()
+    self.backbone = backbone
+    skips = backbones.encoder_channels(backbone)
     self.register_buffer('img_mean', torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
     self.register_buffer('img_std', torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
-    self.encoder = EfficientVitB1Encoder()
-    self.neck = nn.Sequential(nn.Conv2d(256, 128, 1), nn.BatchNorm2d(128), nn.ReLU())
+    self.encoder = make_encoder(backbone)
+    self.neck = nn.Sequential(nn.Conv2d(skips[3], 128, 1), nn.BatchNorm2d(128), nn.ReLU())
     # Registration order = the reference's (each task's decoder, then its head): the order of
     # named_parameters(), hence of an optimiser's state (convert.torch_training_state).
     for task in ('depth', 'seg'):
-      self.add_module(f'{task}_d1', DecoderBlock(128, 128, 64))
-      self.add_module(f'{task}_d2', DecoderBlock(64, 64, 32))
-      self.add_module(f'{task}_d3', DecoderBlock(32, 32, 16))
+      self.add_module(f'{task}_d1', DecoderBlock(128, skips[2], 64))
+      self.add_module(f'{task}_d2', DecoderBlock(64, skips[1], 32))
+      self.add_module(f'{task}_d3', DecoderBlock(32, skips[0], 16))
       self.add_module(f'{task}_head', nn.Sequential(nn.Conv2d(16, 1, 1), nn.ReLU()) if task == 'depth'
                       else nn.Conv2d(16, num_classes, 1))
 
@@ -237,7 +318,7 @@ def state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
 
 
 def load_reference(path_or_state_dict: str | os.PathLike | Mapping[str, Any], strict: bool = True,
-                   allow_pickle: bool = False, num_classes: int = 6) -> DepthSegNet:
+                   allow_pickle: bool = False, num_classes: int = 6, backbone: str | None = None) -> DepthSegNet:
   """Builds a `DepthSegNet` and loads reference weights into it; returned in eval mode.
 
   Args:
@@ -246,6 +327,8 @@ def load_reference(path_or_state_dict: str | os.PathLike | Mapping[str, Any], st
     allow_pickle: load the file with full unpickling (`weights_only=False`); only for trusted
       files whose `config` holds objects that `weights_only=True` refuses.
     num_classes: segmentation classes.
+    backbone: one of `BACKBONES`; default: the file's `config['BACKBONE']` (timm's tag, as in
+      `efficientvit_b2.r288_in1k`, ignored), else `DEFAULT_BACKBONE`.
   """
   checkpoint = path_or_state_dict
   if isinstance(checkpoint, (str, os.PathLike)):
@@ -256,6 +339,9 @@ def load_reference(path_or_state_dict: str | os.PathLike | Mapping[str, Any], st
         raise
       raise RuntimeError(f'{os.fspath(path_or_state_dict)}: torch.load(weights_only=True) failed; '
                          'if the file is trusted, pass allow_pickle=True') from e
-  model = DepthSegNet(num_classes)
+  if backbone is None:
+    config = checkpoint.get('config') if isinstance(checkpoint.get('config'), Mapping) else {}
+    backbone = str(config.get('BACKBONE', DEFAULT_BACKBONE)).split('.')[0]
+  model = DepthSegNet(num_classes, backbone)
   model.load_state_dict(state_dict_of(checkpoint), strict=strict)
   return model.eval()

@@ -139,6 +139,7 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
     raise RunError(str(e)) from None
   if step is not None:
     source = f'{workdir}/checkpoints/{step}'
+    _check_backbone(config, ckptr.root, step, f'{source} holds')
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
     try:
       ckpt, opt_state, data_state = ckptr.restore(step, opt_like)
@@ -158,6 +159,11 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                   source='scratch')
   try:  # refuses non-finite weights, damaged files and shapes the model does not have
     init = convert.load_any(config.init_from)
+    backbone = convert.checkpoint_backbone(init, config.init_from)
+    if backbone != config.model.backbone:
+      raise checkpointing.CheckpointError(
+          f'{config.init_from} holds a {backbone} model but model.backbone is {config.model.backbone}; set '
+          f'--config.model.backbone={backbone} or choose another checkpoint')
     copied = checkpointing.load_into_model(model, init.params, init.batch_stats, partial=True,
                                            source=config.init_from)
   except checkpointing.CheckpointError as e:
@@ -177,6 +183,18 @@ def _jit_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any
                                freeze_bn_when_frozen=config.freeze_bn_when_frozen,
                                encoder_bn_train=encoder_bn_train),
       mesh, state)
+
+
+def _check_backbone(config: ml_collections.ConfigDict, root: pathlib.Path, step: int, what: str) -> None:
+  """UserError when checkpoint `step` in `root` records another backbone than the config's."""
+  try:
+    _, items = checkpointing.restore_items(root, step, ('meta',))
+  except checkpointing.CheckpointError:
+    return  # restoring the step reports it
+  recorded = (items.get('meta') or {}).get('backbone')
+  if recorded is not None and recorded != config.model.backbone:
+    raise UserError(f'{what} a {recorded} model but model.backbone is {config.model.backbone}; resume with '
+                    f'--config.model.backbone={recorded} or use another --workdir')
 
 
 def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx: Any, mesh: Mesh,
@@ -271,6 +289,7 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
   meta = {'step': step, 'epoch': step // run.steps_per_epoch,
           'steps_per_epoch': run.steps_per_epoch, 'num_steps': run.total_steps,  # the plan (convert.planned_epochs)
           **convert.counters_meta(run.counters, step, frozen_steps=frozen_steps), 'source': run.source,
+          'backbone': run.config.model.backbone, 'input_size': list(run.config.data.input_size),
           'config': json.loads(run.config.to_json()), 'metrics': metrics}
   return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=kendall, meta=meta)
 
@@ -479,7 +498,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     console.say(plan)
 
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
-  model = model_lib.create(dtype=dtype, seed=config.seed)
+  model = model_lib.create(backbone=config.model.backbone, dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   if dry_run:
     lines = _dry_run(config, model, tx, mesh, freeze_steps)

@@ -89,6 +89,29 @@ def reference_folder(tmp_path_factory, reference_ckpt):
   return checkpointing.write_folder(tmp_path_factory.mktemp('ckpt') / 'student', reference_ckpt)
 
 
+_BACKBONE_FIXTURES = {}
+
+
+def backbone_fixture(backbone: str) -> dict:
+  """`tests/data/backbones/<backbone>/` (real timm / torchvision and the reference's model code):
+  `pt` (the loaded student.pt), `image` [2, 120, 160, 3] float32 in [0, 1] (the PNGs / 255),
+  eval-mode `depth` [2, 120, 160] and `seg_logits` [2, 120, 160, 6]. Loaded once per session."""
+  if backbone not in _BACKBONE_FIXTURES:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    folder = DATA / 'backbones' / backbone
+    with np.load(folder / 'expected.npz') as z:
+      out = {k: z[k] for k in z.files}
+    out['image'] = np.stack([np.asarray(Image.open(folder / f'img_{i}.png').convert('RGB')) for i in range(2)]
+                            ).astype(np.float32) / 255.0
+    out['pt'] = torch.load(folder / 'student.pt', map_location='cpu', weights_only=True)
+    out['path'] = folder / 'student.pt'
+    _BACKBONE_FIXTURES[backbone] = out
+  return _BACKBONE_FIXTURES[backbone]
+
+
 @pytest.fixture(scope='session')
 def synthetic_tiny(tmp_path_factory):
   """The tiny synthetic data set (`data_pipelines.synthetic`, seed 0), generated once per session."""

@@ -1,6 +1,7 @@
 """PyTorch <-> orbax conversion: strict, bit-exact round trip, clear refusals, timm encoder weights."""
 
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
 
-from conftest import DATA, run_command
+from conftest import DATA, backbone_fixture, run_command
 
 FIXTURE = DATA / 'student_random.pt'
 
@@ -208,3 +209,137 @@ def test_command_line_refusals(tmp_path, read_only_dir, case):
   assert line.startswith('error: ') and expect in line, line
   assert not dst.exists() and not any(read_only_dir.iterdir())
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, 'read_only'} - {'none.pt'})
+
+
+# --------------------------------------------------------------------------------------------------
+# Every backbone
+
+
+def _random_ckpt(backbone, seed=0):
+  params, stats = checkpointing.model_trees(model_lib.create(backbone=backbone, seed=seed))
+  rng = np.random.default_rng(seed)
+  stats = trees.unflatten({k: rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
+                           for k, v in trees.flatten(stats).items()})
+  return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
+                                  meta={'step': 7, 'epoch': 2, 'backbone': backbone, 'input_size': [96, 128]})
+
+
+@pytest.mark.parametrize('backbone', ['efficientvit_b0', 'mobilenet_v3_small'])
+def test_backbone_fixture_round_trip_is_bit_exact(tmp_path, backbone):
+  fixture = backbone_fixture(backbone)
+  folder, back = tmp_path / 'ckpt', tmp_path / 'back.pt'
+  assert convert.main(['torch-to-orbax', str(fixture['path']), str(folder)]) == 0
+  meta = convert.load_any(folder).meta
+  assert meta['backbone'] == backbone and meta['input_size'] == [240, 320]
+  assert convert.main(['orbax-to-torch', str(folder), str(back)]) == 0
+  original, result = fixture['pt'], torch.load(back, weights_only=True)
+  assert list(result['model']) == list(original['model'])  # every key, in the reference's order
+  for key, value in original['model'].items():
+    assert result['model'][key].dtype == value.dtype and torch.equal(result['model'][key], value), key
+  assert result['config']['BACKBONE'] == backbone and result['config']['INPUT_HEIGHT'] == 240
+  assert {k: v for k, v in result['config'].items() if k != 'CLASS_NAMES'} == \
+      {k: v for k, v in original['config'].items() if k != 'CLASS_NAMES'}
+  torch_model.load_reference(back)  # strictly, with the backbone its config names
+
+
+@pytest.mark.parametrize('backbone', model_lib.BACKBONES)
+def test_every_backbone_round_trip_from_ours_is_bit_exact(tmp_path, backbone):
+  ckpt = _random_ckpt(backbone)
+  folder, pt, again = tmp_path / 'a', tmp_path / 'a.pt', tmp_path / 'b'
+  checkpointing.write_folder(folder, ckpt)
+  assert convert.main(['orbax-to-torch', str(folder), str(pt)]) == 0
+  obj = torch.load(pt, weights_only=True)
+  assert obj['config'] == {'BACKBONE': backbone, 'INPUT_HEIGHT': 96, 'INPUT_WIDTH': 128}  # no training config
+  twin = torch_model.DepthSegNet(backbone=backbone)
+  twin.load_state_dict(obj['model'], strict=True)
+  del obj['config']  # found from the shapes alone, too
+  torch.save(obj, pt)
+  assert convert.main(['torch-to-orbax', str(pt), str(again)]) == 0
+  back = convert.load_any(again)
+  assert back.meta['backbone'] == backbone
+  for tree, tree_back in ((ckpt.params, back.params), (ckpt.batch_stats, back.batch_stats)):
+    flat, flat_back = trees.flatten(tree), trees.flatten(tree_back)
+    assert set(flat) == set(flat_back)
+    for k, v in flat.items():
+      np.testing.assert_array_equal(np.asarray(flat_back[k]), v, err_msg=k)
+
+
+def test_backbone_named_in_config_wins_and_is_checked(tmp_path, capsys):
+  obj = dict(backbone_fixture('efficientvit_b0')['pt'])
+  obj['config'] = {**obj['config'], 'BACKBONE': 'efficientvit_b0.r224_in1k'}  # timm's tag is ignored
+  assert convert.checkpoint_from_torch(obj, 'tagged').meta['backbone'] == 'efficientvit_b0'
+  err = _refused(tmp_path, capsys, {**obj, 'config': {'BACKBONE': 'resnet50'}}, "config.BACKBONE is 'resnet50'")
+  assert 'mobilenet_v3_small' in err  # the choices
+  _refused(tmp_path, capsys, {**obj, 'config': {'BACKBONE': 'efficientvit_b1'}},
+           "config.BACKBONE is 'efficientvit_b1', but key depth_d1.fuse.0.weight has shape (64, 128, 3, 3), "
+           'expected (64, 192, 3, 3); its shapes are those of efficientvit_b0')
+
+
+@pytest.mark.parametrize('backbone', ['efficientvit_b0', 'mobilenet_v3_small'])
+def test_backbone_found_from_shapes(backbone):
+  ckpt = convert.checkpoint_from_torch(backbone_fixture(backbone)['pt']['model'], 'bare')  # no config
+  assert ckpt.meta['backbone'] == backbone and 'input_size' not in ckpt.meta
+  old = checkpointing.Checkpoint(ckpt.params, ckpt.batch_stats, ckpt.kendall, {'step': 1})  # meta without it
+  assert convert.checkpoint_backbone(old) == backbone
+
+
+def test_state_dict_of_no_backbone_is_refused(tmp_path, capsys):
+  sd = dict(backbone_fixture('efficientvit_b0')['pt']['model'])
+  sd['neck.0.weight'] = torch.zeros(128, 100, 1, 1)
+  err = _refused(tmp_path, capsys, sd, 'fits none of the backbones')
+  assert 'nearest efficientvit_b0: key neck.0.weight has shape (128, 100, 1, 1), expected (128, 128, 1, 1)' in err
+
+
+def _imagenet_state_dict(backbone):
+  """A model's encoder under timm's plain names (EfficientViT) or torchvision's (`features.N`),
+  with the classifier those files carry."""
+  sd = convert.state_dict_from_checkpoint(_random_ckpt(backbone, seed=2))
+  out = {}
+  for key, value in sd.items():
+    if not key.startswith('encoder.'):
+      continue
+    name = key[len('encoder.'):]
+    if backbone == 'mobilenet_v3_small':
+      out['features.' + name] = value
+    else:
+      out[re.sub(r'^stages_(\d)\.', r'stages.\1.', re.sub(r'^stem_(in_conv|res0)\.', r'stem.\1.', name))] = value
+  if backbone == 'mobilenet_v3_small':
+    out.update({'classifier.0.weight': torch.zeros(1024, 576), 'classifier.3.weight': torch.zeros(1000, 1024)})
+  else:
+    out.update({'head.in_conv.conv.weight': torch.zeros(8, 8, 1, 1), 'head.classifier.4.weight': torch.zeros(1000, 8)})
+  return sd, out
+
+
+@pytest.mark.parametrize('backbone', model_lib.BACKBONES)
+def test_imagenet_encoder_of_every_backbone(tmp_path, capsys, backbone):
+  sd, imagenet = _imagenet_state_dict(backbone)
+  torch.save(imagenet, tmp_path / 'in1k.pth')
+  assert convert.main(['timm-encoder', str(tmp_path / 'in1k.pth'), str(tmp_path / 'enc')]) == 0
+  ckpt = convert.load_any(tmp_path / 'enc')
+  assert ckpt.meta['backbone'] == backbone and convert.checkpoint_backbone(ckpt) == backbone
+  model = model_lib.create(backbone=backbone, seed=5)  # init_from: the encoder's weights replace these
+  checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, partial=True)
+  params, _ = checkpointing.model_trees(model)
+  for path, value in trees.flatten(params).items():
+    if path.startswith('encoder.'):
+      want = sd[convert.torch_key(path)].numpy()
+      if want.ndim == 4:
+        want = want.transpose(convert._TO_JAX[convert._kind(path)])  # pylint: disable=protected-access
+      np.testing.assert_array_equal(value, want)
+  # A file without one of its encoder's keys fits no backbone: refused naming the key.
+  first = next(iter(imagenet))
+  del imagenet[first]
+  torch.save(imagenet, tmp_path / 'cut.pth')
+  capsys.readouterr()
+  assert convert.main(['timm-encoder', str(tmp_path / 'cut.pth'), str(tmp_path / 'x')]) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'x').exists()
+  assert 'fits none of the backbones' in err and f'nearest {backbone}: missing key encoder.' in err, err
+
+
+def test_input_size_recorded():
+  meta = lambda **m: checkpointing.Checkpoint({}, {}, {}, m)
+  assert convert.input_size_of(meta(input_size=[96, 128])) == (96, 128)
+  assert convert.input_size_of(meta(config={'data': {'input_size': [48, 64]}})) == (48, 64)  # older checkpoints
+  assert convert.input_size_of(meta(config={'INPUT_HEIGHT': 240, 'INPUT_WIDTH': 320})) == (240, 320)  # a .pt's
+  assert convert.input_size_of(meta(config={})) is None

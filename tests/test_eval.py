@@ -271,3 +271,42 @@ def test_command_line_refusals_before_the_evaluation(tmp_path, synthetic_tiny, r
   _, line = run_command(['eval.py', *[x for kv in argv.items() for x in kv if x is not None]], 2)
   assert expect in line, line
   assert not out.exists() and not any(read_only_dir.iterdir())
+
+
+@pytest.mark.e2e
+def test_checkpoint_size_and_backbone_are_the_defaults(tmp_path, synthetic_tiny, capsys):
+  """A MobileNetV3-Small model trained at 96x128 is evaluated, predicted and exported at 96x128
+  without --size (said on the console); --size still overrides."""
+  from configs import quickstart
+  from efficientvit_jax import export, predict, train_loop
+
+  config = quickstart.get_config()
+  config.model.backbone = 'mobilenet_v3_small'
+  config.data.root = str(synthetic_tiny)
+  config.data.input_size = (96, 128)
+  config.data.eval_sets = ()
+  config.data.num_threads = 2
+  config.batch_size = 2
+  config.num_train_steps = 1
+  workdir = tmp_path / 'run'
+  train_loop.train_and_evaluate(config, workdir)
+  capsys.readouterr()
+  args = ['--checkpoint', str(workdir), '--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'), '--split', 'all',
+          '--batch-size', '4']
+  assert eval_script.main([*args, '--out', str(tmp_path / 'a.json')]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(str(workdir)))
+  assert 'mobilenet_v3_small, input 96x128 (the training input size recorded in the checkpoint' in line
+  result = json.loads((tmp_path / 'a.json').read_text())
+  assert result['input_size'] == [96, 128] and result['backbone'] == 'mobilenet_v3_small'
+  assert eval_script.main([*args, '--size', '64x96', '--out', str(tmp_path / 'b.json')]) == 0
+  assert 'input 64x96 (from --size; trained at 96x128)' in capsys.readouterr().out
+  assert json.loads((tmp_path / 'b.json').read_text())['input_size'] == [64, 96]
+
+  assert predict.load(workdir).size == (96, 128) and predict.load(workdir).backbone == 'mobilenet_v3_small'
+  image = tmp_path / 'frame.png'
+  Image.fromarray(np.zeros((50, 70, 3), np.uint8)).save(image)
+  assert predict.main(['--checkpoint', str(workdir), '--out', str(tmp_path / 'pred'), str(image)]) == 0
+  assert 'input 96x128' in capsys.readouterr().out
+  assert np.load(tmp_path / 'pred' / 'frame_depth.npy').shape == (96, 128)
+  assert export.main(['--checkpoint', str(workdir), '--format', 'stablehlo', '--out', str(tmp_path / 'm.bin')]) == 0
+  assert 'image [1, 96, 128, 3] uint8' in capsys.readouterr().out

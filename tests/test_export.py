@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from efficientvit_jax import convert
 from efficientvit_jax import export
 from efficientvit_jax import images
 from efficientvit_jax import predict
@@ -19,8 +20,7 @@ PT = str(DATA / 'student_random.pt')
 
 @pytest.fixture(scope='module')
 def jax_model():
-  model, _ = predict.load_model(PT)
-  return model
+  return convert.load_model(PT).model
 
 
 def _jax_predict(model, images):

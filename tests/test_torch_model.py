@@ -112,3 +112,26 @@ def test_odd_input_size():
   assert depth.shape == (2, 1, 33, 47) and seg_logits.shape == (2, 6, 33, 47)
   assert (depth >= 0).all()
   assert [tuple(f.shape[1:]) for f in features] == [(32, 9, 12), (64, 5, 6), (128, 3, 3), (256, 2, 2)]
+
+
+@pytest.mark.parametrize('backbone', ['efficientvit_b0', 'mobilenet_v3_small'])
+def test_backbone_fixtures(backbone):
+  """timm's `efficientvit_b0` and torchvision's `mobilenet_v3_small().features` with the reference's
+  decoder (tests/data/backbones/): the same keys and shapes, and the same eval-mode outputs."""
+  from conftest import backbone_fixture
+
+  fixture = backbone_fixture(backbone)
+  state = fixture['pt']['model']
+  twin = torch_model.DepthSegNet(backbone=backbone)
+  assert {k: tuple(v.shape) for k, v in twin.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
+  model = torch_model.load_reference(fixture['path'])  # the backbone its config names
+  assert model.backbone == backbone
+  with torch.no_grad():
+    depth, seg_logits = model(_nchw(fixture['image']))
+  np.testing.assert_allclose(depth[:, 0].numpy(), fixture['depth'], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(_nhwc(seg_logits), fixture['seg_logits'], rtol=0, atol=1e-4)
+
+
+def test_unknown_backbone_is_refused():
+  with pytest.raises(ValueError, match='one of efficientvit_b0'):
+    torch_model.DepthSegNet(backbone='resnet50')

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,21 @@ def test_missing_or_unreadable_data_is_one_line_naming_it(tmp_path):
                           ('--config.data.tfds_dir=gs://bucket/tfds', 'data.tfds_dir')):
     proc = _train(tmp_path / 'w', tmp_path / 'nowhere', '--config.data.format=tfds', override, '--dry_run', expect=2)
     assert 'error: data:' in proc.stderr and named in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_backbone_is_recorded_and_checked(tmp_path, synthetic_tiny, uninterrupted):
+  meta = convert.load_any(uninterrupted).meta
+  assert meta['backbone'] == 'efficientvit_b1' and meta['input_size'] == [48, 64]
+  # Resuming with another backbone, starting from another backbone's weights, an unknown backbone:
+  # one line naming the key, exit 2, before any step.
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(uninterrupted, resumed)
+  proc = _train(resumed, synthetic_tiny, '--config.num_train_steps=20', '--config.model.backbone=efficientvit_b0',
+                expect=2)
+  assert 'a efficientvit_b1 model but model.backbone is efficientvit_b0' in proc.stderr
+  assert checkpointing.steps(resumed) == checkpointing.steps(uninterrupted)
+  proc = _train(tmp_path / 'init', synthetic_tiny, '--config.num_train_steps=1',
+                '--config.model.backbone=mobilenet_v3_small', f'--config.init_from={PT}', expect=2)
+  assert 'holds a efficientvit_b1 model but model.backbone is mobilenet_v3_small' in proc.stderr
+  proc = _train(tmp_path / 'bad', synthetic_tiny, '--config.model.backbone=resnet50', expect=2)
+  assert 'model.backbone must be one of' in proc.stderr

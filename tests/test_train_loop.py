@@ -48,6 +48,7 @@ def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
   meta = convert.load_any(workdir).meta
   assert meta['step'] == 3 and set(meta['num_batches_tracked'].values()) == {3}
   assert meta['num_steps'] == 3 and meta['steps_per_epoch'] >= 1  # the plan, for convert.planned_epochs
+  assert meta['backbone'] == 'efficientvit_b1' and meta['input_size'] == [32, 32]  # what eval.py defaults to
   assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2, 3]
 
   third = train_loop.train_and_evaluate(_config(synthetic_tiny, 3), workdir)
