@@ -41,6 +41,7 @@ def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
                                                         'rmse_median_scaled', 'miou', 'mean_class_accuracy',
                                                         'fw_iou', 'iou/floor', 'class_accuracy/wall', 'loss',
                                                         'loss_depth', 'loss_seg', 'loss_edge')}
+  assert all(checkpointing.lower_is_better(k) in (True, False) for k in first.metrics)  # each can be best_metric
   assert checkpointing.steps(workdir) == [2] and checkpointing.verify(workdir / 'checkpoints' / '2')
   assert checkpointing.steps(workdir / 'best') == [2]
   assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2]
