@@ -52,6 +52,7 @@ from efficientvit_jax import trees
 
 TB_KEYS = ('train/', 'lr/', 'val/')
 TB_PANELS = 3  # evaluation pictures per validation set in TensorBoard (its first frames)
+CONSOLE_METRICS = ('rmse', 'abs_rel', 'delta1', 'miou', 'loss')  # of each set, on the validation line
 
 
 class UserError(Exception):
@@ -93,6 +94,7 @@ class _Run:
   source: str  # 'scratch' or 'init_from:<path>'
   process: int
   num_processes: int
+  hparams_metrics: list[str] = dataclasses.field(default_factory=list)  # declared at the first validation
 
   @property
   def is_main(self) -> bool:
@@ -271,8 +273,7 @@ def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
   writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
-  summaries.write_config(writer, current, [f'val/{name}/{m}' for name in config.data.eval_sets
-                                           for m in ('rmse', 'miou')])
+  summaries.write_config(writer, current)
   return writer
 
 
@@ -343,6 +344,18 @@ def _report_train(run: _Run, progress: console.Progress, step: int, values: dict
           flush=True)
 
 
+def _validation_values(name: str, res: dict[str, Any]) -> dict[str, float]:
+  """One set's `evaluation.evaluate` result -> the `val/<name>/...` values train.py logs: the depth
+  metrics' frame means, `rmse_median_scaled`, the segmentation metrics (`iou/<class>`,
+  `class_accuracy/<class>` per class), and the validation loss and its parts; undefined ones left out."""
+  depth, seg = res['depth'], res.get('seg') or {}
+  values = {**depth['frame_mean'], 'rmse_median_scaled': depth['median_scaled']['frame_mean']['rmse'],
+            **{k: seg.get(k) for k in ('miou', 'mean_class_accuracy', 'fw_iou', 'pixel_accuracy')},
+            **{f'{part}/{c}': v for part in ('iou', 'class_accuracy') for c, v in (seg.get(part) or {}).items()},
+            **{k: v for k, v in (res.get('loss') or {}).items() if k in evaluation.LOSS_PARTS}}
+  return {f'val/{name}/{k}': float(v) for k, v in values.items() if v is not None}
+
+
 def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
   """Validation on every `eval_sets` split: logged, written, pictures in TensorBoard; the values."""
   config = run.config
@@ -360,21 +373,21 @@ def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
 
     try:
       res = evaluation.evaluate(run.graphdef, state['params'], state['batch_stats'], batches, run.mesh,
-                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch)
+                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch,
+                                kendall=state['kendall'], loss_config=config.loss)
     finally:
       bar.close()
       batches.close()
     if run.writer is not None:
       summaries.write_panels(run.writer, f'val/{name}', frames.frames, step)
-    fm = res['depth']['frame_mean']
-    for metric in ('rmse', 'mae', 'abs_rel', 'delta1'):
-      if fm.get(metric) is not None:
-        values[f'val/{name}/{metric}'] = fm[metric]
-    if res.get('seg') and res['seg'].get('miou') is not None:
-      values[f'val/{name}/miou'] = res['seg']['miou']
+    values.update(_validation_values(name, res))
   _write_metrics(run, step, values)
+  if run.writer is not None and not run.hparams_metrics:
+    run.hparams_metrics.extend(k for k in values if k.count('/') == 2)  # not the per-class ones
+    summaries.write_hparams(run.writer, json.loads(config.to_json()), run.hparams_metrics)
   if run.is_main:
-    console.say(f'step {step} validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
+    console.say(f'step {step} validation: ' + ', '.join(
+        f'{k} {v:.4f}' for k, v in values.items() if k.count('/') == 2 and k.rsplit('/', 1)[1] in CONSOLE_METRICS))
   return values
 
 
@@ -427,7 +440,8 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
         _check_finite(run, state)
         now = time.perf_counter()
         values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        values['train/images_per_s'] = (step - tick_step) * config.batch_size / (now - tick)
+        values['train/steps_per_s'] = (step - tick_step) / (now - tick)
+        values['train/images_per_s'] = values['train/steps_per_s'] * config.batch_size
         values['train/input_wait'] = input_wait / (now - tick)
         tick, tick_step, input_wait = now, step, 0.0
         _report_train(run, progress, step, values)

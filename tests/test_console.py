@@ -86,7 +86,19 @@ def test_event_files_hold_images_text_hparams_and_scalars(run):
   assert png.size[0] > 400 and np.asarray(png).std() > 0
   assert 'config/text_summary' in kinds['text']
   assert {'_hparams_/experiment', '_hparams_/session_start_info'} <= kinds['hparams']
-  assert {'lr/encoder', 'lr/decoder', 'lr/kendall', 'train/loss', 'val/nyu/rmse'} <= kinds['scalar']
+  assert {'lr/encoder', 'lr/decoder', 'lr/kendall', 'train/loss', 'train/steps_per_s', 'val/nyu/rmse',
+          'val/nyu/abs_rel', 'val/nyu/delta3', 'val/nyu/fw_iou', 'val/nyu/loss'} <= kinds['scalar']
+  # The hparams' metrics: validation scalars this run writes, and only those.
+  from tensorboardX.proto import plugin_hparams_pb2
+
+  declared = []
+  for event in events:
+    for value in event.summary.value:
+      if value.tag == '_hparams_/experiment':
+        data = plugin_hparams_pb2.HParamsPluginData()
+        data.ParseFromString(value.metadata.plugin_data.content)
+        declared += [m.name.tag for m in data.experiment.metric_infos]
+  assert {'val/nyu/rmse', 'val/nyu/miou', 'val/nyu/loss'} <= set(declared) <= kinds['scalar'], declared
 
 
 def test_progress_lines_off_a_terminal(capsys, monkeypatch):
