@@ -1,9 +1,10 @@
 """Evaluates checkpoints on NYU, LILocBench or the corridor set; writes a JSON and a Markdown table.
+The `evit-eval` command (`python eval.py` in a checkout):
 
-  python eval.py --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
+  evit-eval --checkpoint SRC [--checkpoint SRC2 ...] --dataset nyu|lilocbench|corridor
       --data PATH [--teacher-manifest M] --out R.json [--split val|train|all]
       [--protocol ours|reference|reference-frames] [--save-predictions DIR]
-  python eval.py --compare A.json B.json ...   # one table of several results side by side
+  evit-eval --compare A.json B.json ...   # one table of several results side by side
 
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt; its
 backbone and the input size it was trained at come from the checkpoint (240x320 when it records
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from efficientvit_jax import classes, domains, images
+from efficientvit_jax import classes, domains, images, runtime
 
 PANELS_PER_CHECKPOINT = 6
 
@@ -236,6 +237,7 @@ class PredictionWriter:
         self.panels += 1
 
 
+@runtime.reporting_missing_extras  # torch (a reference .pt), tensorflow-datasets (--format tfds)
 def main(argv: list[str] | None = None) -> int:
   from efficientvit_jax import parallel  # pylint: disable=g-import-not-at-top
 

@@ -1,6 +1,10 @@
-"""Trains the depth + segmentation network (the command line of `efficientvit_jax.train_loop`).
+"""Trains the depth + segmentation network: the `evit-train` command (`python train.py` in a
+checkout), the command line of `efficientvit_jax.train_loop`.
 
-  python train.py --config configs/v8.py --workdir W [--config.key=value ...]
+  evit-train --config v8 --workdir W [--config.key=value ...]
+
+--config: a preset's name (`efficientvit_jax/configs/`: default, quickstart, v5, v5_b2, v7, v8, v9)
+or a config file of your own.
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint, exactly. The
 start is, in this order: the workdir's own latest checkpoint, else `init_from` (weights, BatchNorm
@@ -36,7 +40,8 @@ from ml_collections import config_flags
 
 from efficientvit_jax import parallel
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration: a preset name (quickstart, v8, ...) or a config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, metrics.')
 _DISTRIBUTED = parallel.define_distributed_flags()  # --coordinator_address, --num_processes, --process_id
 flags.adopt_module_key_flags(parallel)
@@ -76,6 +81,12 @@ def run_main(argv) -> int:
     signal.signal(signum, _interrupted)
   try:
     code = main(argv)
+  except ImportError as e:  # a missing extra (torch for a .pt init_from, tensorflow-datasets for tfds)
+    from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+
+    if runtime.missing_extra(e) is None:
+      raise
+    return _fail(2, runtime.missing_extra(e))
   except Exception:  # an internal error: its traceback, and the other processes stop too
     if parallel.is_multiprocess():
       traceback.print_exc()
@@ -158,8 +169,19 @@ def main(argv) -> int:
   return 0
 
 
+def _help_for_this_module() -> None:
+  """absl's --help shows the docstring and flags of the `__main__` module; under `evit-train` or
+  `python train.py` that is a launcher, so they are this module's."""
+  if __name__ == '__main__':
+    return
+  sys.modules['__main__'].__doc__ = __doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def run():
   """The `evit-train` command."""
+  _help_for_this_module()
   from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
