@@ -128,6 +128,7 @@ def run():
   flags.mark_flags_as_required(['config', 'out'])
   from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
 
+  config_checks.help_of(__name__, __doc__)
   app.run(main, flags_parser=config_checks.parse_flags)
 
 

@@ -40,7 +40,7 @@ except ImportError as e:  # an extra: the default (files) path never imports thi
   if __name__ == '__main__' and runtime.missing_extra(e):  # python -m: one line, not a traceback
     print(f'error: {runtime.missing_extra(e)}', file=sys.stderr)
     sys.exit(2)
-  raise  # the commands that import this module report it (runtime.reporting_missing_extras)
+  raise ImportError(runtime.missing_extra(e) or str(e), name=e.name) from e  # named for every caller
 
 from data_pipelines import readers
 from efficientvit_jax import console, domains

@@ -186,6 +186,18 @@ def unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def help_of(module_name: str, doc: str | None) -> None:
+  """absl's --help shows the docstring and flags of `__main__`; under a console script or the
+  checkout's `train.py` that is a launcher: show those of the command's module instead."""
+  if module_name == '__main__':
+    return
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  sys.modules['__main__'].__doc__ = doc
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`absl.app.run(flags_parser=...)`: bad flags -> one line on stderr, exit code 2."""
   from absl import flags  # pylint: disable=g-import-not-at-top

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 'backbone': loaded.backbone, 'input_size': list(size), 'protocol': args.protocol, **metrics}
       results.append(result)
   except (checkpointing.CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {runtime.missing_extra(e) or e}', file=sys.stderr)  # a missing extra: which to install
     return 2
   if process == 0:
     out = pathlib.Path(args.out)

@@ -41,9 +41,11 @@ EXTRA_OF_MODULE = {'torch': 'torch', 'onnx': 'export', 'onnxscript': 'export', '
                    'onnxruntime': 'export', 'tensorflow_datasets': 'tfds', 'tensorboard': 'viewer'}
 
 
-def missing_extra(error: ImportError) -> str | None:
+def missing_extra(error: BaseException) -> str | None:
   """The message naming the extra to install when `error` is the failed import of a module an extra
   provides, else None."""
+  if not isinstance(error, ImportError):
+    return None
   module = (error.name or '').split('.')[0]
   extra = EXTRA_OF_MODULE.get(module)
   if extra is None:

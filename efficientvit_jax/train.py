@@ -169,24 +169,14 @@ def main(argv) -> int:
   return 0
 
 
-def _help_for_this_module() -> None:
-  """absl's --help shows the docstring and flags of the `__main__` module; under `evit-train` or
-  `python train.py` that is a launcher, so they are this module's."""
-  if __name__ == '__main__':
-    return
-  sys.modules['__main__'].__doc__ = __doc__
-  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-
-
 def run():
   """The `evit-train` command."""
-  _help_for_this_module()
   from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
 
+  config_checks.help_of(__name__, __doc__)
   app.run(lambda argv: sys.exit(run_main(argv)), flags_parser=config_checks.parse_flags)
 
 
