@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,tfds,export]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,tfds,export,viewer]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,20 +33,20 @@ DEMO_SIZE := 96x128
 demo: setup
 	test -f $(DEMO)/data/synthetic_info.json || $(PY) -m data_pipelines.synthetic --out $(DEMO)/data --seed $(DEMO_SEED)
 	test -f $(DEMO)/data/decoded/decoded.json || $(PY) -m data_pipelines.decoded --root $(DEMO)/data --input-size $(DEMO_SIZE)
-	$(PY) train.py --config configs/quickstart.py --workdir $(DEMO)/run --config.data.root=$(DEMO)/data \
+	$(PY) train.py --config quickstart --workdir $(DEMO)/run --config.data.root=$(DEMO)/data \
 	  --config.data.format=decoded
 	for set in nyu lilocbench corridor; do \
 	  $(PY) eval.py --checkpoint $(DEMO)/run --dataset $$set --data $(DEMO)/data/$$set --size $(DEMO_SIZE) \
 	    --out $(DEMO)/report/$$set.json --save-predictions $(DEMO)/report/predictions/$$set --overwrite || exit 1; \
 	done
 	{ echo '# Quickstart report'; echo; \
-	  echo 'Synthetic data (`$(DEMO)/data`), `configs/quickstart.py` trained in `$(DEMO)/run`,' \
+	  echo 'Synthetic data (`$(DEMO)/data`), the preset `quickstart` trained in `$(DEMO)/run`,' \
 	       'evaluated at $(DEMO_SIZE) on each validation split (NYU-like rooms, LILocBench-like corridors, the corridor deployment set).'; \
 	  for set in nyu lilocbench corridor; do \
 	    echo; echo "## $$set"; echo; cat $(DEMO)/report/$$set.md; echo; \
 	    for p in $(DEMO)/report/predictions/$$set/*_panel.png; do echo "![$$set]($${p#$(DEMO)/report/})"; done; \
 	  done; } > $(DEMO)/report/REPORT.md
-	@echo "report: $(DEMO)/report/REPORT.md (metrics: $(DEMO)/report/*.json; TensorBoard: $(DEMO)/run/tb)"
+	@echo "report: $(DEMO)/report/REPORT.md (metrics: $(DEMO)/report/*.json); TensorBoard: $(VENV)/bin/tensorboard --logdir $(DEMO)/run/tb"
 
 # The domain-mixing study (studies/domain_mixing.py) on synthetic data: pretraining, then every
 # protocol x seed from it, one table (STUDY/study.md) and one plot (STUDY/pareto.png). Rerunning

@@ -19,7 +19,7 @@ inside `--budget-s` (later parts get what is left, a part with under 10 s left i
 - `step_bfloat16`, `step_float32`: `benchmarks/train_step.py` sweeps against the PyTorch twin in
   eager mode (bf16 autocast for bfloat16, plain float32 for float32) and under `torch.compile`:
   images/s, MFU, peak memory, compile time.
-- `train`: `train.py` (`configs/quickstart.py`) on the decode-once synthetic data at the check's
+- `train`: `train.py` (the preset `quickstart`) on the decode-once synthetic data at the check's
   input size; SIGTERM after `train_s` (train.py then saves and exits); images/s and the
   input-wait fraction from its `metrics.jsonl`, leaving out the first log interval (compilation).
   Without `data_pipelines.decoded` it trains from the files layout and reports the part failed.
@@ -306,7 +306,7 @@ def part_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
   workdir = pathlib.Path(args.work) / 'train_run'
   shutil.rmtree(workdir, ignore_errors=True)
   h, w = mode.size
-  argv = [sys.executable, 'train.py', '--config', 'configs/quickstart.py', f'--workdir={workdir}',
+  argv = [sys.executable, 'train.py', '--config', 'quickstart', f'--workdir={workdir}',
           f'--config.data.root={data["root"]}', f'--config.data.input_size=({h},{w})',
           f'--config.batch_size={mode.train_batch}', f'--config.num_train_steps={mode.train_steps}',
           f'--config.log_every_steps={mode.log_every}', '--config.eval_every_steps=0',

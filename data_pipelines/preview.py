@@ -1,4 +1,4 @@
-"""Look at what training would see: `python -m data_pipelines.preview --config CFG [--config.k=v]
+"""Look at what training would see: `evit-preview --config CFG [--config.k=v]
 --batches N --out F.jsonl [--grid PNG] [--start_step S]`.
 
 Writes one JSON line per global batch, `{"step", "domain": [...], "index": [...]}`, prints a
@@ -17,9 +17,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data_pipelines import datasets, mixing
-from efficientvit_jax import classes, domains
+from efficientvit_jax import classes, domains, runtime
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration: a preset name or a config file.',
+                                          lock_config=True)
 _BATCHES = flags.DEFINE_integer('batches', 10, 'Number of global batches to read.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSONL, one line per global batch.')
 _GRID = flags.DEFINE_string('grid', None, 'Optional PNG drawing the first batch.')
@@ -91,7 +92,8 @@ def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
   return '\n'.join(out)
 
 
-def main(argv: Sequence[str]) -> None:
+@runtime.reporting_missing_extras  # tensorflow-datasets, for data.format = 'tfds'
+def main(argv: Sequence[str]) -> int:
   del argv
   config = _CONFIG.value
   it = datasets.train_iterator(config, start_step=_START.value)
@@ -118,10 +120,17 @@ def main(argv: Sequence[str]) -> None:
   print(summarize(lines, depth_samples, class_counts, it.sizes))
   if it.skipped.count:
     print(f'skipped {it.skipped.count} bad frames')
+  return 0
 
 
-if __name__ == '__main__':
+def run():
+  """The `evit-preview` command."""
   flags.mark_flags_as_required(['config', 'out'])
   from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
 
+  config_checks.help_of(__name__, __doc__)
   app.run(main, flags_parser=config_checks.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -17,7 +17,8 @@ identical). Examples keep the file readers' split order (`disable_shuffling`).
 | `EvitLilocbench` | `evit_lilocbench` | train, val (the manifest's time-span rule) |
 | `EvitCorridor` | `evit_corridor` | test (= the reader's all) |
 
-Build: `python -m data_pipelines.tfds_builders --root ROOT --out DIR [--sets nyu,lilocbench,corridor]`.
+Build: `evit-build-tfds --root ROOT --out DIR [--sets nyu,lilocbench,corridor]` (or
+`python -m data_pipelines.tfds_builders ...`); needs the `tfds` extra.
 Read: `TfdsReader(DIR, 'nyu', 'train')`, through `builder.as_data_source(split)` (never `tfds.load`).
 """
 
@@ -34,8 +35,12 @@ from etils import epath
 try:
   import tensorflow_datasets as tfds
 except ImportError as e:  # an extra: the default (files) path never imports this module
-  raise ImportError("data.format='tfds' and the TFDS builders need tensorflow-datasets: "
-                    "pip install 'efficientvit-jax[tfds]'") from e
+  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+
+  if __name__ == '__main__' and runtime.missing_extra(e):  # python -m: one line, not a traceback
+    print(f'error: {runtime.missing_extra(e)}', file=sys.stderr)
+    sys.exit(2)
+  raise ImportError(runtime.missing_extra(e) or str(e), name=e.name) from e  # named for every caller
 
 from data_pipelines import readers
 from efficientvit_jax import console, domains

@@ -1,9 +1,11 @@
 """Start-up checks of a training configuration and of its command-line overrides.
 
 `check_ranges(config)` range-checks every numeric key (steps, epochs, rates, sizes, windows,
-shares) and raises ValueError naming the key. `parse_flags` is an `absl.app.run` flags parser that
-turns a bad flag, a `--config` file that does not exist or is a folder or an unknown `--config.KEY`
-(with the closest key names) into one line on stderr and exit code 2, instead of ml_collections'
+shares) and raises ValueError naming the key. `config_file` turns `--config`'s value into a file:
+a preset's name (`quickstart`: `efficientvit_jax/configs/quickstart.py`, from any folder) or a
+path. `parse_flags` is an `absl.app.run` flags parser that does that and turns a bad flag, a
+`--config` that names no preset or file (or a folder) or an unknown `--config.KEY` (with the
+closest key names) into one line on stderr and exit code 2, instead of ml_collections'
 traceback. A `--config.KEY=VALUE` given twice takes its last value, as any absl flag does (for a
 tuple, ml_collections alone would join the two).
 """
@@ -14,6 +16,7 @@ import difflib
 import importlib.util
 import math
 import os
+import pathlib
 import sys
 from typing import Any
 
@@ -71,6 +74,30 @@ def check_ranges(config: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Presets
+
+PRESET_DIR = pathlib.Path(__file__).resolve().parent / 'configs'
+
+
+def preset_names() -> list[str]:
+  """The presets shipped in `efficientvit_jax/configs/` (`default`, `quickstart`, `v8`, ...)."""
+  return sorted(p.stem for p in PRESET_DIR.glob('*.py') if not p.name.startswith('_'))
+
+
+def config_file(path: str) -> str:
+  """The file `--config PATH` means: PATH itself when it is a file; else the packaged preset PATH
+  names, as a name (`quickstart`) or as its former checkout path (`configs/quickstart.py`, any
+  folder before it); else PATH unchanged (`config_file_problem` reports it)."""
+  if os.path.isfile(path):
+    return path
+  p = pathlib.PurePath(path)
+  old_path = p.suffix == '.py' and p.parent.name == 'configs'
+  if (str(p) == p.name and not p.suffix or old_path) and p.stem in preset_names():
+    return str(PRESET_DIR / f'{p.stem}.py')
+  return path
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -83,6 +110,20 @@ def _config_arg(argv: list[str]) -> str | None:
   return None
 
 
+def resolve_config_arg(argv: list[str]) -> list[str]:
+  """`argv` with `--config`'s value (`NAME` or `PATH`, optionally `:PARAM`) replaced by the file it
+  means (`config_file`)."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      path, colon, param = arg.split('=', 1)[1].partition(':')
+      out[i] = f'--config={config_file(path)}{colon}{param}'
+    elif arg == '--config' and i + 1 < len(out):
+      path, colon, param = out[i + 1].partition(':')
+      out[i + 1] = f'{config_file(path)}{colon}{param}'
+  return out
+
+
 def _load(spec: str) -> Any:
   path, _, param = spec.partition(':')
   module_spec = importlib.util.spec_from_file_location('_checked_config', path)
@@ -92,16 +133,18 @@ def _load(spec: str) -> Any:
 
 
 def config_file_problem(argv: list[str]) -> str | None:
-  """The message for a `--config` path that does not exist or is a folder, or None."""
+  """The message for a `--config` that names no preset and no file, or a folder; or None."""
   spec = _config_arg(argv)
   if spec is None:
     return None
   path = spec.partition(':')[0]
+  if os.path.isfile(config_file(path)):
+    return None
   if os.path.isdir(path):
-    return f'--config {path}: a folder, not a config file (e.g. configs/default.py)'
-  if not os.path.isfile(path):
-    return f'--config {path}: no such file'
-  return None
+    return f'--config {path}: a folder, not a config file (give a preset name, e.g. default, or a .py file)'
+  if os.sep not in path and '/' not in path and not path.endswith('.py'):
+    return f'--config {path}: no such preset or file (presets: {", ".join(preset_names())})'
+  return f'--config {path}: no such file'
 
 
 def last_overrides(argv: list[str]) -> list[str]:
@@ -125,8 +168,9 @@ def unknown_override(argv: list[str]) -> str | None:
   spec = _config_arg(argv)
   if spec is None:
     return None
+  path, colon, param = spec.partition(':')
   try:
-    known = set(trees.flatten(_load(spec)))
+    known = set(trees.flatten(_load(f'{config_file(path)}{colon}{param}')))
   except Exception:  # pylint: disable=broad-except
     return None  # absl reports an unloadable config file itself
   groups = {k.rsplit('.', i)[0] for k in known for i in range(1, k.count('.') + 1)}
@@ -137,9 +181,21 @@ def unknown_override(argv: list[str]) -> str | None:
     if key in known or any(k.startswith(key + '.') for k in known):
       continue
     close = difflib.get_close_matches(key, sorted(known | groups), n=3, cutoff=0.6)
-    hint = f'; did you mean {" or ".join(close)}?' if close else '; see configs/default.py for the keys'
-    return f'--config.{key}: {spec.partition(":")[0]} has no key {key}{hint}'
+    hint = f'; did you mean {" or ".join(close)}?' if close else '; the preset default has every key (docs/config.md)'
+    return f'--config.{key}: {path} has no key {key}{hint}'
   return None
+
+
+def help_of(module_name: str, doc: str | None) -> None:
+  """absl's --help shows the docstring and flags of `__main__`; under a console script or the
+  checkout's `train.py` that is a launcher: show those of the command's module instead."""
+  if module_name == '__main__':
+    return
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  sys.modules['__main__'].__doc__ = doc
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -149,7 +205,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   message = config_file_problem(argv) or unknown_override(argv)
   if message is None:
     try:
-      argv = last_overrides(argv)
+      argv = last_overrides(resolve_config_arg(argv))
     except ValueError as e:
       message = str(e)
   if message is None:

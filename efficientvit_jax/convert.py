@@ -52,6 +52,7 @@ from flax import nnx
 from efficientvit_jax import checkpointing
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
+from efficientvit_jax import runtime
 from efficientvit_jax import trees
 from efficientvit_jax.checkpointing import Checkpoint, CheckpointError, check_finite
 from efficientvit_jax.classes import CLASS_NAMES
@@ -871,6 +872,7 @@ def encoder_checkpoint_from_timm(path: str | os.PathLike) -> Checkpoint:
 # Command line
 
 
+@runtime.reporting_missing_extras  # torch: the `torch` extra
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.convert', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)

@@ -31,6 +31,7 @@ import warnings
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import images
+from efficientvit_jax import runtime
 from efficientvit_jax.checkpointing import Checkpoint
 
 FORMATS = ('onnx', 'stablehlo')
@@ -209,6 +210,7 @@ class _Parser(argparse.ArgumentParser):
     sys.exit(2)
 
 
+@runtime.reporting_missing_extras  # ONNX: the `torch` and `export` extras
 def main(argv: list[str] | None = None) -> int:
   parser = _Parser(prog='python -m efficientvit_jax.export', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpointing.check_writable(out.parent)  # before the export: a read-only place fails now
   except OSError as e:
     parser.error(f'--out {out}: cannot write there ({e})')
+  if args.format == 'onnx':  # now, not after loading the checkpoint
+    runtime.require_modules('torch', 'onnx', 'onnxscript', *(['onnxconverter_common'] if args.fp16 else []))
   try:
     loaded = convert.load_model(args.checkpoint, args.step, allow_pickle=args.allow_pickle)
     print(loaded.describe(args.size))

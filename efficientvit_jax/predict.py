@@ -160,6 +160,7 @@ def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
   return {'depth': np.asarray(depth), 'seg_logits': np.asarray(logits)}
 
 
+@runtime.reporting_missing_extras  # torch, for a reference .pt
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.predict', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')

@@ -487,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        catch_signals: bool = False) -> Outcome | None:
   """Trains (or continues training) `config` in `workdir`; see the module docstring.
 
-  config: a training config (`configs/`), checked (train.py's `check_config`). Every process of a
+  config: a training config (`efficientvit_jax/configs/`), checked (train.py's `check_config`). Every process of a
   multi-process run calls this with the same arguments, after `parallel.initialize_distributed`;
   the caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
   dry_run: check the devices, the data and the config, print the plan and return None.

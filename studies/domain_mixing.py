@@ -364,7 +364,10 @@ def pareto_plot(summary: Mapping[str, Mapping[str, Any]], out: pathlib.Path) -> 
 
 
 def _load_preset(preset: str) -> ml_collections.ConfigDict:
-  path = ROOT / preset  # train.py runs in the repository root; an absolute preset stays as it is
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  # train.py runs in the repository root (`configs/v7.py`: the packaged preset v7); an absolute preset stays as it is
+  path = pathlib.Path(config_checks.config_file(str(ROOT / preset)))
   if not path.is_file():
     raise StudyError(f'training preset {preset!r} not found')
   spec = importlib.util.spec_from_file_location(f'_preset_{path.stem}', path)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval as eval_script
 from conftest import DATA, ROOT, run_command
+from efficientvit_jax import eval as eval_script
 
 PT = str(DATA / 'student_random.pt')
 SIZE = '96x128'

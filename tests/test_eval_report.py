@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval as eval_script
 from conftest import DATA, run_command
+from efficientvit_jax import eval as eval_script
 
 PT = str(DATA / 'student_random.pt')
 

@@ -115,7 +115,8 @@ def test_config_file_that_is_missing_or_a_folder_is_one_line(tmp_path, module):
              str(tmp_path / 'out')]
   for path, named in ((tmp_path / 'nope.py', 'no such file'), (ROOT / 'configs', 'a folder, not a config file')):
     proc = _run([*command, '--config', str(path)], 2, timeout=120)
-    assert _error(proc) == f'error: --config {path}: {named}' + (' (e.g. configs/default.py)' if 'folder' in named else '')
+    assert _error(proc) == f'error: --config {path}: {named}' + (
+        ' (give a preset name, e.g. default, or a .py file)' if 'folder' in named else '')
   assert not (tmp_path / 'out').exists()
 
 

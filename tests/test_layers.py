@@ -1,11 +1,13 @@
 """The import graph of the project's modules: no cycle, and no import from a lower layer upward.
 
 Layers, low to high (docs/README.md#code-layout):
-  0 shared: `efficientvit_jax.{console, classes, domains, images, trees, runtime, host_memory}`
+  0 shared: `efficientvit_jax.{console, classes, domains, images, trees, runtime, host_memory}`, the presets
+    `efficientvit_jax.configs.*`
   1 data: `data_pipelines.*` (readers, transforms, mixing, decoded, datasets, TFDS, LILocBench, synthetic)
   2 network: the other `efficientvit_jax` modules (model, training step, checkpoints, conversion, ...)
   3 loops and tools: `efficientvit_jax.train_loop`, `data_pipelines.preview`
-  4 commands: `train.py`, `eval.py`, `studies/`, `benchmarks/`
+  4 commands: `efficientvit_jax.{train, eval}` (and the checkout's `train.py`, `eval.py` that call them),
+    `studies/`, `benchmarks/`
 A module may import its own layer and the ones below. Lazy imports inside functions count too.
 """
 
@@ -15,6 +17,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = {'console', 'classes', 'domains', 'images', 'trees', 'runtime', 'host_memory'}
 TOOLS = {'efficientvit_jax.train_loop', 'data_pipelines.preview'}
+COMMANDS = {'efficientvit_jax.train', 'efficientvit_jax.eval'}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -34,8 +37,10 @@ def _layer(name: str) -> int:
   top, _, rest = name.partition('.')
   if name in TOOLS:
     return 3
+  if name in COMMANDS:
+    return 4
   if top == 'efficientvit_jax':
-    return 0 if rest in SHARED else 2
+    return 0 if rest in SHARED or rest.partition('.')[0] == 'configs' else 2
   if top == 'data_pipelines':
     return 1
   return 4
@@ -93,3 +98,6 @@ def test_the_graph_is_read():
   assert 'efficientvit_jax.model' in graph['efficientvit_jax.training']
   assert 'efficientvit_jax.console' in graph['data_pipelines.lilocbench']
   assert 'data_pipelines.datasets' in graph['efficientvit_jax.train_loop']
+  assert 'efficientvit_jax.train_loop' in graph['efficientvit_jax.train']
+  assert 'efficientvit_jax.configs.default' in graph['efficientvit_jax.configs.quickstart']
+  assert _layer('efficientvit_jax.eval') == 4 and _layer('efficientvit_jax.configs.v8') == 0

@@ -12,11 +12,12 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-import eval as eval_script
 from configs import study_synthetic
 from conftest import ROOT
 from efficientvit_jax import checkpointing
+from efficientvit_jax import config_checks
 from efficientvit_jax import convert
+from efficientvit_jax import eval as eval_script
 from studies import domain_mixing as dm
 
 
@@ -84,7 +85,7 @@ def test_command_line_flags_give_the_config_the_study_checks(tmp_path, monkeypat
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True)
     flags_text = [a for a in dm.train_command(run, tmp_path) if a.startswith('--config.')]
-    argv = ['train.py', f'--config={ROOT / run.preset}', *flags_text]
+    argv = ['train.py', f'--config={config_checks.config_file(str(ROOT / run.preset))}', *flags_text]
     monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads its overrides from sys.argv
     fv(argv)
     assert fv.config.to_dict() == expected.to_dict(), run.id

@@ -4,7 +4,7 @@ Colour jitter is on for both domains (the reference's failure analysis assumes i
 the two distributions).
 """
 
-from configs import default
+from efficientvit_jax.configs import default
 
 
 def get_config():

@@ -6,7 +6,7 @@ only the encoder differs: timm's `efficientvit_b2` (15.76 M parameters with our 
 efficientvit_jax.convert timm-encoder` and are passed as `--config.init_from=...`.
 """
 
-from configs import v5
+from efficientvit_jax.configs import v5
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """Quickstart: synthetic data (`python -m data_pipelines.synthetic --out data/synthetic`), 96x128,
 a few hundred steps of joint training from scratch; learns visibly in minutes on 2 CPU cores."""
 
-from configs import default
+from efficientvit_jax.configs import default
 
 
 def get_config():

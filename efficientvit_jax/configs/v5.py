@@ -4,7 +4,7 @@ The ImageNet encoder comes from `python -m efficientvit_jax.convert timm-encoder
 `--config.init_from=...` (optional: without it the encoder starts from random weights).
 """
 
-from configs import default
+from efficientvit_jax.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """V7: sequential fine-tuning of V5 on LILocBench dynamics_0, 50 epochs (needs `init_from`)."""
 
-from configs import default
+from efficientvit_jax.configs import default
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Same recipe as V7; `init_from` names the V6 checkpoint.
 """
 
-from configs import v7
+from efficientvit_jax.configs import v7
 
 
 def get_config():

@@ -1,0 +1,184 @@
+"""Trains the depth + segmentation network: the `evit-train` command (`python train.py` in a
+checkout), the command line of `efficientvit_jax.train_loop`.
+
+  evit-train --config v8 --workdir W [--config.key=value ...]
+
+--config: a preset's name (`efficientvit_jax/configs/`: default, quickstart, v5, v5_b2, v7, v8, v9)
+or a config file of your own.
+
+Rerunning the same command in the same workdir resumes from its latest checkpoint, exactly. The
+start is, in this order: the workdir's own latest checkpoint, else `init_from` (weights, BatchNorm
+statistics and Kendall log-sigmas; fresh optimiser and schedule), else random initialisation.
+Outputs in W: `config.json`, `metrics.jsonl`, `tb/` (TensorBoard), `checkpoints/` (latest steps,
+with optimiser and data state), `best/` (the best step by `best_metric`), `train.lock` (held by
+process 0 while it trains: one writer per workdir). SIGTERM or SIGINT while training saves the
+current step and exits 0; before (start-up, compilation) it exits at once.
+
+Exit codes: 0 done (or preempted and saved), 2 bad flags, config, data or workdir (one `error:`
+line naming it), 1 a run that failed on the way (non-finite loss, failed save or restore),
+128 + signal.
+
+Several processes (hosts, or local CPU processes for testing): pass `--coordinator_address`,
+`--num_processes`, `--process_id` to each, or nothing inside a cluster that
+`jax.distributed.initialize()` detects (Cloud TPU, SLURM, Open MPI, Kubernetes). They end
+together: an error on one stops every process at once with its exit code; SIGTERM to any of them
+(from the moment they are connected) saves the same step on all and exits 0.
+"""
+
+import atexit
+import os
+import pathlib
+import signal
+import sys
+import traceback
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from efficientvit_jax import parallel
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration: a preset name (quickstart, v8, ...) or a config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, metrics.')
+_DISTRIBUTED = parallel.define_distributed_flags()  # --coordinator_address, --num_processes, --process_id
+flags.adopt_module_key_flags(parallel)
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the flags, the config and the data, print the plan, exit.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, "Also show the libraries' INFO logs (orbax, grain, absl).")
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _interrupted(signum, _):
+  """SIGTERM or SIGINT outside the training steps (start-up, restore, compilation): exit at once,
+  with several processes all of them.
+
+  (During the steps `train_and_evaluate(catch_signals=True)` turns them into a save and a clean
+  stop; with several processes JAX's preemption notifier holds SIGTERM from the start-up on.)
+  Raising instead would be swallowed where the signal lands in a finaliser or a garbage-collection
+  callback. Everything written so far is written atomically, so this is as safe as SIGKILL."""
+  message = (f'stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not saved; '
+             'rerun the same command to continue')
+  code = parallel.stop_all(128 + signum, message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  parallel.exit_now(code)  # releases the workdir lock (parallel.at_stop)
+
+
+def _fail(code: int, message: str) -> int:
+  """Prints the one `error:` line; with several processes, stops every process with one code (the
+  first process to fail decides it) at once."""
+  code = parallel.stop_all(code, message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  if parallel.is_multiprocess():
+    parallel.exit_now(code)
+  return code
+
+
+def run_main(argv) -> int:
+  """`main`, with failures that orbax's background threads would delay turned into a prompt exit."""
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _interrupted)
+  try:
+    code = main(argv)
+  except ImportError as e:  # a missing extra (torch for a .pt init_from, tensorflow-datasets for tfds)
+    from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+
+    if runtime.missing_extra(e) is None:
+      raise
+    return _fail(2, runtime.missing_extra(e))
+  except Exception:  # an internal error: its traceback, and the other processes stop too
+    if parallel.is_multiprocess():
+      traceback.print_exc()
+      parallel.exit_now(parallel.stop_all(1, 'internal error (see the traceback of that process)'))
+    raise
+  if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
+    atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
+
+
+def check_config(config) -> None:
+  """ValueError naming the config key on values that cannot work (before any device or data work)."""
+  from efficientvit_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
+
+  config_checks.check_ranges(config)
+  if config.best_metric:
+    checkpointing.lower_is_better(config.best_metric)
+  if config.requires_init_from and not config.init_from:
+    raise ValueError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
+                     'folder, training workdir or reference .pt (e.g. the V5 weights)')
+  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  if config.model.backbone not in model_lib.BACKBONES:
+    raise ValueError(f'model.backbone must be one of {", ".join(model_lib.BACKBONES)}, got {config.model.backbone!r}')
+  if config.compute_dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('set num_epochs or num_train_steps to a positive value')
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imports after absl parsed the flags: grain's worker processes need them parsed.
+  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import train_loop  # pylint: disable=g-import-not-at-top
+
+  console.setup(_VERBOSE.value)
+  config = _CONFIG.value
+  workdir = pathlib.Path(_WORKDIR.value).absolute()
+  try:
+    cluster = parallel.initialize_distributed(**{name: holder.value for name, holder in _DISTRIBUTED.items()})
+  except ValueError as e:  # before the processes are connected: each reports its own
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if cluster:
+    parallel.start_watchdog()  # from here on, a process that fails stops the others at once
+    logging.info('process %d of %d (%s)', jax.process_index(), jax.process_count(), cluster)
+    # JAX's preemption sync point stops every process at the largest step any of them reported + 1:
+    # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
+    saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]
+    parallel.reached_preemption(max(saved, default=0))
+  try:
+    check_config(config)
+  except ValueError as e:
+    return _fail(2, str(e))
+  cache = runtime.enable_compilation_cache(config.compilation_cache_dir)
+  logging.info('compilation cache: %s', cache or 'off')
+  if not _DRY_RUN.value and jax.process_index() == 0:  # one writer per workdir, until exit
+    lock = checkpointing.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+      atexit.register(lock.release)
+      parallel.at_stop(lock.release)
+      checkpointing.check_writable(workdir / 'checkpoints')  # now, not at the first save
+    except (checkpointing.LockError, OSError) as e:
+      return _fail(2, str(e) if isinstance(e, checkpointing.LockError) else f'cannot write the workdir: {e}')
+  try:
+    train_loop.train_and_evaluate(config, workdir, dry_run=_DRY_RUN.value, catch_signals=True)
+  except train_loop.UserError as e:
+    return _fail(2, str(e))
+  except train_loop.RunError as e:
+    return _fail(1, str(e))
+  parallel.barrier('done')  # several processes: done together, or stopped by the one that failed
+  return 0
+
+
+def run():
+  """The `evit-train` command."""
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
+
+  host_memory.retain_freed_memory_on_cpu_hosts()
+  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  config_checks.help_of(__name__, __doc__)
+  app.run(lambda argv: sys.exit(run_main(argv)), flags_parser=config_checks.parse_flags)
+
+
+if __name__ == '__main__':
+  run()
