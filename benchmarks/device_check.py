@@ -343,7 +343,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import checkpointing, convert, domains  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import evaluation, parallel  # pylint: disable=g-import-not-at-top

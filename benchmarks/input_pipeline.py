@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import datasets, readers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -152,7 +152,7 @@ class JaxStep:
                backbone: str = 'efficientvit_b1'):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from configs import default  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import checkpointing, parallel, training  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from configs import v8
+from efficientvit_jax.configs import v8
 from data_pipelines import datasets, mixing, readers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -320,7 +320,7 @@ def test_workers_end_with_a_killed_parent(scaled, tmp_path):
   queue: the workers end within seconds instead of living on as orphans."""
   script = f'''
 import os, signal, psutil
-from configs import v8
+from efficientvit_jax.configs import v8
 from data_pipelines import datasets
 config = v8.get_config()
 config.data.root, config.data.input_size, config.data.num_workers = {scaled!r}, (48, 64), 2

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import default
+from efficientvit_jax.configs import default
 from data_pipelines import datasets, decoded, readers, transforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -284,7 +284,7 @@ def test_command_line_refusals_before_the_evaluation(tmp_path, synthetic_tiny, r
 def test_checkpoint_size_and_backbone_are_the_defaults(tmp_path, synthetic_tiny, capsys):
   """A MobileNetV3-Small model trained at 96x128 is evaluated, predicted and exported at 96x128
   without --size (said on the console); --size still overrides."""
-  from configs import quickstart
+  from efficientvit_jax.configs import quickstart
   from efficientvit_jax import export, predict, train_loop
 
   config = quickstart.get_config()

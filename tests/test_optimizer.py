@@ -12,7 +12,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs import default
+from efficientvit_jax.configs import default
 from efficientvit_jax import checkpointing
 from efficientvit_jax import optimizer
 from efficientvit_jax import trees

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip('tensorflow_datasets')  # the `tfds` extra
 
-from configs import quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
+from efficientvit_jax.configs import quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines import datasets, readers, tfds_builders  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from configs import quickstart
+from efficientvit_jax.configs import quickstart
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import train_loop

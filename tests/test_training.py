@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
+from efficientvit_jax.configs import default
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import parallel
