@@ -8,6 +8,7 @@ global sums (metrics.MetricAccumulator), so any device or process count gives th
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 import jax
@@ -111,6 +112,15 @@ class FirstFrames:
       self.frames.append(frame)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_eval_step(graphdef: nnx.GraphDef, set_name: str, protocol: str, with_seg: bool) -> Callable:
+  """The jitted `make_eval_step`, one per network and split kind: training's periodic validation
+  compiles (and says so) once per run, not at every validation."""
+  return console.announce_compile(
+      jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
+      f'the evaluation step ({set_name})')
+
+
 def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Iterable[dict[str, np.ndarray]],
              mesh: Mesh, *, set_name: str, protocol: str = 'ours', with_seg: bool = True,
              on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
@@ -123,9 +133,7 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   with_seg = with_seg and protocol != 'reference-frames'  # a depth-only protocol
   keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
   keys += ('index',) if protocol == 'reference-frames' else ()
-  step = console.announce_compile(
-      jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg)),
-      f'the evaluation step ({set_name})')
+  step = _compiled_eval_step(graphdef, set_name, protocol, with_seg)
   if protocol == 'reference-frames':
     accumulator = metrics_lib.FramesReferenceAccumulator()
   elif protocol == 'reference' and set_name == 'corridor':
