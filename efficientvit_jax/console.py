@@ -86,8 +86,8 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def warn(message: str) -> None:
-  """A warning the user must see (a lock taken over, a changed config, a skipped frame): a log
-  record and a plain `warning: ...` line on stderr."""
+  """A warning the user must see (a lock taken over, a changed config, a skipped frame): a plain
+  `warning: ...` line on stderr, and a log record (on the console with `verbose` only)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   absl_logging.warning('%s', message, extra={'printed': True})  # not repeated on the console (setup)
