@@ -18,7 +18,7 @@ the pixels with sensor depth in [0.1, 5] m, nearest-resized, no confidence test;
 image top 2/3 / bottom 1/3, and the sensor's failures); `--protocol reference-frames` (any set)
 its run_student_evaluation.py (per-frame numbers over sensor depth in (0.1, 5) m, OpenCV-resized
 RGB and sensor depth, averaged over frames). Use `--split all --size 240x320` for the reference's numbers.
-Beside R.json: R.md (the table, with per-class IoU and pixel accuracy), R_confusion.png and
+Beside R.json: R.md (the tables: depth and segmentation metrics, per class, by distance), R_confusion.png and
 R_depth_bins.png. Several processes (each evaluates its share of every batch): the flags of
 train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
 """
@@ -55,43 +55,102 @@ def data_paths(args: argparse.Namespace) -> dict[str, Any]:
   return paths
 
 
+# (column, dotted key in a result, percent); the depth keys are read from `depth.frame_mean`, or
+# from the one flat depth block of the reference protocols.
+_DEPTH_COLUMNS = (('AbsRel', 'abs_rel', False), ('SqRel', 'sq_rel', False), ('RMSE', 'rmse', False),
+                  ('RMSE log', 'rmse_log', False), ('log10', 'log10', False), ('δ1', 'delta1', True),
+                  ('δ2', 'delta2', True), ('δ3', 'delta3', True), ('MAE', 'mae', False))
+_SEG_COLUMNS = (('mIoU', 'seg.miou'), ('mean class acc.', 'seg.mean_class_accuracy'), ('fwIoU', 'seg.fw_iou'),
+                ('pixel acc.', 'seg.pixel_accuracy'))
+_BIN_COLUMNS = (('RMSE', 'rmse', False), ('AbsRel', 'abs_rel', False), ('δ1', 'delta1', True))
+
+
+def _get(result: dict[str, Any], dotted: str) -> Any:
+  """result['a']['b'] for 'a.b'; None where a part is absent."""
+  value: Any = result
+  for key in dotted.split('.'):
+    value = value.get(key) if isinstance(value, dict) else None
+  return value
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+  return '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
+
+
+def _row(cells: list[str]) -> str:
+  return '| ' + ' | '.join(cells) + ' |'
+
+
+def _head(cells: list[str]) -> list[str]:
+  return [_row(cells), '|' + '---|' * len(cells)]
+
+
 def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = None) -> str:
-  """One row per result (checkpoint), like the reference's results table (docs/evaluation.md), plus the split's baselines.
+  """The report of one or several results (checkpoints), like the reference's results table
+  (docs/evaluation.md): the main table (the depth metrics of Eigen et al.'s set, the median-scaled
+  and pooled RMSE, the segmentation metrics; one row per result, plus the split's baselines), then
+  per-class IoU and accuracy (results with labels only) and the depth error by distance bin.
 
   labels: the first column (default: each result's checkpoint).
   """
-  names = next((r['seg'].get('classes') for r in results if (r.get('seg') or {}).get('classes')), None)
-  names = names or list(classes.CLASS_NAMES)
-  head = ['checkpoint' if labels is None else 'result', 'dataset', 'split', 'protocol', 'frames', 'RMSE', 'MAE',
-          'AbsRel', 'δ1', 'RMSE (median-scaled)', 'RMSE (pooled)', 'mIoU', 'pixel acc.',
-          *(f'IoU {c}' for c in names)]
-  rows = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  fmt = lambda v, pct=False: '—' if v is None else (f'{100 * v:.1f}' if pct else f'{v:.3f}')
+  first = 'checkpoint' if labels is None else 'result'
   labels = labels or [r['checkpoint'] for r in results]
+  with_seg = [bool(r.get('seg')) for r in results]
+  seg_columns = _SEG_COLUMNS if any(with_seg) else ()
+  rows = _head([first, 'dataset', 'split', 'protocol', 'frames', *(c for c, _, _ in _DEPTH_COLUMNS),
+                'RMSE (median-scaled)', 'RMSE (pooled)', *(c for c, _ in seg_columns)])
   for label, r in zip(labels, results):
-    depth = r.get('depth', {})
-    fm = depth.get('frame_mean', depth)  # the reference protocol has one flat depth block
-    ms = depth.get('median_scaled', {}).get('frame_mean', {})
-    pooled = depth.get('pooled', {})
-    seg = r.get('seg') or {}
-    iou = seg.get('iou') or {}
-    rows.append(f"| {label} | {r['dataset']} | {r['split']} | {r['protocol']} | {r['num_frames']} | "
-                f"{fmt(fm.get('rmse'))} | {fmt(fm.get('mae'))} | {fmt(fm.get('abs_rel'))} | "
-                f"{fmt(fm.get('delta1'), True)} | {fmt(ms.get('rmse'))} | {fmt(pooled.get('rmse'))} | "
-                f"{fmt(seg.get('miou'), True)} | {fmt(seg.get('pixel_accuracy'), True)} | "
-                + ' | '.join(fmt(iou.get(c), True) for c in names) + ' |')
+    depth = r.get('depth') or {}
+    fm = depth.get('frame_mean', depth)  # the reference protocols have one flat depth block
+    rows.append(_row([str(label), r['dataset'], r['split'], r['protocol'], str(r['num_frames']),
+                      *(_fmt(fm.get(k), pct) for _, k, pct in _DEPTH_COLUMNS),
+                      _fmt(_get(r, 'depth.median_scaled.frame_mean.rmse')), _fmt(_get(r, 'depth.pooled.rmse')),
+                      *(_fmt(_get(r, k), True) for _, k in seg_columns)]))
   same_split = len({(r['dataset'], r['split'], r['protocol']) for r in results}) == 1
   base = results[0].get('baselines')
   if base and same_split:
-    rows.append(f"| baseline: mean depth / majority class | {results[0]['dataset']} | {results[0]['split']} | "
-                f"{results[0]['protocol']} | {results[0]['num_frames']} | | | | | | "
-                f"{fmt(base.get('mean_depth_rmse'))} | {fmt(base.get('majority_class_miou'), True)} |"
-                + ' |' * (len(names) + 1))
-  notes = ['', 'Metres; δ1, mIoU, pixel accuracy and IoU in percent.']
+    r = results[0]
+    cells = ['baseline: mean depth' + (' / majority class' if seg_columns else ''), r['dataset'], r['split'],
+             r['protocol'], str(r['num_frames']), *([''] * (len(_DEPTH_COLUMNS) + 1)),
+             _fmt(base.get('mean_depth_rmse'))]
+    if seg_columns:
+      cells += [_fmt(base.get('majority_class_miou'), True)] + [''] * (len(seg_columns) - 1)
+    rows.append(_row(cells))
+  rows += ['', 'Metres; δ' + (', mIoU, accuracies and IoU' if seg_columns else '') + ' in percent.']
+  rows += _notes(results, bool(seg_columns))
+
+  names = next((r['seg'].get('classes') for r in results if (r.get('seg') or {}).get('classes')), None)
+  names = names or list(classes.CLASS_NAMES)
+  if any(with_seg):
+    rows += ['', 'Per class (IoU, then accuracy = the fraction of its labelled pixels predicted as it):', '']
+    rows += _head([first, 'dataset', *(f'IoU {c}' for c in names), *(f'acc. {c}' for c in names)])
+    for label, r, seg in zip(labels, results, with_seg):
+      if seg:
+        rows.append(_row([str(label), r['dataset'], *(_fmt(_get(r, f'seg.iou.{c}'), True) for c in names),
+                          *(_fmt(_get(r, f'seg.class_accuracy.{c}'), True) for c in names)]))
+
+  bins = [(label, r, (r.get('depth') or {}).get('bins') or r.get('bins')) for label, r in zip(labels, results)]
+  bins = [(label, r, b) for label, r, b in bins if b]
+  if bins:
+    rows += ['', 'Depth by distance (pooled over the valid pixels whose ground truth is in the bin; δ1 in '
+             'percent):', '']
+    rows += _head([first, 'dataset', 'distance', 'pixels', *(c for c, _, _ in _BIN_COLUMNS)])
+    for label, r, b in bins:
+      for name, values in b.items():
+        rows.append(_row([str(label), r['dataset'], name, f"{values.get('n_pixels') or 0:,}",
+                          *(_fmt(values.get(k), pct) for _, k, pct in _BIN_COLUMNS)]))
+  return '\n'.join(rows) + '\n'
+
+
+def _notes(results: list[dict[str, Any]], with_seg: bool) -> list[str]:
+  """What the numbers of each protocol present are."""
+  notes = []
   protocols = {(r['protocol'], r['dataset'] == 'corridor' and r['protocol'] == 'reference') for r in results}
   if ('ours', False) in protocols:
-    notes.append('RMSE, MAE, AbsRel, δ1: means over frames with >= 100 valid pixels; RMSE (pooled): over all '
-                 'valid pixels of the split, the measure of the mean-depth baseline.')
+    notes.append('Default protocol: the prediction clipped to the set\'s depth window; AbsRel to MAE and the '
+                 'median-scaled RMSE are means over frames with >= 100 valid pixels (as NYU papers report them); '
+                 'RMSE (pooled): over all valid pixels of the split, the measure of the mean-depth baseline'
+                 + ('; segmentation: one confusion matrix over the split.' if with_seg else '.'))
   if ('reference', False) in protocols:
     notes.append('Reference protocol: means over batches of 16 of each batch\'s pooled RMSE (gt > 0, ground truth '
                  'resized by PIL\'s antialiased bilinear) and mIoU against the SAM2 labels; not comparable with '
@@ -103,7 +162,7 @@ def markdown_table(results: list[dict[str, Any]], labels: list[str] | None = Non
     notes.append('Reference per-frame protocol (its run_student_evaluation.py): RMSE, MAE, AbsRel, δ1 means over '
                  'frames with >= 100 pixels of sensor depth in (0.1, 5) m (OpenCV-resized RGB and sensor depth); '
                  'not comparable with the default protocol.')
-  return '\n'.join(rows + notes) + '\n'
+  return notes
 
 
 def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pathlib.Path]:
@@ -125,9 +184,9 @@ def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pat
   return written
 
 
-_TABLE_NUMBERS = ('depth.frame_mean.rmse', 'depth.frame_mean.mae', 'depth.frame_mean.abs_rel',
-                  'depth.frame_mean.delta1', 'depth.median_scaled.frame_mean.rmse', 'depth.pooled.rmse', 'seg.miou',
-                  'seg.pixel_accuracy', 'baselines.mean_depth_rmse', 'baselines.majority_class_miou')
+_TABLE_NUMBERS = (*(f'depth.frame_mean.{k}' for _, k, _ in _DEPTH_COLUMNS), 'depth.median_scaled.frame_mean.rmse',
+                  'depth.pooled.rmse', *(k for _, k in _SEG_COLUMNS), 'baselines.mean_depth_rmse',
+                  'baselines.majority_class_miou')
 
 
 def _table_problem(result: dict[str, Any]) -> str | None:
@@ -155,10 +214,21 @@ def _table_problem(result: dict[str, Any]) -> str | None:
   if bad is None and classes_ is not None and not (isinstance(classes_, list) and all(isinstance(c, str) for c in classes_)):
     return f'seg.classes must be a list of class names, got {classes_!r}'
   names = classes_ or list(classes.CLASS_NAMES)
-  for dotted in (*_TABLE_NUMBERS, *(f'seg.iou.{c}' for c in names)):
+  where = 'bins' if 'bins' in result else 'depth.bins'  # the reference corridor protocol: top level
+  bins, bad = lookup(where)
+  if bad is None and bins is not None and not isinstance(bins, dict):
+    return f'{where} must be an object (a JSON dict), got {bins!r}'
+  numbers = []
+  for dotted in (*_TABLE_NUMBERS, *(f'seg.{part}.{c}' for part in ('iou', 'class_accuracy') for c in names)):
     value, bad = lookup(dotted)
     if bad is not None:
       return f'{bad} must be an object (a JSON dict), got {lookup(bad)[0]!r}'
+    numbers.append((dotted, value))
+  for name, values in (bins or {}).items():  # bin names hold dots ('0.5-1 m'): not looked up by path
+    if not isinstance(values, dict):
+      return f'{where}.{name} must be an object (a JSON dict), got {values!r}'
+    numbers += [(f'{where}.{name}.{k}', values.get(k)) for k in ('n_pixels', *(k for _, k, _ in _BIN_COLUMNS))]
+  for dotted, value in numbers:
     if value is not None and (type(value) not in (int, float)):  # pylint: disable=unidiomatic-typecheck
       return f'{dotted} must be a number or null, got {value!r}'
   return None

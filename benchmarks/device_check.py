@@ -346,7 +346,8 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
   from configs import default  # pylint: disable=g-import-not-at-top
   from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import checkpointing, convert, evaluation, parallel  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing, convert, domains  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import evaluation, parallel  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
@@ -368,12 +369,12 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
   def one_pass(name: str, step: Callable, keys: tuple[str, ...]) -> int:
     """What `evaluation.evaluate` does, with the step compiled once; returns the frames seen."""
-    accumulator = metrics_lib.MetricAccumulator()
+    accumulator = metrics_lib.MetricAccumulator(bins=metrics_lib.depth_bins(domains.DEPTH_WINDOWS[name]))
     batches = datasets.eval_iterator(paths, name, 'all', batch_size=mode.eval_batch, input_size=mode.size)
     frames = 0
     try:
       for local in batches:
-        stats, _ = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
+        stats, _, _ = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
         accumulator.update(stats)
         frames += int(local['frame_mask'].sum())
     finally:

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0  # 0 = evaluate at the end only
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.best_metric = 'val/nyu/rmse'  # lower is better for rmse/mae/abs_rel, higher for delta1/miou
+  c.best_metric = 'val/nyu/rmse'  # any val/<set>/<metric>; errors and losses lower, deltas and IoUs higher
   c.init_from = ''  # checkpoint folder, workdir or .pt whose weights start the run
   c.requires_init_from = False  # sequential/joint protocols (V7-V9) refuse to start from scratch
   c.freeze_encoder_epochs = 5

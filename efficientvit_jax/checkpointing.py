@@ -415,15 +415,25 @@ def _model_items(root: pathlib.Path, step: int, items: dict[str, Any]) -> Checkp
 # Training workdirs
 
 
+# The direction of each validation metric (`val/<set>/<metric>`, docs/training.md#outputs-of-trainpy).
+LOWER_IS_BETTER = ('rmse', 'mae', 'abs_rel', 'sq_rel', 'rmse_log', 'log10', 'rmse_median_scaled', 'loss',
+                   'loss_depth', 'loss_seg', 'loss_edge')
+HIGHER_IS_BETTER = ('delta1', 'delta2', 'delta3', 'miou', 'mean_class_accuracy', 'fw_iou', 'pixel_accuracy')
+PER_CLASS = ('iou', 'class_accuracy')  # val/<set>/iou/<class>: higher is better
+
+
 def lower_is_better(metric: str) -> bool:
-  """rmse, mae, abs_rel and losses improve downwards; delta*, miou upwards."""
-  name = metric.rsplit('/', 1)[-1]
-  if name.startswith('delta') or name == 'miou':
+  """Errors and losses improve downwards; delta*, IoUs and accuracies upwards."""
+  parts = metric.split('/')
+  if len(parts) == 4 and parts[2] in PER_CLASS:
     return False
-  if name in ('rmse', 'mae', 'abs_rel', 'loss', 'depth', 'seg', 'edge'):
+  if parts[-1] in HIGHER_IS_BETTER:
+    return False
+  if parts[-1] in LOWER_IS_BETTER or parts[-1] in ('depth', 'seg', 'edge'):
     return True
   raise ValueError(f'best_metric {metric!r}: unknown direction; use a val/<set>/<metric> with metric one of '
-                   'rmse, mae, abs_rel (lower is better), delta1, delta2, delta3, miou (higher is better)')
+                   f'{", ".join(LOWER_IS_BETTER)} (lower is better), {", ".join(HIGHER_IS_BETTER)}, '
+                   'iou/<class>, class_accuracy/<class> (higher is better)')
 
 
 class _OrbaxErrorsOnOneLine(py_logging.Filter):

@@ -689,21 +689,23 @@ def metrics_history(src: str | os.PathLike, step: int) -> list[dict[str, Any]]:
 
 def reference_metrics(meta: Mapping[str, Any], history: list[Mapping[str, Any]] = ()) -> dict[str, float]:
   """Our validation results under the reference's metric field names, for the set of `best_metric`
-  (`val/<set>/...`, default nyu): `val_depth_rmse`, `val_seg_miou` (this checkpoint's, when it was
-  evaluated) and `best_depth_rmse`, `best_seg_miou` (the best over `history`, the workdir's
-  metrics rows up to this step, and this checkpoint's). Values are our protocol's (frame-mean RMSE,
-  split mIoU). Its `val_loss` / `best_val_loss` are not written: validation here computes no loss."""
+  (`val/<set>/...`, default nyu): `val_loss`, `val_depth_rmse`, `val_seg_miou` (this checkpoint's,
+  when it was evaluated) and `best_val_loss`, `best_depth_rmse`, `best_seg_miou` (the best over
+  `history`, the workdir's metrics rows up to this step, and this checkpoint's). The loss is the
+  training objective's mean over the set's validation batches (docs/checkpoints.md); RMSE and mIoU
+  are our protocol's (frame-mean RMSE, split mIoU)."""
   config = meta.get('config') or {}
   parts = str(config.get('best_metric', '')).split('/')
   name = parts[1] if len(parts) == 3 and parts[0] == 'val' else 'nyu'
-  rmse, miou = f'val/{name}/rmse', f'val/{name}/miou'
+  loss, rmse, miou = f'val/{name}/loss', f'val/{name}/rmse', f'val/{name}/miou'
   current = meta.get('metrics') or {}
   rows = [*history, current]
   out = {}
-  for field, key in (('val_depth_rmse', rmse), ('val_seg_miou', miou)):
+  for field, key in (('val_loss', loss), ('val_depth_rmse', rmse), ('val_seg_miou', miou)):
     if isinstance(current.get(key), (int, float)):
       out[field] = float(current[key])
-  for field, key, best in (('best_depth_rmse', rmse, min), ('best_seg_miou', miou, max)):
+  for field, key, best in (('best_val_loss', loss, min), ('best_depth_rmse', rmse, min),
+                           ('best_seg_miou', miou, max)):
     values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     if values:
       out[field] = best(values)

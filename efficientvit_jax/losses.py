@@ -79,12 +79,14 @@ def cross_entropy(
   return jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(count, 1.0)
 
 
-def edge_smoothness(depth: jax.Array, image: jax.Array) -> jax.Array:
+def edge_smoothness(depth: jax.Array, image: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
   """Edge-aware smoothness of predicted depth, forward differences.
 
   Args:
     depth: `[N, H, W]` predicted metric depth.
     image: `[N, H, W, 3]` input RGB in [0, 1].
+    frame_mask: optional `[N]` bool; the mean is then over the frames where it is True (padding
+      frames of an evaluation batch left out; 0 when there are none).
 
   Returns:
     float32 scalar `mean(|dx d| exp(-mean_c |dx I|)) + mean(|dy d| exp(-mean_c |dy I|))`.
@@ -94,7 +96,13 @@ def edge_smoothness(depth: jax.Array, image: jax.Array) -> jax.Array:
   d_dy = jnp.abs(depth[:, :-1, :] - depth[:, 1:, :])
   i_dx = jnp.mean(jnp.abs(image[:, :, :-1] - image[:, :, 1:]), axis=-1)
   i_dy = jnp.mean(jnp.abs(image[:, :-1, :] - image[:, 1:, :]), axis=-1)
-  return jnp.mean(d_dx * jnp.exp(-i_dx)) + jnp.mean(d_dy * jnp.exp(-i_dy))
+  if frame_mask is None:
+    return jnp.mean(d_dx * jnp.exp(-i_dx)) + jnp.mean(d_dy * jnp.exp(-i_dy))
+  # Every frame has the same size, so the mean over the kept frames of per-frame means is the
+  # mean over their pixels.
+  per_frame = jnp.mean(d_dx * jnp.exp(-i_dx), axis=(1, 2)) + jnp.mean(d_dy * jnp.exp(-i_dy), axis=(1, 2))
+  keep = frame_mask.astype(bool)
+  return jnp.sum(jnp.where(keep, per_frame, 0.0)) / jnp.maximum(jnp.sum(keep, dtype=jnp.float32), 1.0)
 
 
 def clamp(x: jax.Array, lo: float, hi: float) -> jax.Array:
@@ -146,6 +154,7 @@ def multitask_loss(
     batch: Mapping[str, jax.Array],
     kendall: Mapping[str, jax.Array],
     loss_config: Mapping[str, Any],
+    frame_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The training objective of one batch and its parts for logging.
 
@@ -158,6 +167,8 @@ def multitask_loss(
       `[N, H, W]` bool, `seg` `[N, H, W]` int (255 = none). Other keys are ignored.
     kendall: `{'log_sigma_d': [1], 'log_sigma_s': [1]}`.
     loss_config: the `loss.*` config (`use_kendall`, `lambda_depth`, `lambda_seg`, `lambda_edge`).
+    frame_mask: optional `[N]` bool, False on padding frames (evaluation batches), which then
+      count in none of the three terms: the loss of the batch of real frames.
 
   Returns:
     `(total, aux)`: float32 scalar, and float32 scalars `depth`, `seg`, `edge`, `log_sigma_d`,
@@ -170,9 +181,14 @@ def multitask_loss(
   """
   target = _f32(batch['depth'])
   valid = batch['depth_valid'].astype(bool) & (target > 0)
+  labels = batch['seg']
+  if frame_mask is not None:
+    keep = frame_mask.astype(bool)[:, None, None]
+    valid = valid & keep
+    labels = jnp.where(keep, labels, IGNORE_LABEL)
   l_depth = berhu(depth_pred, target, valid)
-  l_seg = cross_entropy(seg_logits, batch['seg'])
-  l_edge = edge_smoothness(depth_pred, batch['image'])
+  l_seg = cross_entropy(seg_logits, labels)
+  l_edge = edge_smoothness(depth_pred, batch['image'], frame_mask)
   total = kendall_total(
       l_depth, l_seg, l_edge, kendall['log_sigma_d'], kendall['log_sigma_s'],
       use_kendall=bool(loss_config['use_kendall']),

@@ -9,20 +9,28 @@ whole split, whatever the batch size, sharding or padding:
    float64 into the eval JSON structure (docs/evaluation.md#eval-json) (`num_frames`, `num_frames_skipped`,
    `depth`, `seg`, `baselines`).
 
-Definitions (docs/evaluation.md#metrics). A depth pixel is valid when `min_depth <= gt <= max_depth`.
-- RMSE = sqrt(mean((p - g)^2)), MAE = mean|p - g|, AbsRel = mean(|p - g| / g) with the raw
-  prediction p; delta_k = fraction with max(p'/g, g/p') < 1.25^k, p' = max(p, 1e-6).
-- `frame_mean`: the mean over frames of each frame's metric, frames with fewer than
-  `min_valid_pixels` (100) valid pixels skipped (and counted in `num_frames_skipped`).
-  `pooled`: over all valid pixels of the split, small frames included.
-- `median_scaled`: per frame p * median(g) / median(p) over its valid pixels (numpy's median:
-  the mean of the two middle values for an even count). Frames with median(p) <= 1e-6 are left
-  out of both its frame mean and its pooled sums; its pooled sums, like `pooled`, keep frames with
-  fewer than 100 valid pixels.
-- `bins`: pooled RMSE over valid pixels with gt in [0.3, 1.0), [1.0, 2.0), [2.0, 4.0) m.
+Definitions (docs/evaluation.md#metrics). A depth pixel is valid when `min_depth <= gt <= max_depth`;
+p is the prediction clipped to that window, as the common NYU evaluation code (BTS, AdaBins) clips
+it to [min_depth_eval, max_depth_eval] (so that the logarithms are defined).
+- Eigen et al.'s set: AbsRel = mean(|p - g| / g), SqRel = mean((p - g)^2 / g),
+  RMSE = sqrt(mean((p - g)^2)), RMSE-log = sqrt(mean((ln p - ln g)^2)),
+  log10 = mean|log10 p - log10 g|, delta_k = fraction with max(p / g, g / p) < 1.25^k; and
+  MAE = mean|p - g|.
+- `frame_mean`: the mean over frames of each frame's metric (as those codes report them), frames
+  with fewer than `min_valid_pixels` (100) valid pixels skipped (and counted in
+  `num_frames_skipped`). `pooled`: over all valid pixels of the split, small frames included.
+- `median_scaled`: per frame the raw prediction times median(g) / median(p) over its valid pixels
+  (numpy's median: the mean of the two middle values for an even count), then clipped to the
+  window (Monodepth2's order). Frames with median(p) <= 1e-6 are left out of both its frame mean
+  and its pooled sums; its pooled sums, like `pooled`, keep frames with fewer than 100 valid pixels.
+- `bins`: pooled RMSE, AbsRel and delta1 over the valid pixels with gt in each of `depth_bins`'
+  metre bins ([lo, hi); the last also holds gt = max_depth).
 - `seg`: one confusion matrix over the split (`confusion`, rows ground truth, columns prediction, in
-  the order of `classes`), pixels with gt 255 ignored; IoU_c = TP/(TP+FP+FN); a class with
-  TP+FP+FN = 0 gets IoU None and is left out of the mIoU; `pixel_accuracy` = trace / sum.
+  the order of `classes`), pixels with gt 255 ignored. With TP_c, FP_c, FN_c and t_c = TP_c + FN_c
+  (the class's labelled pixels): IoU_c = TP_c / (TP_c + FP_c + FN_c), None where that is 0 and left
+  out of the mIoU; `class_accuracy`_c = TP_c / t_c, None where t_c = 0 and left out of
+  `mean_class_accuracy`; `fw_iou` = sum_c t_c IoU_c / sum_c t_c over classes with t_c > 0;
+  `pixel_accuracy` = trace / sum (Long et al.'s four segmentation metrics).
 - `baselines`: `mean_depth_rmse` = pooled RMSE of the constant prediction mean(g) over all valid
   pixels of the split; `majority_class_miou` = mIoU of predicting the most frequent ground-truth
   class everywhere (from the confusion matrix's row sums: (n_major / n_labelled) / #classes present).
@@ -44,16 +52,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax import domains
 from efficientvit_jax.classes import CLASS_NAMES
 
-# (name, lower bound inclusive, upper bound exclusive), metres of ground truth.
-DEPTH_BINS: tuple[tuple[str, float, float], ...] = (('near', 0.3, 1.0), ('mid', 1.0, 2.0), ('far', 2.0, 4.0))
 MIN_VALID_PIXELS = 100
-PRED_FLOOR = 1e-6  # p is clipped below at this for the delta ratios; median(p) <= this => no scaling
-DEPTH_METRICS = ('rmse', 'mae', 'abs_rel', 'delta1', 'delta2', 'delta3')
-_SUM_KEYS = ('sum_sq_err', 'sum_abs_err', 'sum_abs_rel', 'n_delta1', 'n_delta2', 'n_delta3')
+PRED_FLOOR = 1e-6  # median(p) <= this => no median scaling
+DEPTH_METRICS = ('rmse', 'mae', 'abs_rel', 'sq_rel', 'rmse_log', 'log10', 'delta1', 'delta2', 'delta3')
+# Edges of the distance bins, metres: a set's bins are those below its window's maximum, the last
+# one ending there (`depth_bins`).
+BIN_EDGES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0)
+_SUM_KEYS = ('sum_sq_err', 'sum_abs_err', 'sum_abs_rel', 'sum_sq_rel', 'sum_sq_log', 'sum_abs_log10',
+             'n_delta1', 'n_delta2', 'n_delta3')
+_BIN_KEYS = ('bin_sum_sq_err', 'bin_sum_abs_rel', 'bin_n_delta1', 'bin_n')
 _FRAME_KEYS = ('n_valid', *_SUM_KEYS, 'median_ok', 'median_scale', *('ms_' + k for k in _SUM_KEYS),
-               'bin_sum_sq_err', 'bin_n', 'sum_gt', 'sum_gt_sq')
+               *_BIN_KEYS, 'sum_gt', 'sum_gt_sq')
+
+
+def depth_bins(window: tuple[float, float]) -> tuple[tuple[str, float, float], ...]:
+  """The distance bins of a set with depth window (min, max): (label, lo, hi) in metres.
+
+  `BIN_EDGES` below the maximum, then the maximum: (0.1, 10) -> '0-1 m', '1-2 m', '2-3 m', '3-4 m',
+  '4-6 m', '6-8 m', '8-10 m'; (0.1, 5) -> ... '3-4 m', '4-5 m'; (0.1, 15) adds '10-15 m'.
+  """
+  top = float(window[1])
+  edges = [e for e in BIN_EDGES if e < top] + [top]
+  return tuple((f'{lo:g}-{hi:g} m', lo, hi) for lo, hi in zip(edges, edges[1:]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,15 +106,20 @@ def masked_median(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _depth_sums(p: jax.Array, g: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
-  """Per-frame error sums over valid pixels. p, g: [N, M] float32; valid: [N, M] bool -> [N] each."""
+  """Per-frame error sums over valid pixels. p (clipped to the window, > 0), g: [N, M] float32;
+  valid: [N, M] bool -> [N] each."""
   g_safe = jnp.where(valid, g, 1.0)
+  p_safe = jnp.where(valid, p, 1.0)
   err = jnp.where(valid, p - g, 0.0)
-  p_floor = jnp.maximum(p, PRED_FLOOR)
-  ratio = jnp.maximum(p_floor / g_safe, g_safe / p_floor)
+  log_err = jnp.log(p_safe) - jnp.log(g_safe)  # 0 where not valid
+  ratio = jnp.maximum(p_safe / g_safe, g_safe / p_safe)
   out = {
       'sum_sq_err': jnp.sum(err * err, axis=1),
       'sum_abs_err': jnp.sum(jnp.abs(err), axis=1),
       'sum_abs_rel': jnp.sum(jnp.abs(err) / g_safe, axis=1),
+      'sum_sq_rel': jnp.sum(err * err / g_safe, axis=1),
+      'sum_sq_log': jnp.sum(log_err * log_err, axis=1),
+      'sum_abs_log10': jnp.sum(jnp.abs(log_err), axis=1) / math.log(10.0),
   }
   for k in (1, 2, 3):
     out[f'n_delta{k}'] = jnp.sum(valid & (ratio < 1.25**k), axis=1, dtype=jnp.int32)
@@ -119,52 +147,62 @@ def frame_stats(
     min_depth: float,
     max_depth: float,
     num_classes: int = len(CLASS_NAMES),
-    bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+    bins: Sequence[tuple[str, float, float]] | None = None,
 ) -> dict[str, jax.Array]:
   """Per-frame metric statistics of one batch (jittable; batch may be sharded on axis 0).
 
   Args:
-    depth_pred: [N, H, W] predicted depth, metres.
+    depth_pred: [N, H, W] predicted depth, metres (clipped to [min_depth, max_depth] here).
     gt_depth: [N, H, W] ground-truth depth, metres (0 or out of [min_depth, max_depth] = invalid).
     seg_pred: [N, H, W] int predicted class ids, or None (no segmentation statistics).
     gt_seg: [N, H, W] int ground-truth class ids, 255 = ignore, or None.
     frame_mask: [N] bool; False marks padding frames, which contribute nothing.
-    min_depth, max_depth: the valid ground-truth window, inclusive.
+    min_depth, max_depth: the valid ground-truth window, inclusive (min_depth > 0).
     num_classes: C.
-    bins: (name, lo, hi) ground-truth depth bins, [lo, hi).
+    bins: (name, lo, hi) ground-truth depth bins, [lo, hi), the last one closed when hi >=
+      max_depth; default `depth_bins((min_depth, max_depth))`.
   Returns:
     Every entry has the batch as leading axis:
     `frame_mask` [N] bool; `n_valid` [N] int32 (valid depth pixels);
-    `sum_sq_err`, `sum_abs_err`, `sum_abs_rel` [N] float32, `n_delta1..3` [N] int32;
-    `median_ok` [N] bool (n_valid > 0 and median(p) > 1e-6), `median_scale` [N] float32
-    (median(g) / median(p), 1 where not ok); `ms_` + each sum key: the same sums after median
-    scaling, 0 where not ok; `bin_sum_sq_err` [N, B] float32, `bin_n` [N, B] int32;
-    `sum_gt`, `sum_gt_sq` [N] float32 (over valid pixels, for the mean-depth baseline);
-    `confusion` [N, C, C] int32 (only when both seg arrays are given).
+    `sum_sq_err`, `sum_abs_err`, `sum_abs_rel`, `sum_sq_rel`, `sum_sq_log`, `sum_abs_log10` [N]
+    float32, `n_delta1..3` [N] int32; `median_ok` [N] bool (n_valid > 0 and median(p) > 1e-6),
+    `median_scale` [N] float32 (median(g) / median(p), 1 where not ok); `ms_` + each sum key: the
+    same sums after median scaling, 0 where not ok; `bin_sum_sq_err`, `bin_sum_abs_rel` [N, B]
+    float32, `bin_n_delta1`, `bin_n` [N, B] int32; `sum_gt`, `sum_gt_sq` [N] float32 (over valid
+    pixels, for the mean-depth baseline); `confusion` [N, C, C] int32 (only when both seg arrays
+    are given).
   """
+  bins = depth_bins((min_depth, max_depth)) if bins is None else bins
   n = depth_pred.shape[0]
   frame_mask = frame_mask.astype(bool)
-  p = depth_pred.astype(jnp.float32).reshape(n, -1)
+  raw = depth_pred.astype(jnp.float32).reshape(n, -1)
+  p = jnp.clip(raw, min_depth, max_depth)
   g = gt_depth.astype(jnp.float32).reshape(n, -1)
   valid = (g >= min_depth) & (g <= max_depth) & frame_mask[:, None]
   g0 = jnp.where(valid, g, 0.0)
 
   out: dict[str, jax.Array] = {'frame_mask': frame_mask, 'n_valid': jnp.sum(valid, axis=1, dtype=jnp.int32)}
-  out.update(_depth_sums(p, g, valid))
+  sums = _depth_sums(p, g, valid)
+  out.update(sums)
 
-  med_p, count = masked_median(p, valid)
+  med_p, count = masked_median(raw, valid)
   med_g, _ = masked_median(g, valid)
   ok = (count > 0) & (med_p > PRED_FLOOR)
   scale = jnp.where(ok, med_g / jnp.where(ok, med_p, 1.0), 1.0)
   out['median_ok'] = ok
   out['median_scale'] = scale
-  for k, v in _depth_sums(p * scale[:, None], g, valid & ok[:, None]).items():
+  scaled = jnp.clip(raw * scale[:, None], min_depth, max_depth)
+  for k, v in _depth_sums(scaled, g, valid & ok[:, None]).items():
     out['ms_' + k] = v
 
-  sq = jnp.where(valid, (p - g) ** 2, 0.0)
-  in_bin = jnp.stack([valid & (g >= lo) & (g < hi) for _, lo, hi in bins], axis=1)  # [N, B, M]
-  out['bin_sum_sq_err'] = jnp.sum(jnp.where(in_bin, sq[:, None], 0.0), axis=2)
-  out['bin_n'] = jnp.sum(in_bin, axis=2, dtype=jnp.int32)
+  per_bin = []  # one bin at a time: no [N, B, H * W] intermediate
+  for i, (_, lo, hi) in enumerate(bins):
+    closed = i == len(bins) - 1 and hi >= max_depth
+    in_bin = valid & (g >= lo) & ((g <= hi) if closed else (g < hi))
+    b = _depth_sums(p, g, in_bin)
+    per_bin.append((b['sum_sq_err'], b['sum_abs_rel'], b['n_delta1'], jnp.sum(in_bin, axis=1, dtype=jnp.int32)))
+  for key, values in zip(_BIN_KEYS, zip(*per_bin)):
+    out[key] = jnp.stack(values, axis=1)
   out['sum_gt'] = jnp.sum(g0, axis=1)
   out['sum_gt_sq'] = jnp.sum(g0 * g0, axis=1)
 
@@ -263,11 +301,14 @@ def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
 
 
 def _metrics_from_sums(s: Mapping[str, np.ndarray], n: np.ndarray, prefix: str = '') -> dict[str, np.ndarray]:
-  """The six depth metrics from sums (any shape, float64; NaN where n == 0)."""
+  """The depth metrics (`DEPTH_METRICS`) from sums (any shape, float64; NaN where n == 0)."""
   return {
       'rmse': np.sqrt(_ratio(s[prefix + 'sum_sq_err'], n)),
       'mae': _ratio(s[prefix + 'sum_abs_err'], n),
       'abs_rel': _ratio(s[prefix + 'sum_abs_rel'], n),
+      'sq_rel': _ratio(s[prefix + 'sum_sq_rel'], n),
+      'rmse_log': np.sqrt(_ratio(s[prefix + 'sum_sq_log'], n)),
+      'log10': _ratio(s[prefix + 'sum_abs_log10'], n),
       **{f'delta{k}': _ratio(s[f'{prefix}n_delta{k}'], n) for k in (1, 2, 3)},
   }
 
@@ -291,11 +332,30 @@ def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
   return _ratio(tp, c.sum(0) + c.sum(1) - tp)
 
 
+def seg_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+  """The `seg` part of the eval JSON from a [C, C] int confusion matrix (rows gt) with pixels."""
+  conf = np.asarray(confusion, np.int64)
+  iou = iou_from_confusion(conf)
+  gt_counts = conf.sum(1)
+  accuracy = _ratio(np.diag(conf), gt_counts)
+  labelled = gt_counts > 0
+  return {
+      'miou': _json_float(np.mean(iou[~np.isnan(iou)])),
+      'iou': {name: _json_float(v) for name, v in zip(class_names, iou)},
+      'mean_class_accuracy': _json_float(np.mean(accuracy[labelled])),
+      'class_accuracy': {name: _json_float(v) for name, v in zip(class_names, accuracy)},
+      'fw_iou': _json_float(np.sum(gt_counts[labelled] * iou[labelled]) / np.sum(gt_counts)),
+      'pixel_accuracy': _json_float(np.trace(conf) / conf.sum()),
+      'classes': list(class_names),
+      'confusion': conf.tolist(),
+  }
+
+
 class MetricAccumulator:
   """Collects `frame_stats` outputs over a split and finalises them into the eval JSON parts.
 
   Usage:
-    acc = MetricAccumulator()
+    acc = MetricAccumulator(bins=depth_bins(window))
     for batch in loader:
       acc.update(stats_fn(params, batch))   # stats_fn: jitted, returns frame_stats(...)
     report = acc.result()
@@ -308,9 +368,11 @@ class MetricAccumulator:
       self,
       class_names: Sequence[str] = CLASS_NAMES,
       min_valid_pixels: int = MIN_VALID_PIXELS,
-      bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+      bins: Sequence[tuple[str, float, float]] | None = None,
   ):
-    """`bins` must be those given to `frame_stats` (only their names are used here)."""
+    """`bins` must be those given to `frame_stats` (only their names are used here); default
+    `depth_bins` of the NYU window, `frame_stats`' default for that window."""
+    bins = depth_bins(domains.DEPTH_WINDOWS['nyu']) if bins is None else bins
     self.class_names = tuple(class_names)
     self.min_valid_pixels = min_valid_pixels
     self.bin_names = tuple(name for name, _, _ in bins)
@@ -320,6 +382,10 @@ class MetricAccumulator:
   def update(self, stats: Mapping[str, Any]) -> None:
     """Adds one batch of `frame_stats` output (device or numpy arrays)."""
     frames = _real_frames(stats)
+    if frames['bin_n'].shape[1:] != (len(self.bin_names),):
+      raise ValueError(f'the statistics have {frames["bin_n"].shape[1]} depth bins, expected '
+                       f'{len(self.bin_names)} ({", ".join(self.bin_names)}): give frame_stats and '
+                       'MetricAccumulator the same bins')
     if 'confusion' in frames:
       conf = frames.pop('confusion')
       if conf.shape[1:] != self._confusion.shape:
@@ -335,8 +401,8 @@ class MetricAccumulator:
     return _concatenated(self._chunks)
 
   def frame_metrics(self) -> dict[str, np.ndarray]:
-    """Per-frame metrics [F] float64 (NaN where undefined): the six depth metrics, `ms_` + the
-    six median-scaled ones, and `n_valid`."""
+    """Per-frame metrics [F] float64 (NaN where undefined): `DEPTH_METRICS`, `ms_` + the
+    median-scaled ones, and `n_valid`."""
     s = self.stats()
     n = s['n_valid'].astype(np.float64)
     out = _metrics_from_sums(s, n)
@@ -364,9 +430,11 @@ class MetricAccumulator:
 
     bins = {}
     for i, name in enumerate(self.bin_names):
-      n_bin = int(np.sum(s['bin_n'][:, i], dtype=np.int64))
-      sse = np.sum(s['bin_sum_sq_err'][:, i], dtype=np.float64)
-      bins[name] = {'rmse': _json_float(np.sqrt(_ratio(sse, n_bin))), 'n_pixels': n_bin}
+      total = {k: np.sum(s[k][:, i], dtype=np.float64) for k in _BIN_KEYS}
+      n_bin = total['bin_n']
+      bins[name] = {'rmse': _json_float(np.sqrt(_ratio(total['bin_sum_sq_err'], n_bin))),
+                    'abs_rel': _json_float(_ratio(total['bin_sum_abs_rel'], n_bin)),
+                    'delta1': _json_float(_ratio(total['bin_n_delta1'], n_bin)), 'n_pixels': int(n_bin)}
 
     depth = {
         'frame_mean': _frame_mean(per_frame, counted),
@@ -389,15 +457,7 @@ class MetricAccumulator:
     baselines = {'mean_depth_rmse': _json_float(np.sqrt(np.maximum(var_gt, 0.0))), 'majority_class_miou': None}
 
     if self._confusion.sum() > 0:
-      iou = iou_from_confusion(self._confusion)
-      present = ~np.isnan(iou)
-      out['seg'] = {
-          'miou': _json_float(np.mean(iou[present])),
-          'iou': {name: _json_float(v) for name, v in zip(self.class_names, iou)},
-          'pixel_accuracy': _json_float(np.trace(self._confusion) / self._confusion.sum()),
-          'classes': list(self.class_names),
-          'confusion': self._confusion.tolist(),
-      }
+      out['seg'] = seg_metrics(self._confusion, self.class_names)
       gt_counts = self._confusion.sum(1)
       baselines['majority_class_miou'] = _json_float(
           gt_counts.max() / gt_counts.sum() / np.count_nonzero(gt_counts))
@@ -458,6 +518,8 @@ class ReferenceAccumulator:
 # The reference's corridor evaluation (`--protocol reference --dataset corridor`).
 # ------------------------------------------------------------------------------------------------
 
+# Its distance bins: (name, lo, hi), metres of sensor depth, [lo, hi).
+CORRIDOR_REFERENCE_BINS = (('near', 0.3, 1.0), ('mid', 1.0, 2.0), ('far', 2.0, 4.0))
 CORRIDOR_REGIONS = ('all', 'near', 'mid', 'far', 'top', 'bottom')
 _REF_EPS = 1e-8  # the reference's guard in AbsRel and in the delta ratio
 
@@ -469,7 +531,7 @@ def corridor_reference_frame_stats(
     *,
     min_depth: float = 0.1,
     max_depth: float = 5.0,
-    bins: Sequence[tuple[str, float, float]] = DEPTH_BINS,
+    bins: Sequence[tuple[str, float, float]] = CORRIDOR_REFERENCE_BINS,
 ) -> dict[str, jax.Array]:
   """Per-frame sums for the reference's corridor evaluation (its `eval_corridor_depth.py`; jittable).
 
@@ -528,7 +590,7 @@ class CorridorReferenceAccumulator:
   (The reference also prints the median prediction over failure pixels; not kept here.)
   """
 
-  def __init__(self, bins: Sequence[tuple[str, float, float]] = DEPTH_BINS):
+  def __init__(self, bins: Sequence[tuple[str, float, float]] = CORRIDOR_REFERENCE_BINS):
     self.bin_names = tuple(name for name, _, _ in bins)
     self._chunks: list[dict[str, np.ndarray]] = []
 

@@ -1,5 +1,6 @@
 """What train.py writes to TensorBoard besides scalars: evaluation pictures, the config as text and
-as hparams. Writers are tensorboardX `SummaryWriter`s; view with `tensorboard --logdir W/tb`."""
+as hparams (whose metrics are validation scalars the run writes). Writers are tensorboardX
+`SummaryWriter`s; view with `tensorboard --logdir W/tb`."""
 
 from __future__ import annotations
 
@@ -19,13 +20,18 @@ def flat_hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | st
   return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in trees.flatten(config).items()}
 
 
-def write_config(writer: Any, config: Mapping[str, Any], metrics: Sequence[str]) -> None:
-  """The config as a text summary (`config`, indented JSON) and as hparams of this run, with
-  `metrics` (scalar tags written during training) as the hparams' metrics."""
-  from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
-
+def write_config(writer: Any, config: Mapping[str, Any]) -> None:
+  """The config as a text summary (`config`, indented JSON)."""
   text = '\n'.join('    ' + line for line in json.dumps(config, indent=2, sort_keys=True).splitlines())
   writer.add_text('config', text, 0)
+  writer.flush()
+
+
+def write_hparams(writer: Any, config: Mapping[str, Any], metrics: Sequence[str]) -> None:
+  """The config as hparams of this run, with `metrics` (scalar tags this run writes, e.g. those of
+  its first validation) as the hparams' metrics."""
+  from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+
   experiment, start, _ = hparams(flat_hparams(config), {m: 0.0 for m in metrics})
   file_writer = writer._get_file_writer()  # pylint: disable=protected-access
   # In this run's own event file (add_hparams would start a separate run).

@@ -52,7 +52,7 @@ from efficientvit_jax import trees
 
 TB_KEYS = ('train/', 'lr/', 'val/')
 TB_PANELS = 3  # evaluation pictures per validation set in TensorBoard (its first frames)
-VALIDATION_SUMMARY = ('rmse', 'abs_rel', 'delta1', 'miou')  # the metrics of the console's validation lines
+CONSOLE_METRICS = ('rmse', 'abs_rel', 'delta1', 'miou', 'loss')  # of each set, on the validation line
 
 
 class UserError(Exception):
@@ -94,6 +94,7 @@ class _Run:
   source: str  # 'scratch' or 'init_from:<path>'
   process: int
   num_processes: int
+  hparams_metrics: list[str] = dataclasses.field(default_factory=list)  # declared at the first validation
 
   @property
   def is_main(self) -> bool:
@@ -112,10 +113,11 @@ class _Start:
 
 
 class Throughput:
-  """The training loop's clock for `train/images_per_s` and `train/input_wait` (console and metrics).
+  """The training loop's clock for `train/steps_per_s`, `train/images_per_s` and `train/input_wait`
+  (console and metrics).
 
-  images/s = global images (batch_size, all processes together) of the steps since the window
-  started / the wall time since then. The window restarts at each log line, after each validation
+  steps/s = the steps since the window started / the wall time since then; images/s = steps/s x
+  batch_size (global images, all processes together). The window restarts at each log line, after each validation
   and checkpoint save, and after a step that compiled, so it counts training steps, their input
   waits and the logging, never compilation, validation or saving.
   """
@@ -128,13 +130,14 @@ class Throughput:
     self.start, self.step, self.input_wait = self._clock() if now is None else now, step, 0.0
 
   def read(self, step: int, batch_size: int) -> dict[str, float]:
-    """`train/images_per_s`, `train/input_wait` over the window (none while it holds no step); restarts it."""
+    """The three values over the window (none while it holds no step); restarts it."""
     now = self._clock()
     seconds, steps, wait = now - self.start, step - self.step, self.input_wait
     self.restart(step, now)
     if steps <= 0 or seconds <= 0:
       return {}
-    return {'train/images_per_s': steps * batch_size / seconds, 'train/input_wait': wait / seconds}
+    return {'train/steps_per_s': steps / seconds, 'train/images_per_s': steps * batch_size / seconds,
+            'train/input_wait': wait / seconds}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,8 +304,7 @@ def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
   writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
-  summaries.write_config(writer, current, [f'val/{name}/{m}' for name in config.data.eval_sets
-                                           for m in ('rmse', 'miou')])
+  summaries.write_config(writer, current)
   return writer
 
 
@@ -368,12 +370,24 @@ def _report_train(run: _Run, progress: console.Progress, step: int, values: dict
   rates = ''
   if 'train/images_per_s' in values:  # the same number as metrics.jsonl's (`Throughput`)
     losses += f", input wait {values['train/input_wait']:.0%}"
-    rates = console.rates_text(values['train/images_per_s'] / run.config.batch_size, 'step', run.config.batch_size)
+    rates = console.rates_text(values['train/steps_per_s'], 'step', run.config.batch_size)
   if progress.bar is not None:
     progress.bar.set_postfix_str(f'{losses} {rates}'.rstrip())
   elif run.is_main:
     tail = ', '.join(part for part in (rates, progress.eta() or 'eta after the next step') if part)
     print(f'step {step}/{run.total_steps} {losses}, {tail}', flush=True)
+
+
+def _validation_values(name: str, res: dict[str, Any]) -> dict[str, float]:
+  """One set's `evaluation.evaluate` result -> the `val/<name>/...` values train.py logs: the depth
+  metrics' frame means, `rmse_median_scaled`, the segmentation metrics (`iou/<class>`,
+  `class_accuracy/<class>` per class), and the validation loss and its parts; undefined ones left out."""
+  depth, seg = res['depth'], res.get('seg') or {}
+  values = {**depth['frame_mean'], 'rmse_median_scaled': depth['median_scaled']['frame_mean']['rmse'],
+            **{k: seg.get(k) for k in ('miou', 'mean_class_accuracy', 'fw_iou', 'pixel_accuracy')},
+            **{f'{part}/{c}': v for part in ('iou', 'class_accuracy') for c, v in (seg.get(part) or {}).items()},
+            **{k: v for k, v in (res.get('loss') or {}).items() if k in evaluation.LOSS_PARTS}}
+  return {f'val/{name}/{k}': float(v) for k, v in values.items() if v is not None}
 
 
 def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
@@ -393,19 +407,18 @@ def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
 
     try:
       res = evaluation.evaluate(run.graphdef, state['params'], state['batch_stats'], batches, run.mesh,
-                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch)
+                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch,
+                                kendall=state['kendall'], loss_config=config.loss)
     finally:
       bar.close()
       batches.close()
     if run.writer is not None:
       summaries.write_panels(run.writer, f'val/{name}', frames.frames, step)
-    fm = res['depth']['frame_mean']
-    for metric in ('rmse', 'mae', 'abs_rel', 'delta1'):
-      if fm.get(metric) is not None:
-        values[f'val/{name}/{metric}'] = fm[metric]
-    if res.get('seg') and res['seg'].get('miou') is not None:
-      values[f'val/{name}/miou'] = res['seg']['miou']
+    values.update(_validation_values(name, res))
   _write_metrics(run, step, values)
+  if run.writer is not None and not run.hparams_metrics:
+    run.hparams_metrics.extend(k for k in values if k.count('/') == 2)  # not the per-class ones
+    summaries.write_hparams(run.writer, json.loads(config.to_json()), run.hparams_metrics)
   if run.is_main:
     for line in _validation_lines(step, values):
       console.say(line)
@@ -417,7 +430,7 @@ def _validation_lines(step: int, values: dict[str, float]) -> list[str]:
   metrics.jsonl and TensorBoard), e.g. 'step 300 validation nyu: rmse 0.6123, abs_rel 0.2011, ...'."""
   lines = []
   for name in dict.fromkeys(key.split('/')[1] for key in values if key.count('/') == 2):
-    shown = [f'{metric} {values[key]:.4f}' for metric in VALIDATION_SUMMARY
+    shown = [f'{metric} {values[key]:.4f}' for metric in CONSOLE_METRICS
              if (key := f'val/{name}/{metric}') in values]
     lines.append(f'step {step} validation {name}: ' + ', '.join(shown))
   return lines

@@ -74,3 +74,16 @@ def test_load_into_model_checks_shapes(reference_ckpt):
     checkpointing.load_into_model(model, trees.unflatten(params), reference_ckpt.batch_stats)
   with pytest.raises(CheckpointError, match='missing Param'):
     checkpointing.load_into_model(model, {'encoder': reference_ckpt.params['encoder']}, reference_ckpt.batch_stats)
+
+
+def test_best_metric_directions():
+  """Errors and losses improve downwards, the deltas, IoUs and accuracies upwards; others are refused."""
+  for name in ('rmse', 'mae', 'abs_rel', 'sq_rel', 'rmse_log', 'log10', 'rmse_median_scaled', 'loss', 'loss_depth',
+               'loss_seg', 'loss_edge'):
+    assert checkpointing.lower_is_better(f'val/nyu/{name}'), name
+  for name in ('delta1', 'delta3', 'miou', 'mean_class_accuracy', 'fw_iou', 'pixel_accuracy', 'iou/floor',
+               'class_accuracy/glass'):
+    assert not checkpointing.lower_is_better(f'val/corridor/{name}'), name
+  for bad in ('val/nyu/speed', 'val/nyu/iou'):
+    with pytest.raises(ValueError, match='unknown direction'):
+      checkpointing.lower_is_better(bad)

@@ -104,12 +104,14 @@ def test_images_per_s_of_the_console_and_the_metrics_are_one_number(run):
   workdir, text = run
   printed = {int(m.group(1)): (float(m.group(2)), float(m.group(3)))
              for m in re.finditer(r'^step (\d+)/\d+ .* ([\d.]+) step/s, ([\d.]+) images/s', text, re.M)}
-  rows = {r['step']: r['train/images_per_s']
-          for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines()) if 'train/images_per_s' in r}
-  assert sorted(printed) == sorted(rows) == list(range(2, 21, 2))
+  timed = {r['step']: r for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
+           if 'train/images_per_s' in r}
+  assert sorted(printed) == sorted(timed) == list(range(2, 21, 2))
   for step, (steps_per_s, images_per_s) in printed.items():
-    assert images_per_s == pytest.approx(rows[step], abs=0.051), step
-    assert steps_per_s == pytest.approx(rows[step] / 4, rel=0.01, abs=0.0051), step
+    assert images_per_s == pytest.approx(timed[step]['train/images_per_s'], abs=0.051), step
+    assert steps_per_s == pytest.approx(timed[step]['train/steps_per_s'], rel=0.01, abs=0.0051), step
+    assert timed[step]['train/images_per_s'] == pytest.approx(4 * timed[step]['train/steps_per_s'])
+  rows = {step: r['train/images_per_s'] for step, r in timed.items()}
   # Neither the first step's compilation (in the window of step 2) nor a validation with its
   # compilation and a save (before step 12) counts: those windows are as fast as the others,
   # where counting them would make them several times slower.
@@ -147,7 +149,19 @@ def test_event_files_hold_images_text_hparams_and_scalars(run):
   assert png.size[0] > 400 and np.asarray(png).std() > 0
   assert 'config/text_summary' in kinds['text']
   assert {'_hparams_/experiment', '_hparams_/session_start_info'} <= kinds['hparams']
-  assert {'lr/encoder', 'lr/decoder', 'lr/kendall', 'train/loss', 'val/nyu/rmse'} <= kinds['scalar']
+  assert {'lr/encoder', 'lr/decoder', 'lr/kendall', 'train/loss', 'train/steps_per_s', 'val/nyu/rmse',
+          'val/nyu/abs_rel', 'val/nyu/delta3', 'val/nyu/fw_iou', 'val/nyu/loss'} <= kinds['scalar']
+  # The hparams' metrics: validation scalars this run writes, and only those.
+  from tensorboardX.proto import plugin_hparams_pb2
+
+  declared = []
+  for event in events:
+    for value in event.summary.value:
+      if value.tag == '_hparams_/experiment':
+        data = plugin_hparams_pb2.HParamsPluginData()
+        data.ParseFromString(value.metadata.plugin_data.content)
+        declared += [m.name.tag for m in data.experiment.metric_infos]
+  assert {'val/nyu/rmse', 'val/nyu/miou', 'val/nyu/loss'} <= set(declared) <= kinds['scalar'], declared
 
 
 def test_progress_lines_off_a_terminal(capsys, monkeypatch):

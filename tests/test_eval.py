@@ -29,57 +29,61 @@ def _run(tmp_path, name, *args):
   return json.loads(out.read_text()), out
 
 
+WINDOWS = {'nyu': (0.1, 10.0), 'corridor': (0.1, 5.0)}  # docs/data.md#depth-windows
+BINS = {'nyu': (0, 1, 2, 3, 4, 6, 8, 10), 'corridor': (0, 1, 2, 3, 4, 5)}  # docs/evaluation.md#metrics
+KEYS = ('rmse', 'mae', 'abs_rel', 'sq_rel', 'rmse_log', 'log10', 'delta1', 'delta2', 'delta3')
+
+
+def _errors(p, g):
+  """BTS's compute_errors (and MAE) on valid pixels, p already clipped."""
+  thresh = np.maximum(g / p, p / g)
+  return dict(rmse=np.sqrt(np.mean((g - p) ** 2)), mae=np.mean(np.abs(g - p)), abs_rel=np.mean(np.abs(g - p) / g),
+              sq_rel=np.mean((g - p) ** 2 / g), rmse_log=np.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)),
+              log10=np.mean(np.abs(np.log10(g) - np.log10(p))),
+              **{f'delta{k}': np.mean(thresh < 1.25 ** k) for k in (1, 2, 3)})
+
+
 def _numpy_metrics(pred_dir, dataset):
   """Every number of eval.py's JSON from the saved predictions, written independently."""
+  lo, hi = WINDOWS[dataset]
   stems = sorted(f[:-len('_gt_depth.npy')] for f in os.listdir(pred_dir) if f.endswith('_gt_depth.npy'))
-  frames, pooled, ms_frames, ms_pooled = [], [], [], []
-  bins = {'near': [], 'mid': [], 'far': []}
+  frames, ms_frames, all_p, all_g, ms_p, ms_g = [], [], [], [], [], []
   conf = np.zeros((6, 6), np.int64)
   for stem in stems:
     p = np.load(pred_dir / f'{stem}_depth.npy').astype(np.float64)
     g = np.load(pred_dir / f'{stem}_gt_depth.npy').astype(np.float64)
     m = g > 0
     pv, gv = p[m], g[m]
-
-    def metrics(pv, gv):
-      ratio = np.maximum(np.maximum(pv, 1e-6) / gv, gv / np.maximum(pv, 1e-6))
-      return np.array([np.sum((pv - gv) ** 2), np.sum(np.abs(pv - gv)), np.sum(np.abs(pv - gv) / gv),
-                       *(np.sum(ratio < 1.25 ** k) for k in (1, 2, 3)), len(gv)])
-
-    sums = metrics(pv, gv)
-    pooled.append(sums)
+    all_p.append(np.clip(pv, lo, hi))
+    all_g.append(gv)
     if len(gv) >= 100:
-      frames.append(sums)
+      frames.append(_errors(all_p[-1], gv))
     if len(gv) and np.median(pv) > 1e-6:
-      s = metrics(pv * np.median(gv) / np.median(pv), gv)
-      ms_pooled.append(s)
+      ms_p.append(np.clip(pv * np.median(gv) / np.median(pv), lo, hi))
+      ms_g.append(gv)
       if len(gv) >= 100:
-        ms_frames.append(s)
-    for name, lo, hi in (('near', 0.3, 1.0), ('mid', 1.0, 2.0), ('far', 2.0, 4.0)):
-      b = (gv >= lo) & (gv < hi)
-      bins[name].append((np.sum((pv[b] - gv[b]) ** 2), b.sum()))
+        ms_frames.append(_errors(ms_p[-1], gv))
     seg = np.asarray(Image.open(pred_dir / f'{stem}_seg.png')).astype(int)
     gt = np.asarray(Image.open(pred_dir / f'{stem}_gt_seg.png')).astype(int)
     keep = gt != 255
     np.add.at(conf, (gt[keep], seg[keep]), 1)
+  p, g = np.concatenate(all_p), np.concatenate(all_g)
+  edges = BINS[dataset]
+  bins = {}
+  for b_lo, b_hi in zip(edges, edges[1:]):
+    b = (g >= b_lo) & ((g < b_hi) if b_hi < hi else (g <= b_hi))
+    bins[f'{b_lo}-{b_hi} m'] = (_errors(p[b], g[b]) if b.any() else None, int(b.sum()))
 
-  def finish(rows, per_frame):
-    rows = np.array(rows)
-    if per_frame:
-      vals = np.stack([np.sqrt(rows[:, 0] / rows[:, 6]), rows[:, 1] / rows[:, 6], rows[:, 2] / rows[:, 6],
-                       *(rows[:, k] / rows[:, 6] for k in (3, 4, 5))], 1).mean(0)
-    else:
-      t = rows.sum(0)
-      vals = [np.sqrt(t[0] / t[6]), t[1] / t[6], t[2] / t[6], t[3] / t[6], t[4] / t[6], t[5] / t[6]]
-    return dict(zip(('rmse', 'mae', 'abs_rel', 'delta1', 'delta2', 'delta3'), vals))
-
-  out = {'frame_mean': finish(frames, True), 'pooled': finish(pooled, False),
-         'ms_frame_mean': finish(ms_frames, True), 'ms_pooled': finish(ms_pooled, False),
-         'bins': {k: np.sqrt(sum(a for a, _ in v) / max(sum(n for _, n in v), 1)) for k, v in bins.items()},
-         'num_frames': len(stems)}
-  inter = np.diag(conf)
-  union = conf.sum(0) + conf.sum(1) - inter
-  out['miou'] = np.mean(inter[union > 0] / union[union > 0]) if union.any() else None
+  out = {'frame_mean': {k: np.mean([f[k] for f in frames]) for k in KEYS}, 'pooled': _errors(p, g),
+         'ms_frame_mean': {k: np.mean([f[k] for f in ms_frames]) for k in KEYS},
+         'ms_pooled': _errors(np.concatenate(ms_p), np.concatenate(ms_g)), 'bins': bins, 'num_frames': len(stems)}
+  inter, gt_counts = np.diag(conf), conf.sum(1)
+  union = conf.sum(0) + gt_counts - inter
+  if union.any():
+    out['seg'] = {'miou': np.mean(inter[union > 0] / union[union > 0]),
+                  'mean_class_accuracy': np.mean(inter[gt_counts > 0] / gt_counts[gt_counts > 0]),
+                  'fw_iou': np.sum(inter[gt_counts > 0] * gt_counts[gt_counts > 0] / union[gt_counts > 0]) / conf.sum(),
+                  'pixel_accuracy': inter.sum() / conf.sum()}
   return out
 
 
@@ -97,11 +101,14 @@ def test_numbers_equal_numpy_recomputation(tmp_path, synthetic_tiny, dataset, da
   for key in ('frame_mean', 'pooled'):
     for metric, value in expected[f'ms_{key}'].items():
       assert depth['median_scaled'][key][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, metric)
-  for name, value in expected['bins'].items():
-    if depth['bins'][name]['n_pixels']:
-      assert depth['bins'][name]['rmse'] == pytest.approx(value, rel=1e-5)
-  if expected['miou'] is not None:
-    assert result['seg']['miou'] == pytest.approx(expected['miou'], rel=1e-6)
+  assert list(depth['bins']) == list(expected['bins'])
+  for name, (values, n) in expected['bins'].items():
+    assert depth['bins'][name]['n_pixels'] == n
+    for metric in ('rmse', 'abs_rel', 'delta1'):
+      assert depth['bins'][name][metric] == (None if values is None else pytest.approx(values[metric], rel=1e-5)), name
+  assert ('seg' in result) == ('seg' in expected)
+  for metric, value in expected.get('seg', {}).items():
+    assert result['seg'][metric] == pytest.approx(value, rel=1e-6), metric
   assert set(result) >= {'dataset', 'split', 'checkpoint', 'protocol', 'num_frames', 'num_frames_skipped',
                          'depth', 'baselines'}
   assert out.with_suffix('.md').read_text().startswith('| checkpoint |')

@@ -1,5 +1,6 @@
-"""eval.py's report: per-class IoU, pixel accuracy and the confusion matrix in the table and JSON,
-the pictures, `--compare`, and the reference's corridor evaluation recomputed as its script does."""
+"""eval.py's report: the depth and segmentation metrics of the field, per class and by distance, in
+the tables and JSON; the pictures, `--compare`, and the reference's corridor evaluation recomputed
+as its script does."""
 
 import json
 
@@ -21,24 +22,75 @@ def nyu_result(tmp_path_factory, synthetic_tiny):
   return out
 
 
-def test_report_has_per_class_iou_pixel_accuracy_confusion_and_pictures(nyu_result):
+def _tables(text):
+  """The Markdown tables of a report: [(header cells, rows of cells)], in order."""
+  tables = []
+  for block in text.split('\n\n'):
+    lines = [line for line in block.splitlines() if line.startswith('|')]
+    if lines:
+      cells = [[c.strip() for c in line.strip('|').split('|')] for line in lines]
+      tables.append((cells[0], cells[2:]))
+  return tables
+
+
+def test_report_has_the_fields_metrics_confusion_and_pictures(nyu_result):
   result = json.loads(nyu_result.read_text())
   seg = result['seg']
   conf = np.array(seg['confusion'])
   assert conf.shape == (6, 6) and conf.sum() > 0 and seg['classes'][0] == 'floor'
-  assert seg['pixel_accuracy'] == pytest.approx(np.trace(conf) / conf.sum())
-  tp = np.diag(conf)
-  union = conf.sum(0) + conf.sum(1) - tp
+  tp, labelled = np.diag(conf), conf.sum(1)
+  union = conf.sum(0) + labelled - tp
+  assert seg['pixel_accuracy'] == pytest.approx(tp.sum() / conf.sum())
   for c, name in enumerate(seg['classes']):
     assert seg['iou'][name] == (pytest.approx(tp[c] / union[c]) if union[c] else None)
-  table = nyu_result.with_suffix('.md').read_text().splitlines()
-  head = [c.strip() for c in table[0].strip('|').split('|')]
-  row = [c.strip() for c in table[2].strip('|').split('|')]
-  assert len(row) == len(head) and {'pixel acc.', 'IoU floor', 'IoU other', 'mIoU'} <= set(head)
-  assert row[head.index('pixel acc.')] == f"{100 * seg['pixel_accuracy']:.1f}"
+    assert seg['class_accuracy'][name] == (pytest.approx(tp[c] / labelled[c]) if labelled[c] else None)
+  present = labelled > 0
+  assert seg['mean_class_accuracy'] == pytest.approx(np.mean(tp[present] / labelled[present]))
+  assert seg['fw_iou'] == pytest.approx(np.sum(labelled[present] / labelled.sum() * tp[present] / union[present]))
+  (head, rows), (class_head, class_rows), (bin_head, bin_rows) = _tables(nyu_result.with_suffix('.md').read_text())
+  row = rows[0]
+  assert head[0] == 'checkpoint' and len(row) == len(head)
+  assert {'AbsRel', 'SqRel', 'RMSE', 'RMSE log', 'log10', 'δ1', 'δ2', 'δ3', 'mIoU', 'mean class acc.', 'fwIoU',
+          'pixel acc.'} <= set(head)
+  fm = result['depth']['frame_mean']
+  for column, key in (('AbsRel', 'abs_rel'), ('SqRel', 'sq_rel'), ('RMSE log', 'rmse_log'), ('log10', 'log10')):
+    assert row[head.index(column)] == f'{fm[key]:.3f}', column
+  assert row[head.index('δ3')] == f"{100 * fm['delta3']:.1f}"
+  for column, key in (('pixel acc.', 'pixel_accuracy'), ('mean class acc.', 'mean_class_accuracy'),
+                      ('fwIoU', 'fw_iou')):
+    assert row[head.index(column)] == f'{100 * seg[key]:.1f}', column
+  assert rows[1][0] == 'baseline: mean depth / majority class'
+  assert class_head[2:] == [f'IoU {c}' for c in seg['classes']] + [f'acc. {c}' for c in seg['classes']]
+  assert class_rows[0][class_head.index('acc. wall')] == f"{100 * seg['class_accuracy']['wall']:.1f}"
+  # Depth by distance: the NYU window's bins, 0 to 10 m.
+  assert [r[bin_head.index('distance')] for r in bin_rows] == list(result['depth']['bins']) == [
+      '0-1 m', '1-2 m', '2-3 m', '3-4 m', '4-6 m', '6-8 m', '8-10 m']
+  for name, values in result['depth']['bins'].items():
+    r = next(r for r in bin_rows if r[bin_head.index('distance')] == name)
+    assert r[bin_head.index('pixels')] == f"{values['n_pixels']:,}"
+    assert r[bin_head.index('RMSE')] == ('—' if values['rmse'] is None else f"{values['rmse']:.3f}")
   for name in ('confusion', 'depth_bins'):
     with Image.open(nyu_result.with_name(f'nyu_{name}.png')) as img:
       assert img.size[0] > 200 and np.asarray(img).std() > 0
+
+
+def test_sets_without_labels_have_no_segmentation_columns(nyu_result):
+  """A result without segmentation (a set without labels): no segmentation column and no per-class
+  table; beside a labelled one, the per-class table holds the labelled result only."""
+  labelled = json.loads(nyu_result.read_text())
+  depth_only = json.loads(nyu_result.read_text())
+  del depth_only['seg']
+  depth_only['baselines']['majority_class_miou'] = None
+  tables = _tables(eval_script.markdown_table([depth_only], ['depth only']))
+  assert len(tables) == 2  # the main table and the distance bins
+  head, rows = tables[0]
+  assert not {'mIoU', 'mean class acc.', 'fwIoU', 'pixel acc.'} & set(head)
+  assert rows[1][0] == 'baseline: mean depth' and len(rows[1]) == len(head)
+  assert not any(c.startswith(('IoU', 'acc.')) for c in tables[1][0])
+  tables = _tables(eval_script.markdown_table([depth_only, labelled], ['depth only', 'labelled']))
+  (head, rows), (class_head, class_rows) = tables[:2]
+  assert rows[0][head.index('mIoU')] == '—' and rows[1][head.index('mIoU')] != '—'
+  assert [r[0] for r in class_rows] == ['labelled'] and class_head[2] == 'IoU floor'
 
 
 def test_compare_prints_one_table_of_both(tmp_path, nyu_result, capsys):
@@ -48,11 +100,13 @@ def test_compare_prints_one_table_of_both(tmp_path, nyu_result, capsys):
   b.write_text(json.dumps([other, other]))
   capsys.readouterr()
   assert eval_script.main(['--compare', str(nyu_result), str(b)]) == 0
-  lines = capsys.readouterr().out.splitlines()
-  rows = [line for line in lines if line.startswith('| ') and not line.startswith('| result')]
-  assert [r.split('|')[1].strip() for r in rows] == ['nyu', 'b: student_random.pt', 'b: student_random.pt',
-                                                     'baseline: mean depth / majority class']
-  assert '0.123' in rows[1] and '0.123' not in rows[0]
+  (head, rows), (_, class_rows), (_, bin_rows) = _tables(capsys.readouterr().out)
+  assert head[0] == 'result'
+  assert [r[0] for r in rows] == ['nyu', 'b: student_random.pt', 'b: student_random.pt',
+                                  'baseline: mean depth / majority class']
+  assert rows[1][head.index('RMSE')] == '0.123' and rows[0][head.index('RMSE')] != '0.123'
+  assert [r[0] for r in class_rows] == ['nyu', 'b: student_random.pt', 'b: student_random.pt']
+  assert len(bin_rows) == 3 * 7
   assert eval_script.main(['--compare', str(nyu_result), str(tmp_path / 'missing.json')]) == 2
   assert 'missing.json' in capsys.readouterr().err
   (tmp_path / 'bad.json').write_text('{"x": 1}')
@@ -135,6 +189,15 @@ def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result
       'num_frames': (lambda r: r.update(num_frames='5'), "num_frames must be an integer, got '5'"),
       'dataset': (lambda r: r.update(dataset=None), 'dataset must be a string'),
       'baselines': (lambda r: r.update(baselines={'mean_depth_rmse': True}), 'baselines.mean_depth_rmse must be'),
+      'depth.frame_mean.log10': (lambda r: r['depth']['frame_mean'].update(log10='x'),
+                                 'depth.frame_mean.log10 must be'),
+      'seg.fw_iou': (lambda r: r['seg'].update(fw_iou=[0.5]), 'seg.fw_iou must be a number'),
+      'seg.class_accuracy.glass': (lambda r: r['seg']['class_accuracy'].update(glass='1'),
+                                   'seg.class_accuracy.glass must be a number'),
+      'depth.bins': (lambda r: r['depth'].update(bins=[1]), 'depth.bins must be an object'),
+      'depth.bins.1-2 m': (lambda r: r['depth']['bins'].update({'1-2 m': 3}), 'depth.bins.1-2 m must be an object'),
+      'depth.bins.2-3 m.rmse': (lambda r: r['depth']['bins']['2-3 m'].update(rmse='0.1'),
+                                "depth.bins.2-3 m.rmse must be a number or null, got '0.1'"),
   }
   for key, (edit, expect) in edits.items():
     result = json.loads(json.dumps(good))

@@ -247,3 +247,31 @@ def test_multitask_loss_empty_targets():
   np.testing.assert_allclose(total, 0.1 * aux['edge'], rtol=1e-6)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert np.all(grads[1] == 0)
+
+
+def test_multitask_loss_of_a_padded_batch_is_that_of_its_real_frames():
+  """Padding frames (frame_mask False), whatever they hold, count in none of the three terms: the
+  loss equals the plain loss of the real frames alone (an evaluation batch's last, short batch)."""
+  (depth, logits), batch = _batch(jnp.float32)
+  kendall = {'log_sigma_d': jnp.array([0.3]), 'log_sigma_s': jnp.array([-0.4])}
+  rng = np.random.default_rng(9)
+  n = depth.shape[0]
+  padded_depth = jnp.concatenate([depth, jnp.asarray(rng.uniform(0, 50, depth.shape), jnp.float32)])
+  padded_logits = jnp.concatenate([logits, jnp.asarray(rng.normal(size=logits.shape) * 10, jnp.float32)])
+  padded = {k: jnp.concatenate([v, v[::-1]]) for k, v in batch.items()}  # labelled, valid padding
+  mask = np.arange(2 * n) < n
+  total, aux = jax.jit(lambda *a: losses.multitask_loss(*a, LOSS_CONFIG, frame_mask=mask))(
+      padded_depth, padded_logits, padded, kendall)
+  ref_total, ref_aux = losses.multitask_loss(depth, logits, batch, kendall, LOSS_CONFIG)
+  np.testing.assert_allclose(total, ref_total, rtol=1e-6)
+  for k in ('depth', 'seg', 'edge'):
+    np.testing.assert_allclose(aux[k], ref_aux[k], rtol=1e-6, err_msg=k)
+  # The edge term over the kept frames is the mean of the loop's terms over their pixels.
+  image, d = np.asarray(batch['image']), np.asarray(depth)
+  term = lambda a, b: abs(d[a] - d[b]) * np.exp(-np.mean(np.abs(image[a] - image[b])))
+  h, w = d.shape[1:]
+  sx = [term((f, i, j), (f, i, j + 1)) for f in range(n) for i in range(h) for j in range(w - 1)]
+  sy = [term((f, i, j), (f, i + 1, j)) for f in range(n) for i in range(h - 1) for j in range(w)]
+  np.testing.assert_allclose(aux['edge'], np.mean(sx) + np.mean(sy), rtol=1e-5)
+  no_frame = losses.edge_smoothness(padded_depth, padded['image'], np.zeros(2 * n, bool))
+  assert float(no_frame) == 0.0

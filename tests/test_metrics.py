@@ -1,4 +1,5 @@
-"""Tests for efficientvit_jax.metrics: hand-computed cases, a numpy recomputation, sharding."""
+"""Tests for efficientvit_jax.metrics: hand-computed cases, a numpy recomputation (BTS's compute_errors
+and Long et al.'s segmentation metrics written out), sharding."""
 
 import json
 import math
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from efficientvit_jax import classes
+from efficientvit_jax import domains
 from efficientvit_jax import metrics
 
 STATIC = ('min_depth', 'max_depth', 'num_classes', 'bins')
@@ -32,7 +34,7 @@ def _frames(pairs, shape=(4, 4), fill_pred=7.0):
 
 def _result(pred, gt, seg_pred=None, gt_seg=None, mask=None, min_valid_pixels=1, min_depth=0.1, max_depth=10.0):
   mask = np.ones(len(pred), bool) if mask is None else mask
-  acc = metrics.MetricAccumulator(min_valid_pixels=min_valid_pixels)
+  acc = metrics.MetricAccumulator(min_valid_pixels=min_valid_pixels, bins=metrics.depth_bins((min_depth, max_depth)))
   acc.update(frame_stats(pred, gt, seg_pred, gt_seg, mask, min_depth=min_depth, max_depth=max_depth))
   return acc, acc.result()
 
@@ -45,17 +47,42 @@ def _approx(d, expected):
       assert d[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
 
 
+def _by_hand(p, g):
+  """The depth metrics of Eigen et al.'s set + MAE for listed (already clipped) p and g, each
+  written out as its formula."""
+  p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+  ratio = np.maximum(p / g, g / p)
+  return dict(rmse=math.sqrt(np.mean((p - g) ** 2)), mae=np.mean(np.abs(p - g)), abs_rel=np.mean(np.abs(p - g) / g),
+              sq_rel=np.mean((p - g) ** 2 / g), rmse_log=math.sqrt(np.mean((np.log(p) - np.log(g)) ** 2)),
+              log10=np.mean(np.abs(np.log10(p) - np.log10(g))),
+              **{f'delta{k}': np.mean(ratio < 1.25**k) for k in (1, 2, 3)})
+
+
 # Frame A: 4 valid pixels (16 = gt 20 beyond max_depth 10, rest 0). Frame B: 3 valid pixels.
 A = ([1.0, 2.0, 2.0, 4.0, 20.0], [1.0, 1.0, 3.0, 2.0, 5.0])
 B = ([0.5, 3.0, 5.0], [0.5, 6.0, 1.0])
-A_METRICS = dict(rmse=math.sqrt(6 / 4), mae=1.0, abs_rel=0.375, delta1=0.25, delta2=0.5, delta3=0.5)
+A_METRICS = dict(rmse=math.sqrt(6 / 4), mae=1.0, abs_rel=0.375, sq_rel=(0 + 1 / 2 + 1 / 2 + 4 / 4) / 4,
+                 rmse_log=math.sqrt((0 + math.log(2) ** 2 + math.log(1.5) ** 2 + math.log(2) ** 2) / 4),
+                 log10=(0 + math.log10(2) + math.log10(1.5) + math.log10(2)) / 4, delta1=0.25, delta2=0.5, delta3=0.5)
 # B: errors 0, 3, -4; ratios 1, 2, 5.
-B_METRICS = dict(rmse=math.sqrt(25 / 3), mae=7 / 3, abs_rel=(0 + 1 + 0.8) / 3, delta1=1 / 3, delta2=1 / 3, delta3=1 / 3)
+B_METRICS = dict(rmse=math.sqrt(25 / 3), mae=7 / 3, abs_rel=(0 + 1 + 0.8) / 3, sq_rel=(0 + 9 / 3 + 16 / 5) / 3,
+                 rmse_log=math.sqrt((math.log(2) ** 2 + math.log(5) ** 2) / 3),
+                 log10=(math.log10(2) + math.log10(5)) / 3,
+                 delta1=1 / 3, delta2=1 / 3, delta3=1 / 3)
 # A median-scaled: median(g) = 2 (even count), median(p) = 1.5 -> p * 4/3 = 4/3, 4/3, 4, 8/3.
-A_MS = dict(rmse=math.sqrt(57 / 36), mae=13 / 12, abs_rel=0.5, delta1=0.0, delta2=0.75, delta3=0.75)
-# B median-scaled: median(g) = 3, median(p) = 1 (odd count) -> p * 3 = 1.5, 18, 3: errors 1, 15, -2;
-# ratios 3, 6, 5/3.
-B_MS = dict(rmse=math.sqrt(230 / 3), mae=6.0, abs_rel=(2 + 5 + 0.4) / 3, delta1=0.0, delta2=0.0, delta3=1 / 3)
+A_MS = _by_hand([4 / 3, 4 / 3, 4, 8 / 3], [1, 2, 2, 4])
+# B median-scaled: median(g) = 3, median(p) = 1 (odd count) -> p * 3 = 1.5, 18, 3, and 18 clipped to
+# the window's 10: errors 1, 7, -2; ratios 3, 10/3, 5/3.
+B_MS = _by_hand([1.5, 10.0, 3.0], [0.5, 3.0, 5.0])
+
+
+def test_hand_values_are_the_formulas():
+  """The hand-derived constants above agree with the formulas written out."""
+  for written, (g, p) in ((A_METRICS, A), (B_METRICS, B)):
+    valid = [(pv, gv) for gv, pv in zip(g, p) if gv <= 10]
+    _approx(written, _by_hand([pv for pv, _ in valid], [gv for _, gv in valid]))
+  assert B_MS['rmse'] == pytest.approx(math.sqrt((1 + 49 + 4) / 3))
+  assert (B_MS['delta1'], B_MS['delta2'], B_MS['delta3']) == (0.0, 0.0, pytest.approx(1 / 3))
 
 
 def test_depth_metrics_per_frame_and_median_scale():
@@ -75,22 +102,49 @@ def test_frame_mean_vs_pooled_and_bins():
   pred, gt = _frames([A, B])
   _, r = _result(pred, gt)
   _approx(r['depth']['frame_mean'], {k: (A_METRICS[k] + B_METRICS[k]) / 2 for k in A_METRICS})
-  pooled = dict(rmse=math.sqrt((6 + 25) / 7), mae=(4 + 7) / 7, abs_rel=(1.5 + 1.8) / 7,
-                delta1=2 / 7, delta2=3 / 7, delta3=3 / 7)
-  _approx(r['depth']['pooled'], pooled)
+  _approx(r['depth']['pooled'], _by_hand([1, 1, 3, 2, 0.5, 6, 1], [1, 2, 2, 4, 0.5, 3, 5]))
   _approx(r['depth']['median_scaled']['frame_mean'], {k: (A_MS[k] + B_MS[k]) / 2 for k in A_MS})
-  ms_pooled = dict(rmse=math.sqrt((57 / 9 + 230) / 7), mae=(13 / 3 + 18) / 7, abs_rel=(2 + 7.4) / 7,
-                   delta1=0.0, delta2=3 / 7, delta3=4 / 7)
-  _approx(r['depth']['median_scaled']['pooled'], ms_pooled)
-  # near [0.3, 1): B (0.5, 0.5); mid [1, 2): A (1, 1); far [2, 4): A (2, 1), (2, 3), B (3, 6). g=4, 5 in none.
+  _approx(r['depth']['median_scaled']['pooled'],
+          _by_hand([4 / 3, 4 / 3, 4, 8 / 3, 1.5, 10, 3], [1, 2, 2, 4, 0.5, 3, 5]))
+  # The NYU window's bins; (g, p): 0-1: (0.5, 0.5); 1-2: (1, 1); 2-3: (2, 1), (2, 3); 3-4: (3, 6);
+  # 4-6: (4, 2), (5, 1); none beyond 6 m (g = 20 is outside the window).
   bins = r['depth']['bins']
-  assert bins['near'] == {'rmse': 0.0, 'n_pixels': 1}
-  assert bins['mid'] == {'rmse': 0.0, 'n_pixels': 1}
-  assert bins['far']['n_pixels'] == 3
-  assert bins['far']['rmse'] == pytest.approx(math.sqrt(11 / 3), rel=1e-6)
+  assert list(bins) == ['0-1 m', '1-2 m', '2-3 m', '3-4 m', '4-6 m', '6-8 m', '8-10 m']
+  expected = {'0-1 m': ([0.5], [0.5]), '1-2 m': ([1], [1]), '2-3 m': ([1, 3], [2, 2]), '3-4 m': ([6], [3]),
+              '4-6 m': ([2, 1], [4, 5])}
+  for name, (p, g) in expected.items():
+    hand = _by_hand(p, g)
+    _approx(bins[name], {'rmse': hand['rmse'], 'abs_rel': hand['abs_rel'], 'delta1': hand['delta1'],
+                         'n_pixels': len(p)})
+  assert bins['6-8 m'] == bins['8-10 m'] == {'rmse': None, 'abs_rel': None, 'delta1': None, 'n_pixels': 0}
   assert r['num_frames'] == 2 and r['num_frames_skipped'] == 0
   g_all = np.array([1, 2, 2, 4, 0.5, 3, 5])
   assert r['baselines']['mean_depth_rmse'] == pytest.approx(np.std(g_all), rel=1e-6)
+
+
+@pytest.mark.parametrize('name', ['nyu', 'lilocbench', 'corridor'])
+def test_depth_bins_cover_each_sets_window(name):
+  """Labelled metre bins from 0 to the set's maximum depth: contiguous, and every valid depth
+  (the maximum included) in exactly one of them, by frame_stats as by the bins' edges."""
+  lo, hi = domains.DEPTH_WINDOWS[name]
+  bins = metrics.depth_bins((lo, hi))
+  assert bins[0][1] == 0.0 and bins[-1][2] == hi
+  assert all(a[2] == b[1] for a, b in zip(bins, bins[1:]))
+  assert all(label == f'{b_lo:g}-{b_hi:g} m' for label, b_lo, b_hi in bins)
+  assert {'nyu': 7, 'lilocbench': 8, 'corridor': 5}[name] == len(bins)
+  g = np.concatenate([np.linspace(lo, hi, 97), [lo, hi, 1.0, 2.0, 4.0]]).astype(np.float32)
+  counts = [int(np.sum((g >= b_lo) & ((g < b_hi) | ((g == hi) & (b_hi == hi))))) for _, b_lo, b_hi in bins]
+  assert sum(counts) == len(g)
+  gt = g.reshape(1, 2, -1)
+  stats = frame_stats(gt + 0.25, gt, None, None, np.ones(1, bool), min_depth=lo, max_depth=hi)
+  np.testing.assert_array_equal(np.asarray(stats['bin_n'])[0], counts)
+
+
+def test_mismatched_bins_are_refused():
+  pred, gt = _frames([A])
+  stats = frame_stats(pred, gt, None, None, np.ones(1, bool), min_depth=0.1, max_depth=5.0)
+  with pytest.raises(ValueError, match='depth bins'):
+    metrics.MetricAccumulator().update(stats)  # the NYU window's 7 bins, not the corridor's 5
 
 
 def test_masked_median_matches_numpy():
@@ -132,7 +186,8 @@ def test_no_valid_depth_and_no_seg_is_explicit_and_json_safe():
   d = r['depth']
   for part in (d['frame_mean'], d['pooled'], d['median_scaled']['frame_mean'], d['median_scaled']['pooled']):
     assert set(part) == set(metrics.DEPTH_METRICS) and all(v is None for v in part.values())
-  assert d['bins'] == {name: {'rmse': None, 'n_pixels': 0} for name, _, _ in metrics.DEPTH_BINS}
+  assert d['bins'] == {name: {'rmse': None, 'abs_rel': None, 'delta1': None, 'n_pixels': 0}
+                       for name, _, _ in metrics.depth_bins((0.1, 10.0))}
   assert 'seg' not in r
   assert r['baselines'] == {'mean_depth_rmse': None, 'majority_class_miou': None}
   json.dumps(r, allow_nan=False)
@@ -141,18 +196,27 @@ def test_no_valid_depth_and_no_seg_is_explicit_and_json_safe():
   json.dumps(empty, allow_nan=False)
 
 
-def test_zero_and_negative_predictions_use_the_clip_and_skip_median_scaling():
-  # Without the 1e-6 clip, p = -1 would give max(p/g, g/p) = -1 < 1.25: a "correct" pixel.
+def test_zero_and_negative_predictions_are_clipped_to_the_window_and_skip_median_scaling():
+  # Clipped to min_depth 0.1 (the logarithms need p > 0); unclipped, p = -1 would even give
+  # max(p/g, g/p) = -1 < 1.25: a "correct" pixel.
   pred = np.zeros((1, 4, 4), np.float32)
   pred[0, 0, 0] = -1.0
   gt = np.zeros((1, 4, 4), np.float32)
   gt[0, 0, :2] = [1.0, 2.0]
   acc, r = _result(pred, gt)
-  _approx(r['depth']['pooled'], dict(rmse=2.0, mae=2.0, abs_rel=1.5, delta1=0.0, delta2=0.0, delta3=0.0))
+  _approx(r['depth']['pooled'], _by_hand([0.1, 0.1], [1.0, 2.0]))
+  assert r['depth']['pooled']['delta3'] == 0.0
   assert r['depth']['median_scaled']['frame_mean']['rmse'] is None
   assert r['depth']['median_scaled']['pooled']['rmse'] is None
   assert acc.num_frames_median_skipped == 1
   json.dumps(r, allow_nan=False)
+
+
+def test_predictions_beyond_the_window_are_clipped_to_its_maximum():
+  pred = np.full((1, 4, 4), 30.0, np.float32)
+  gt = np.full((1, 4, 4), 4.0, np.float32)
+  _, r = _result(pred, gt, max_depth=5.0)
+  _approx(r['depth']['pooled'], _by_hand([5.0] * 16, [4.0] * 16))
 
 
 def test_segmentation_absent_classes_and_majority_baseline():
@@ -167,6 +231,13 @@ def test_segmentation_absent_classes_and_majority_baseline():
   assert iou['wall'] == pytest.approx(0.75)  # TP 3, FP 1
   assert all(iou[c] is None for c in ('person', 'furniture', 'glass', 'other'))  # person only on a 255 pixel
   assert r['seg']['miou'] == pytest.approx((0.5 + 0.75) / 2)
+  # Accuracy: floor 1 of 2 labelled pixels, wall 3 of 3; the others have no labelled pixel.
+  accuracy = r['seg']['class_accuracy']
+  assert (accuracy['floor'], accuracy['wall']) == (pytest.approx(0.5), pytest.approx(1.0))
+  assert all(accuracy[c] is None for c in ('person', 'furniture', 'glass', 'other'))
+  assert r['seg']['mean_class_accuracy'] == pytest.approx(0.75)
+  assert r['seg']['fw_iou'] == pytest.approx((2 * 0.5 + 3 * 0.75) / 5)
+  assert r['seg']['pixel_accuracy'] == pytest.approx(4 / 5)
   # majority = wall (3 of 5 labelled pixels); floor gets IoU 0 -> (3/5 + 0) / 2.
   assert r['baselines']['majority_class_miou'] == pytest.approx(0.3)
   json.dumps(r, allow_nan=False)
@@ -240,12 +311,34 @@ def test_frames_reference_protocol():
   assert metrics.FramesReferenceAccumulator().result()['depth']['rmse'] is None
 
 
+def _numpy_seg(seg_pred, gt_seg, num_classes=6):
+  """Long et al.'s segmentation metrics from the label maps with per-class masks (no confusion
+  matrix): IoU, per-class accuracy and their means, frequency-weighted IoU, pixel accuracy."""
+  labelled = gt_seg != 255
+  iou, accuracy, freq = [], [], []
+  for c in range(num_classes):
+    gt_c, pred_c = (gt_seg == c) & labelled, (seg_pred == c) & labelled
+    union = np.sum(gt_c | pred_c)
+    iou.append(np.sum(gt_c & pred_c) / union if union else None)
+    accuracy.append(np.sum(gt_c & pred_c) / np.sum(gt_c) if gt_c.any() else None)
+    freq.append(np.sum(gt_c) / np.sum(labelled))
+  return {'miou': np.mean([x for x in iou if x is not None]),
+          'mean_class_accuracy': np.mean([x for x in accuracy if x is not None]),
+          'fw_iou': sum(f * x for f, x in zip(freq, iou) if f > 0),
+          'pixel_accuracy': np.sum((seg_pred == gt_seg) & labelled) / np.sum(labelled),
+          'iou': dict(zip(classes.CLASS_NAMES, iou)), 'class_accuracy': dict(zip(classes.CLASS_NAMES, accuracy))}
+
+
 def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
-  """Independent float64 recomputation of the ours-protocol numbers."""
+  """Independent float64 recomputation of the ours-protocol numbers: BTS's compute_errors on the
+  prediction clipped to the window, per frame and over the split."""
   def metric_set(p, g):
-    r = np.maximum(np.maximum(p, 1e-6) / g, g / np.maximum(p, 1e-6))
-    return dict(rmse=np.sqrt(np.mean((p - g) ** 2)), mae=np.mean(np.abs(p - g)), abs_rel=np.mean(np.abs(p - g) / g),
-                **{f'delta{k}': np.mean(r < 1.25**k) for k in (1, 2, 3)})
+    p = np.clip(p, lo, hi)
+    thresh = np.maximum(g / p, p / g)
+    return dict(rmse=np.sqrt(np.mean((g - p) ** 2)), mae=np.mean(np.abs(g - p)), abs_rel=np.mean(np.abs(g - p) / g),
+                sq_rel=np.mean((g - p) ** 2 / g), rmse_log=np.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)),
+                log10=np.mean(np.abs(np.log10(p) - np.log10(g))),
+                **{f'delta{k}': np.mean(thresh < 1.25**k) for k in (1, 2, 3)})
 
   frames, ms_frames, all_p, all_g, ms_p, ms_g = [], [], [], [], [], []
   skipped = 0
@@ -265,18 +358,18 @@ def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
     if ok:
       ms_frames.append(metric_set(ms_p[-1], g))
   p, g = np.concatenate(all_p), np.concatenate(all_g)
+  edges = [e for e in (0, 1, 2, 3, 4, 6, 8, 10, 15) if e < hi] + [hi]
   bins = {}
-  for name, b_lo, b_hi in metrics.DEPTH_BINS:
-    b = (g >= b_lo) & (g < b_hi)
-    bins[name] = {'rmse': float(np.sqrt(np.mean((p[b] - g[b]) ** 2))), 'n_pixels': int(b.sum())}
+  for b_lo, b_hi in zip(edges, edges[1:]):
+    b = (g >= b_lo) & ((g < b_hi) if b_hi < hi else (g <= b_hi))
+    m = metric_set(p[b], g[b]) if b.any() else {}
+    bins[f'{b_lo:g}-{b_hi:g} m'] = {'rmse': m.get('rmse'), 'abs_rel': m.get('abs_rel'), 'delta1': m.get('delta1'),
+                                    'n_pixels': int(b.sum())}
   keys = metrics.DEPTH_METRICS
   labelled = gt_seg != 255
   conf = np.zeros((6, 6), np.int64)
   np.add.at(conf, (gt_seg[labelled], seg_pred[labelled]), 1)
-  tp = np.diag(conf)
-  union = conf.sum(0) + conf.sum(1) - tp
-  iou = [tp[c] / union[c] if union[c] else None for c in range(6)]
-  gt_counts = conf.sum(1)
+  gt_counts = np.array([np.sum(gt_seg == c) for c in range(6)])
   return {
       'num_frames': len(pred), 'num_frames_skipped': skipped,
       'depth': {
@@ -286,10 +379,7 @@ def _numpy_reference(pred, gt, seg_pred, gt_seg, lo, hi, min_pixels):
                             'pooled': metric_set(np.concatenate(ms_p), np.concatenate(ms_g))},
           'bins': bins,
       },
-      'seg': {'miou': np.mean([x for x in iou if x is not None]),
-              'iou': dict(zip(classes.CLASS_NAMES, iou)),
-              'pixel_accuracy': np.trace(conf) / conf.sum(), 'classes': list(classes.CLASS_NAMES),
-              'confusion': conf.tolist()},
+      'seg': {**_numpy_seg(seg_pred, gt_seg), 'classes': list(classes.CLASS_NAMES), 'confusion': conf.tolist()},
       'baselines': {'mean_depth_rmse': np.std(g),
                     'majority_class_miou': gt_counts.max() / gt_counts.sum() / np.count_nonzero(gt_counts)},
   }
@@ -326,7 +416,7 @@ def _random_batch(rng, n, h, w):
 def test_jitted_path_matches_numpy_recomputation():
   rng = np.random.default_rng(2)
   pred, gt, seg_pred, gt_seg = _random_batch(rng, 6, 16, 16)
-  acc = metrics.MetricAccumulator()
+  acc = metrics.MetricAccumulator(bins=metrics.depth_bins((0.3, 5.0)))
   for sl in (slice(0, 4), slice(4, 6)):  # two updates, the second padded with two masked frames
     pad = 4 - (sl.stop - sl.start)
     args = [np.concatenate([x[sl], np.zeros_like(x[:pad])]) for x in (pred, gt, seg_pred, gt_seg)]
@@ -362,7 +452,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
     stats = fn(*args)
     if name == 'sharded':
       assert stats['n_valid'].sharding.spec == P('data'), stats['n_valid'].sharding
-    acc = metrics.MetricAccumulator(); acc.update(stats)
+    acc = metrics.MetricAccumulator(bins=metrics.depth_bins((0.3, 5.0))); acc.update(stats)
     racc = metrics.ReferenceAccumulator(batch_size=4); racc.update(ref_fn(*args))
     out[name] = {'ours': acc.result(), 'reference': racc.result()}
   print(json.dumps(out))

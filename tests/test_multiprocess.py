@@ -148,7 +148,7 @@ def test_two_processes_log_the_losses_of_one(runs):
                                  err_msg=f'step {step} {key}')
   # Evaluation with the validation frames split over the processes ran and was logged once.
   (val,) = runs['two']['val']
-  assert val['step'] == 2 and np.isfinite(val['val/nyu/rmse'])
+  assert val['step'] == 2 and np.isfinite(val['val/nyu/rmse']) and np.isfinite(val['val/nyu/loss'])
 
 
 def test_two_process_run_resumed_by_one_process_ends_where_one_process_does(runs):

@@ -106,13 +106,14 @@ def _train_and_convert(tmp_path, start, config, grads_fn, *, steps=STEPS_PER_EPO
       params=checkpointing.state_to_tree(trainable['model']), batch_stats=batch_stats,
       kendall={k: np.asarray(v) for k, v in trainable['kendall'].items()},
       meta={'step': steps, 'epoch': steps // STEPS_PER_EPOCH, 'config': config.to_dict(), 'num_batches_tracked': {},
-            'metrics': {'val/nyu/rmse': 0.75, 'val/nyu/miou': 0.25},
+            'metrics': {'val/nyu/rmse': 0.75, 'val/nyu/miou': 0.25, 'val/nyu/loss': 1.5},
             **({'steps_per_epoch': STEPS_PER_EPOCH, 'num_steps': total_steps} if plan else {})})
   ckptr = checkpointing.TrainCheckpointer(tmp_path / 'w', keep=1, async_save=False)
   ckptr.save(steps, ckpt, opt_state, {'step': steps})
   ckptr.close()
-  (tmp_path / 'w' / 'metrics.jsonl').write_text('{"step": 1, "val/nyu/rmse": 0.5, "val/nyu/miou": 0.125}\n'
-                                                 '{"step": 9, "val/nyu/rmse": 0.25}\n')
+  (tmp_path / 'w' / 'metrics.jsonl').write_text('{"step": 1, "val/nyu/rmse": 0.5, "val/nyu/miou": 0.125, '
+                                                 '"val/nyu/loss": 1.25}\n'
+                                                 '{"step": 9, "val/nyu/rmse": 0.25, "val/nyu/loss": 0.5}\n')
   pt = tmp_path / 'resume.pt'
   if convert.main(['orbax-to-torch', str(tmp_path / 'w'), str(pt), '--with-optimizer']):
     assert not pt.exists()
@@ -156,7 +157,7 @@ def test_optimizer_state_follows_the_reference_order_and_shapes(tmp_path, start,
   assert pt['config']['KENDALL_LR'] == 5e-3 and pt['config']['USE_KENDALL'] is True
   assert (pt['val_depth_rmse'], pt['val_seg_miou']) == (0.75, 0.25)
   assert (pt['best_depth_rmse'], pt['best_seg_miou']) == (0.5, 0.25)  # metrics.jsonl up to step 2 + this step
-  assert 'val_loss' not in pt and 'best_val_loss' not in pt
+  assert (pt['val_loss'], pt['best_val_loss']) == (1.5, 1.25)  # the same rows; step 9 is after this one
 
 
 @pytest.mark.e2e

@@ -1,9 +1,12 @@
 """`train_loop.train_and_evaluate` in-process on the tiny synthetic data at 32x32: a run writes its
 checkpoints, metrics, config and TensorBoard files; a second call in the same workdir resumes at the
-saved step and logs each step once; a third finds nothing left to do. (train.py end to end, signals
-and faults: test_train.py, test_faults.py.)"""
+saved step and logs each step once; a third finds nothing left to do; the validation's metrics and
+loss reach metrics.jsonl and a converted .pt. (train.py end to end, signals and faults:
+test_train.py, test_faults.py.)"""
 
 import json
+
+import torch
 
 from configs import quickstart
 from efficientvit_jax import checkpointing
@@ -34,7 +37,11 @@ def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
   workdir = tmp_path / 'run'
   first = train_loop.train_and_evaluate(_config(synthetic_tiny, 2), workdir)
   assert (first.start_step, first.step, first.total_steps, first.preempted) == (0, 2, 2, False)
-  assert set(first.metrics) >= {'val/nyu/rmse', 'val/nyu/miou'}
+  assert set(first.metrics) >= {f'val/nyu/{k}' for k in ('rmse', 'abs_rel', 'sq_rel', 'rmse_log', 'log10', 'delta3',
+                                                        'rmse_median_scaled', 'miou', 'mean_class_accuracy',
+                                                        'fw_iou', 'iou/floor', 'class_accuracy/wall', 'loss',
+                                                        'loss_depth', 'loss_seg', 'loss_edge')}
+  assert all(checkpointing.lower_is_better(k) in (True, False) for k in first.metrics)  # each can be best_metric
   assert checkpointing.steps(workdir) == [2] and checkpointing.verify(workdir / 'checkpoints' / '2')
   assert checkpointing.steps(workdir / 'best') == [2]
   assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2]
@@ -54,3 +61,13 @@ def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
   third = train_loop.train_and_evaluate(_config(synthetic_tiny, 3), workdir)
   assert (third.start_step, third.step, third.metrics) == (3, 3, {})
   assert checkpointing.steps(workdir) == [2, 3]
+
+  # The reference's val_loss / best_val_loss in a .pt: this step's validation loss, the best so far.
+  losses = [r['val/nyu/loss'] for r in _rows(workdir) if 'val/nyu/loss' in r]
+  assert len(losses) == 2
+  # Timed steps only: steps 1 and 3 (the first of each call) compiled.
+  timed = [r for r in _rows(workdir) if 'train/steps_per_s' in r]
+  assert [r['step'] for r in timed] == [2] and timed[0]['train/steps_per_s'] > 0
+  assert convert.main(['orbax-to-torch', str(workdir), str(tmp_path / 'run.pt')]) == 0
+  pt = torch.load(tmp_path / 'run.pt', weights_only=True)
+  assert (pt['val_loss'], pt['best_val_loss']) == (losses[-1], min(losses))
