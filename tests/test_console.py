@@ -123,9 +123,11 @@ def test_throughput_windows():
   clock = iter([0.0, 1.0, 3.0, 5.0, 9.0]).__next__
   window = train_loop.Throughput(0, clock=clock)  # t = 0
   window.input_wait += 0.5
-  assert window.read(4, batch_size=8) == {'train/images_per_s': 32 / 1.0, 'train/input_wait': 0.5}  # t = 1
+  assert window.read(4, batch_size=8) == {'train/steps_per_s': 4.0, 'train/images_per_s': 32.0,
+                                          'train/input_wait': 0.5}  # t = 1
   window.restart(6)  # t = 3: e.g. after a validation
-  assert window.read(8, batch_size=8) == {'train/images_per_s': 16 / 2.0, 'train/input_wait': 0.0}  # t = 5
+  assert window.read(8, batch_size=8) == {'train/steps_per_s': 1.0, 'train/images_per_s': 8.0,
+                                          'train/input_wait': 0.0}  # t = 5
   assert window.read(8, batch_size=8) == {}  # t = 9: no step since (a step that compiled, then a log line)
 
 
