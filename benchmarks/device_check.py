@@ -270,7 +270,8 @@ def part_parity(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _train_metrics(path: pathlib.Path) -> dict[str, Any]:
-  """images/s and input-wait fraction over the log intervals after the first (which compiles)."""
+  """images/s and input-wait fraction over the log intervals after the first (the warm-up; no interval
+  counts compilation, validation or saving: docs/training.md#throughput)."""
   lines = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
   lines = [l for l in lines if 'train/images_per_s' in l]
   out: dict[str, Any] = {'log_lines': len(lines), 'last_step': lines[-1]['step'] if lines else 0}

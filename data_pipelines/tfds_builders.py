@@ -65,6 +65,14 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._paths = paths
     super().__init__(**kwargs)
 
+  # TFDS announces a download before and after building; these builders read local files, and
+  # `main` prints where each dataset went.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _info(self) -> tfds.core.DatasetInfo:
     features = {f: tfds.features.Tensor(shape=(), dtype=np.object_) for f in readers.FIELDS}
     features['index'] = tfds.features.Scalar(dtype=np.int64)
@@ -180,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--teacher-manifest', default='', help="NYU teacher manifest ('none': none)")
   parser.add_argument('--lilocbench-manifest', default='')
   parser.add_argument('--corridor-manifest', default='')
-  parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
+  parser.add_argument('-v', '--verbose', action='store_true',
+                      help="also show the INFO log records, ours and the libraries'")
   args = parser.parse_args(argv)
   console.setup(args.verbose)
+  tfds.display_progress_bar(False)  # our own progress per split (console.iterate) instead of TFDS's bars
   paths = readers.layout_paths(
       args.root, nyu_root=args.nyu_root, teacher_manifest=args.teacher_manifest,
       lilocbench_manifest=args.lilocbench_manifest, corridor_manifest=args.corridor_manifest,

@@ -1,4 +1,4 @@
-"""What the commands print: library chatter filtered, a compile timer, one kind of progress display.
+"""What the commands print: plain lines (no library chatter), a compile timer, one kind of progress display.
 
   console.setup(verbose)                    # once, at the start of a command
   with console.compiling('the training step'):
@@ -15,41 +15,69 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pathlib
 import sys
 import time
 from typing import Any, Iterator
 
-_PROJECT = str(pathlib.Path(__file__).resolve().parents[1])
-# Loggers of libraries that report routine work at INFO (orbax: ~90 lines per checkpoint save).
-QUIET_LOGGERS = ('absl', 'orbax', 'grain', 'jax', 'tensorflow_datasets', 'etils')
+
+class _Stderr(logging.StreamHandler):
+  """A handler on whatever `sys.stderr` is at the time (pytest swaps it)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.stream = sys.stderr
+    super().emit(record)
 
 
-class _LibraryInfoFilter(logging.Filter):
-  """Drops records below WARNING that do not come from this project's own files."""
+class _ConsoleFilter(logging.Filter):
+  """What reaches the console when not verbose: warnings and errors, except `warn`'s own records,
+  which are printed already."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-      return True
-    # A virtual environment inside the checkout (`make setup`'s .venv) holds the libraries too.
-    path = record.pathname
-    return path.startswith(_PROJECT) and 'site-packages' not in path and 'dist-packages' not in path
+    return record.levelno >= logging.WARNING and not getattr(record, 'printed', False)
 
 
-_FILTER = _LibraryInfoFilter()
+def _console_formatter(verbose: bool) -> logging.Formatter:
+  """absl's prefix (level, date, time, thread, file:line) on every record when verbose; otherwise on
+  errors only (the report of a failure), and warnings are plain 'warning: ...' lines."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  class Formatter(absl_logging.PythonFormatter):
+
+    def format(self, record: logging.LogRecord) -> str:
+      if verbose or record.levelno >= logging.ERROR:
+        return super().format(record)
+      return f'warning: {logging.Formatter.format(self, record)}'
+
+  return Formatter()
+
+
+_FILTER = _ConsoleFilter()
+_STDERR = _Stderr()
 
 
 def setup(verbose: bool = False) -> None:
-  """Filters INFO and DEBUG records of the libraries (orbax, absl, grain, ...) unless `verbose`.
+  """The console's share of the log records, for a command's start. Idempotent.
 
-  Warnings and errors always pass; so do this project's own log records. Idempotent.
+  Not verbose: warnings as plain 'warning: ...' lines and errors; no INFO or DEBUG records, the
+  libraries' or ours (what a user needs to read is printed as a plain line where it happens).
+  verbose: every record from INFO up, the libraries' included, with absl's prefix. The records go
+  through absl's handler under `absl.app` (train.py), else through a stderr handler of ours.
   """
-  for name in QUIET_LOGGERS:
-    logger = logging.getLogger(name)
-    if verbose:
-      logger.removeFilter(_FILTER)
-    elif _FILTER not in logger.filters:
-      logger.addFilter(_FILTER)
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  root = logging.getLogger()
+  handler = absl_logging.get_absl_handler()
+  if handler not in root.handlers:
+    handler = _STDERR
+    if handler not in root.handlers:
+      root.addHandler(handler)
+  handler.setFormatter(_console_formatter(verbose))
+  if verbose:
+    handler.removeFilter(_FILTER)
+    if root.getEffectiveLevel() > logging.INFO:
+      root.setLevel(logging.INFO)
+  else:
+    handler.addFilter(_FILTER)
 
 
 def is_terminal(stream: Any = None) -> bool:
@@ -58,11 +86,11 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def warn(message: str) -> None:
-  """A warning the user must see (a lock taken over, a changed config, a skipped frame): a log
-  record and a plain `warning: ...` line on stderr."""
+  """A warning the user must see (a lock taken over, a changed config, a skipped frame): a plain
+  `warning: ...` line on stderr, and a log record (on the console with `verbose` only)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
-  absl_logging.warning('%s', message)
+  absl_logging.warning('%s', message, extra={'printed': True})  # not repeated on the console (setup)
   print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
@@ -103,6 +131,14 @@ def announce_compile(fn: Any, what: str) -> Any:
     return out
 
   return call
+
+
+def rates_text(units_per_s: float, unit: str, batch_size: int | None = None) -> str:
+  """'0.52 step/s, 8.3 images/s' (images/s = units/s * batch_size, when a batch size is given)."""
+  parts = [f'{units_per_s:.2f} {unit}/s' if units_per_s < 10 else f'{units_per_s:.0f} {unit}/s']
+  if batch_size:
+    parts.append(f'{units_per_s * batch_size:.1f} images/s')
+  return ', '.join(parts)
 
 
 def _duration(seconds: float) -> str:
@@ -156,15 +192,16 @@ class Progress:
     return rate, (self.total - self.n) / rate
 
   def describe(self, now: float | None = None) -> str:
-    """'12.3 step/s, 197 images/s, eta 3.2 min' (what is known so far)."""
-    rate, eta = self.rates(now)
+    """'12.3 step/s, 197.0 images/s, eta 3.2 min' (what is known so far)."""
+    rate, _ = self.rates(now)
     if rate is None:
       return ''
-    parts = [f'{rate:.2f} {self.unit}/s' if rate < 10 else f'{rate:.0f} {self.unit}/s']
-    if self.batch_size:
-      parts.append(f'{rate * self.batch_size:.1f} images/s')
-    parts.append(f'eta {_duration(eta)}')
-    return ', '.join(parts)
+    return f'{rates_text(rate, self.unit, self.batch_size)}, {self.eta(now)}'
+
+  def eta(self, now: float | None = None) -> str:
+    """'eta 3.2 min' from the average pace since the first finished unit; '' before the second."""
+    _, left = self.rates(now)
+    return '' if left is None else f'eta {_duration(left)}'
 
   def update(self, n: int = 1, postfix: str = '') -> None:
     self.n += n

@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out (and its .md) and '
                       'the files of a non-empty --save-predictions folder')
-  parser.add_argument('-v', '--verbose', action='store_true', help="also show the libraries' INFO logs")
+  parser.add_argument('-v', '--verbose', action='store_true',
+                      help="also show the INFO log records, ours and the libraries'")
   parallel.add_distributed_args(parser)
   args = parser.parse_args(argv)
   if args.compare:

@@ -13,6 +13,7 @@ batches, each batch weighing the same (the reference's `validate`).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Iterable
 
 import jax
@@ -157,6 +158,27 @@ def _replicated(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
 
 
+_EVAL_STEPS: dict[tuple[Any, ...], Callable] = {}
+
+
+def _compiled_eval_step(graphdef: nnx.GraphDef, set_name: str, protocol: str, with_seg: bool,
+                        loss_config: Any) -> Callable:
+  """The jitted `make_eval_step`, one per network, split kind and loss config: training's periodic
+  validation compiles (and says so) once per run, not at every validation."""
+  loss_key = None if loss_config is None else json.dumps(
+      loss_config.to_dict() if hasattr(loss_config, 'to_dict') else dict(loss_config), sort_keys=True,
+      default=str)
+  key = (graphdef, set_name, protocol, with_seg, loss_key)  # a ConfigDict is not hashable, its JSON is
+  if key not in _EVAL_STEPS:
+    if len(_EVAL_STEPS) >= 32:  # many models in one process (tests, notebooks): drop the old ones
+      _EVAL_STEPS.clear()
+    _EVAL_STEPS[key] = console.announce_compile(
+        jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg,
+                               loss_config=loss_config)),
+        f'the evaluation step ({set_name})')
+  return _EVAL_STEPS[key]
+
+
 def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Iterable[dict[str, np.ndarray]],
              mesh: Mesh, *, set_name: str, protocol: str = 'ours', with_seg: bool = True,
              on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
@@ -174,10 +196,7 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
   keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
   keys += ('index',) if protocol == 'reference-frames' else ()
   keys += ('depth', 'depth_valid', 'seg') if with_loss else ()
-  step = console.announce_compile(
-      jax.jit(make_eval_step(graphdef, set_name=set_name, protocol=protocol, with_seg=with_seg,
-                             loss_config=loss_config if with_loss else None)),
-      f'the evaluation step ({set_name})')
+  step = _compiled_eval_step(graphdef, set_name, protocol, with_seg, loss_config if with_loss else None)
   if protocol == 'reference-frames':
     accumulator = metrics_lib.FramesReferenceAccumulator()
   elif protocol == 'reference' and set_name == 'corridor':

@@ -22,13 +22,17 @@ loads without this package; --fp16 computes convolutions in float16 there.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import pathlib
 import sys
 import tempfile
 import warnings
+from typing import Iterator
 
 from efficientvit_jax import checkpointing
+from efficientvit_jax import console
 from efficientvit_jax import convert
 from efficientvit_jax import images
 from efficientvit_jax import runtime
@@ -117,16 +121,30 @@ def float16_model(model):
     return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
 
 
-class _quiet:
-  """Silences the exporter's progress prints (stdout) for the duration."""
+# What torch.onnx.export says that is no news to a user of this command: that torchvision's detection
+# ops are not registered (we export none), and a deprecation inside torch's own pytree code.
+_EXPORTER_LOGGERS = ('torch.onnx._internal.exporter._registration',)
+_EXPORTER_WARNINGS = (r'`isinstance\(treespec, LeafSpec\)` is deprecated',)
 
-  def __enter__(self):
-    self._stdout = sys.stdout
-    sys.stdout = open(os.devnull, 'w')
 
-  def __exit__(self, *exc):
-    sys.stdout.close()
-    sys.stdout = self._stdout
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+  """Silences the exporter's progress prints (stdout) and its notices above for the duration."""
+  loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+  levels = [logger.level for logger in loggers]
+  stdout = sys.stdout
+  with open(os.devnull, 'w') as devnull, warnings.catch_warnings():
+    for message in _EXPORTER_WARNINGS:
+      warnings.filterwarnings('ignore', message=message, category=FutureWarning)
+    for logger in loggers:
+      logger.setLevel(logging.ERROR)
+    sys.stdout = devnull
+    try:
+      yield
+    finally:
+      sys.stdout = stdout
+      for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
   parser.add_argument('--allow-pickle', action='store_true', help='for .pt files that weights_only loading refuses')
   args = parser.parse_args(argv)
+  console.setup()
   out = pathlib.Path(args.out)
   if out.exists() and not args.overwrite:
     parser.error(f'--out {out} exists (pass --overwrite to replace it)')

@@ -46,7 +46,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, log
 _DISTRIBUTED = parallel.define_distributed_flags()  # --coordinator_address, --num_processes, --process_id
 flags.adopt_module_key_flags(parallel)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Check the flags, the config and the data, print the plan, exit.')
-_VERBOSE = flags.DEFINE_bool('verbose', False, "Also show the libraries' INFO logs (orbax, grain, absl).")
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             "Also show the INFO log records, ours and the libraries' (orbax, grain, JAX).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

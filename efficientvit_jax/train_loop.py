@@ -112,6 +112,34 @@ class _Start:
   source: str
 
 
+class Throughput:
+  """The training loop's clock for `train/steps_per_s`, `train/images_per_s` and `train/input_wait`
+  (console and metrics).
+
+  steps/s = the steps since the window started / the wall time since then; images/s = steps/s x
+  batch_size (global images, all processes together). The window restarts at each log line, after each validation
+  and checkpoint save, and after a step that compiled, so it counts training steps, their input
+  waits and the logging, never compilation, validation or saving.
+  """
+
+  def __init__(self, step: int, clock: Callable[[], float] = time.perf_counter):
+    self._clock = clock
+    self.restart(step)
+
+  def restart(self, step: int, now: float | None = None) -> None:
+    self.start, self.step, self.input_wait = self._clock() if now is None else now, step, 0.0
+
+  def read(self, step: int, batch_size: int) -> dict[str, float]:
+    """The three values over the window (none while it holds no step); restarts it."""
+    now = self._clock()
+    seconds, steps, wait = now - self.start, step - self.step, self.input_wait
+    self.restart(step, now)
+    if steps <= 0 or seconds <= 0:
+      return {}
+    return {'train/steps_per_s': steps / seconds, 'train/images_per_s': steps * batch_size / seconds,
+            'train/input_wait': wait / seconds}
+
+
 # --------------------------------------------------------------------------------------------------
 # Start
 
@@ -152,7 +180,8 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
       raise RunError(f'cannot resume from checkpoint step {step}: {e}; nothing was moved. Rerun once the cause '
                      f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before') from None
     step = int(data_state.get('step', step))
-    logging.info('resuming %s from step %d', workdir, step)
+    if jax.process_index() == 0:
+      console.say(f'resuming {workdir} from step {step}')
     return _Start(step=step, kendall=ckpt.kendall, opt_state=opt_state,
                   counters=convert.start_counters(bn_stats, resumed=ckpt.meta),
                   source=ckpt.meta.get('source', 'scratch'))
@@ -170,8 +199,10 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
                                            source=config.init_from)
   except checkpointing.CheckpointError as e:
     raise UserError(f'init_from: {e}') from None
-  logging.info('init_from %s: copied %d arrays (weights, BatchNorm statistics), Kendall log-sigmas %s',
-               config.init_from, len(copied), {k: float(v[0]) for k, v in init.kendall.items()})
+  if jax.process_index() == 0:
+    console.say(f'init_from {config.init_from}: copied {len(copied)} arrays (weights, BatchNorm statistics) '
+                'and the Kendall log-sigmas')
+  logging.info('init_from Kendall log-sigmas: %s', {k: float(v[0]) for k, v in init.kendall.items()})
   return _Start(step=0, kendall=init.kendall, opt_state=None,
                 counters=convert.start_counters(bn_stats, init_from=init.meta), source=f'init_from:{config.init_from}')
 
@@ -336,12 +367,15 @@ def _report_train(run: _Run, progress: console.Progress, step: int, values: dict
   _write_metrics(run, step, values)
   losses = (f"loss {values['train/loss']:.4f} depth {values['train/depth']:.4f} "
             f"seg {values['train/seg']:.4f}")
-  losses += f", input wait {values['train/input_wait']:.0%}"
+  rates = ''
+  if 'train/images_per_s' in values:  # the same number as metrics.jsonl's (`Throughput`)
+    losses += f", input wait {values['train/input_wait']:.0%}"
+    rates = console.rates_text(values['train/steps_per_s'], 'step', run.config.batch_size)
   if progress.bar is not None:
-    progress.bar.set_postfix_str(f"{losses} {values['train/images_per_s']:.1f} img/s")
+    progress.bar.set_postfix_str(f'{losses} {rates}'.rstrip())
   elif run.is_main:
-    print(f'step {step}/{run.total_steps} {losses}, {progress.describe() or "eta after the next step"}',
-          flush=True)
+    tail = ', '.join(part for part in (rates, progress.eta() or 'eta after the next step') if part)
+    print(f'step {step}/{run.total_steps} {losses}, {tail}', flush=True)
 
 
 def _validation_values(name: str, res: dict[str, Any]) -> dict[str, float]:
@@ -386,9 +420,20 @@ def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
     run.hparams_metrics.extend(k for k in values if k.count('/') == 2)  # not the per-class ones
     summaries.write_hparams(run.writer, json.loads(config.to_json()), run.hparams_metrics)
   if run.is_main:
-    console.say(f'step {step} validation: ' + ', '.join(
-        f'{k} {v:.4f}' for k, v in values.items() if k.count('/') == 2 and k.rsplit('/', 1)[1] in CONSOLE_METRICS))
+    for line in _validation_lines(step, values):
+      console.say(line)
   return values
+
+
+def _validation_lines(step: int, values: dict[str, float]) -> list[str]:
+  """The console's validation summary: the key numbers, one line per set (all of them are in
+  metrics.jsonl and TensorBoard), e.g. 'step 300 validation nyu: rmse 0.6123, abs_rel 0.2011, ...'."""
+  lines = []
+  for name in dict.fromkeys(key.split('/')[1] for key in values if key.count('/') == 2):
+    shown = [f'{metric} {values[key]:.4f}' for metric in CONSOLE_METRICS
+             if (key := f'val/{name}/{metric}') in values]
+    lines.append(f'step {step} validation {name}: ' + ', '.join(shown))
+  return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,30 +452,34 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
   config, total_steps = run.config, run.total_steps
   data = datasets.train_iterator(config, start_step, run.process, run.num_processes)
   # A bar on a terminal; elsewhere the log lines of `_report_train` are the progress (lines=False).
-  progress = console.Progress(total_steps, 'train', unit='step', batch_size=config.batch_size,
-                              initial=start_step, lines=False, quiet=not run.is_main)
+  # Rates come from `Throughput` (the bar's postfix), the ETA from the bar's average pace.
+  progress = console.Progress(total_steps, 'train', unit='step', initial=start_step, lines=False,
+                              quiet=not run.is_main)
   pending, last_metrics = [], {}
-  tick, tick_step = time.perf_counter(), start_step
+  clock = Throughput(start_step)
+  compiled = set()  # the step functions called once: their first call compiles (and waits for it)
   step = saved_step = start_step
   preempted = False
   data_error = None  # an error reading batch t + 1, raised once step t is logged and saved
   error = None
   try:
     batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
-    input_wait = time.perf_counter() - tick
     while step < total_steps:
       if data_error is not None:
         raise data_error
       step_fn = frozen_step if step < run.freeze_steps else train_step
       state, metrics = step_fn(state, batch)
       step += 1
+      if step_fn not in compiled:
+        compiled.add(step_fn)
+        clock.restart(step)
       if step < total_steps:
         wait_start = time.perf_counter()
         try:
           batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
         except readers.BadFrameError as e:
           data_error = e
-        input_wait += time.perf_counter() - wait_start
+        clock.input_wait += time.perf_counter() - wait_start
       pending.append(metrics)
       run.ckptr.poll()  # seals a finished save (integrity record), then drops old steps
       progress.update(1)
@@ -438,12 +487,8 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
         fetched = jax.device_get(pending)
         pending = []
         _check_finite(run, state)
-        now = time.perf_counter()
         values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        values['train/steps_per_s'] = (step - tick_step) / (now - tick)
-        values['train/images_per_s'] = values['train/steps_per_s'] * config.batch_size
-        values['train/input_wait'] = input_wait / (now - tick)
-        tick, tick_step, input_wait = now, step, 0.0
+        values.update(clock.read(step, config.batch_size))
         _report_train(run, progress, step, values)
       evaluated = (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
       if evaluated and run.eval_sets:
@@ -452,8 +497,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
         _save(run, state, step, last_metrics if evaluated else {})
         saved_step = step
       if evaluated or step % config.checkpoint_every_steps == 0:
-        # images/s and input_wait measure training steps only
-        tick, tick_step, input_wait = time.perf_counter(), step, 0.0
+        clock.restart(step)  # images/s and input_wait measure training steps only
       preempted = stop.is_set() or (run.num_processes > 1 and parallel.reached_preemption(step))
       if preempted and step < total_steps:
         if saved_step != step:
@@ -462,13 +506,11 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
         print(f'preempted: saved step {step} in {run.workdir}/checkpoints; rerun the same command to resume',
               flush=True)
         break
-  except (RunError, checkpointing.SaveError) as e:
-    logging.error('%s', e)
+  except (RunError, checkpointing.SaveError) as e:  # train.py prints the one error line
     error = RunError(str(e))
   except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
     error = RunError(f'{e}; {run.ckptr.last_good()}')
   except readers.BadFrameError as e:  # nothing of this step is saved
-    logging.error('%s', e)
     error = UserError(f'data: {e} (set data.skip_bad_frames=True to skip such frames)')
   finally:
     progress.close()

@@ -1,10 +1,13 @@
-"""What a user sees: a short training run's console output and its TensorBoard event files;
-the progress display and the library log filter."""
+"""What a user sees: a short training run's console output and its TensorBoard event files, the
+TFDS builder's and export's output when redirected; the progress display, the log records on the
+console, the training throughput."""
 
 import io
+import json
 import logging
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -12,10 +15,22 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import DATA, ROOT, run_command
 from efficientvit_jax import console
+from efficientvit_jax import train_loop
 
 LOG_LINE = re.compile(r'^step \d+/\d+ loss ')
+ABSL_LINE = re.compile(r'^[IWEF]\d{4} ')  # absl's (and glog's) record prefix: I1205 12:00:00.000000 ...
+VALIDATION_LINE = re.compile(r'^step (\d+) validation (\w+): ')
+EVAL_SETS = ('nyu', 'lilocbench')
+
+
+def _assert_plain(text):
+  """No carriage-return progress bars, escape codes, absl-format records or warnings of libraries."""
+  assert '\r' not in text and '\x1b' not in text, repr(text[-2000:])
+  lines = text.splitlines()
+  assert not [line for line in lines if ABSL_LINE.match(line)], text[-3000:]
+  assert not [line for line in lines if 'warning' in line.lower()], text[-3000:]
 
 
 def _events(tb_dir):
@@ -39,31 +54,81 @@ def _events(tb_dir):
 @pytest.fixture(scope='module')
 def run(tmp_path_factory, synthetic_tiny):
   workdir = tmp_path_factory.mktemp('console') / 'run'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # JAX picks its platform as for a user (its notices about absent backends must stay off the console).
+  env = dict(os.environ, JAX_PLATFORMS='')
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
   proc = subprocess.run(
       [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
        f'--config.data.root={synthetic_tiny}', '--config.batch_size=4', '--config.data.input_size=(48,64)',
-       "--config.data.eval_sets=('nyu',)", '--config.log_every_steps=2',
+       f'--config.data.eval_sets={EVAL_SETS}', '--config.log_every_steps=2',
        '--config.checkpoint_every_steps=10', '--config.eval_every_steps=10', '--config.num_train_steps=20',
        '--config.data.num_threads=2'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:]
-  return workdir, proc.stdout.splitlines()
+  return workdir, proc.stdout
 
 
 @pytest.mark.e2e
 def test_twenty_steps_print_few_lines_with_a_compile_line(run):
-  _, lines = run
+  _, text = run
+  lines = text.splitlines()
   log_lines = [line for line in lines if LOG_LINE.match(line)]
   other = [line for line in lines if not LOG_LINE.match(line)]
   assert len(log_lines) == 10
   assert len(other) < 15, '\n'.join(other)
+  _assert_plain(text)
   assert any(re.match(r'compiling the training step \.\.\. done in [\d.]+ s', line) for line in other), other
   assert sum('saving checkpoint' in line for line in other) == 2  # one line per save (steps 10, 20)
   assert not any('orbax' in line or 'checkpoint_manager' in line for line in lines)
   # Rates and an ETA after compilation.
   assert re.search(r'step/s, [\d.]+ images/s, eta \d', log_lines[-1])
+
+
+@pytest.mark.e2e
+def test_two_validations_compile_once_and_print_a_short_line_per_set(run):
+  _, text = run
+  lines = text.splitlines()
+  for name in EVAL_SETS:  # compiled at the first validation only
+    assert sum(line.startswith(f'compiling the evaluation step ({name}) ... done in') for line in lines) == 1, text
+  validation = [(m.group(1), m.group(2), line) for line in lines if (m := VALIDATION_LINE.match(line))]
+  assert sorted(v[:2] for v in validation) == sorted((step, name) for step in ('10', '20') for name in EVAL_SETS)
+  assert all(len(line) < 120 for *_, line in validation), validation
+  nyu = next(line for step, name, line in validation if (step, name) == ('20', 'nyu'))
+  row = next(r for r in map(json.loads, (run[0] / 'metrics.jsonl').read_text().splitlines())
+             if r['step'] == 20 and 'val/nyu/rmse' in r)
+  assert f"rmse {row['val/nyu/rmse']:.4f}" in nyu and f"miou {row['val/nyu/miou']:.4f}" in nyu, nyu
+
+
+@pytest.mark.e2e
+def test_images_per_s_of_the_console_and_the_metrics_are_one_number(run):
+  workdir, text = run
+  printed = {int(m.group(1)): (float(m.group(2)), float(m.group(3)))
+             for m in re.finditer(r'^step (\d+)/\d+ .* ([\d.]+) step/s, ([\d.]+) images/s', text, re.M)}
+  timed = {r['step']: r for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().splitlines())
+           if 'train/images_per_s' in r}
+  assert sorted(printed) == sorted(timed) == list(range(2, 21, 2))
+  for step, (steps_per_s, images_per_s) in printed.items():
+    assert images_per_s == pytest.approx(timed[step]['train/images_per_s'], abs=0.051), step
+    assert steps_per_s == pytest.approx(timed[step]['train/steps_per_s'], rel=0.01, abs=0.0051), step
+    assert timed[step]['train/images_per_s'] == pytest.approx(4 * timed[step]['train/steps_per_s'])
+  rows = {step: r['train/images_per_s'] for step, r in timed.items()}
+  # Neither the first step's compilation (in the window of step 2) nor a validation with its
+  # compilation and a save (before step 12) counts: those windows are as fast as the others,
+  # where counting them would make them several times slower.
+  typical = statistics.median(rows.values())
+  assert rows[2] > typical / 4 and rows[12] > typical / 4, rows
+
+
+def test_throughput_windows():
+  clock = iter([0.0, 1.0, 3.0, 5.0, 9.0]).__next__
+  window = train_loop.Throughput(0, clock=clock)  # t = 0
+  window.input_wait += 0.5
+  assert window.read(4, batch_size=8) == {'train/steps_per_s': 4.0, 'train/images_per_s': 32.0,
+                                          'train/input_wait': 0.5}  # t = 1
+  window.restart(6)  # t = 3: e.g. after a validation
+  assert window.read(8, batch_size=8) == {'train/steps_per_s': 1.0, 'train/images_per_s': 8.0,
+                                          'train/input_wait': 0.0}  # t = 5
+  assert window.read(8, batch_size=8) == {}  # t = 9: no step since (a step that compiled, then a log line)
 
 
 @pytest.mark.e2e
@@ -77,8 +142,8 @@ def test_event_files_hold_images_text_hparams_and_scalars(run):
       kind = 'image' if value.HasField('image') else plugin or ('scalar' if value.HasField('simple_value') else '?')
       kinds.setdefault(kind, set()).add(value.tag)
   images = [(e.step, v.tag, v.image) for e in events for v in e.summary.value if v.HasField('image')]
-  assert kinds['image'] and all(tag.startswith('val/nyu/') for tag in kinds['image'])
-  # The same frames at both evaluations (the tiny set has one NYU validation frame).
+  assert kinds['image'] and all(tag.startswith(('val/nyu/', 'val/lilocbench/')) for tag in kinds['image'])
+  # The same frames at both evaluations.
   assert sorted((step, tag) for step, tag, _ in images) == [(s, t) for s in (10, 20) for t in sorted(kinds['image'])]
   from PIL import Image
 
@@ -121,17 +186,57 @@ def test_a_short_task_prints_nothing(capsys):
   assert capsys.readouterr().out == ''
 
 
-def test_library_info_is_filtered_and_verbose_brings_it_back(caplog):
-  # As orbax logs through absl: a record made in a library file.
-  record = lambda: logging.getLogger('absl').handle(logging.LogRecord(
-      'absl', logging.INFO, '/venv/site-packages/orbax/checkpoint.py', 1, 'Finished saving checkpoint', None, None))
-  console.setup(verbose=False)
-  with caplog.at_level(logging.INFO):
-    record()
+@pytest.fixture
+def console_log(capsys):
+  """Emits records as libraries and our code do; returns what reached stderr. Restores the root level."""
+  root = logging.getLogger()
+  level = root.level
+
+  def emit():
+    logging.getLogger('jax._src.xla_bridge').info("Unable to initialize backend 'tpu'")
+    logging.getLogger('absl').info('compilation cache: /tmp/cache')
     logging.getLogger('absl').warning('disk almost full')
-  assert [r.getMessage() for r in caplog.records] == ['disk almost full']
-  caplog.clear()
+    console.warn('the config changed')
+    logging.getLogger('orbax').error('save failed')
+    return capsys.readouterr().err.splitlines()
+
+  yield emit
+  console.setup(verbose=False)
+  root.setLevel(level)
+
+
+def test_log_records_reach_the_console_as_plain_warnings(console_log):
+  console.setup(verbose=False)
+  lines = console_log()
+  assert lines[:2] == ['warning: disk almost full', 'warning: the config changed']  # the latter once
+  assert len(lines) == 3 and re.match(r'E\d{4} .*\] save failed$', lines[2]), lines  # a failure's report
+
+
+def test_verbose_shows_every_record_with_its_prefix(console_log):
   console.setup(verbose=True)
-  with caplog.at_level(logging.INFO):
-    record()
-  assert [r.getMessage() for r in caplog.records] == ['Finished saving checkpoint']
+  lines = console_log()
+  assert [line.split('] ', 1)[-1] for line in lines if ABSL_LINE.match(line)] == [
+      "Unable to initialize backend 'tpu'", 'compilation cache: /tmp/cache', 'disk almost full',
+      'the config changed', 'save failed'], lines
+  assert 'warning: the config changed' in lines
+
+
+@pytest.mark.e2e
+def test_tfds_builder_redirected_is_plain(synthetic_tiny, tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  proc, _ = run_command(['-m', 'data_pipelines.tfds_builders', '--root', synthetic_tiny, '--out', tmp_path], 0)
+  _assert_plain(proc.stdout + proc.stderr)
+  sets = ('nyu', 'lilocbench', 'corridor')
+  assert proc.stdout.splitlines() == [f'{name}: {tmp_path}/evit_{name}/1.0.0' for name in sets]
+  assert proc.stderr == ''
+
+
+@pytest.mark.e2e
+def test_onnx_export_redirected_is_plain(tmp_path):
+  pytest.importorskip('onnx')
+  out = tmp_path / 'm.onnx'
+  proc, _ = run_command(['-m', 'efficientvit_jax.export', '--checkpoint', DATA / 'student_random.pt',
+                         '--format', 'onnx', '--out', out, '--size', '32x32'], 0)
+  _assert_plain(proc.stdout + proc.stderr)
+  assert len(proc.stdout.splitlines()) == 2 and proc.stdout.splitlines()[-1].startswith(f'wrote {out} (onnx')
+  assert proc.stderr == ''
