@@ -171,7 +171,7 @@ def unknown_override(argv: list[str]) -> str | None:
   path, colon, param = spec.partition(':')
   try:
     known = set(trees.flatten(_load(f'{config_file(path)}{colon}{param}')))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # absl reports an unloadable config file itself
   groups = {k.rsplit('.', i)[0] for k in known for i in range(1, k.count('.') + 1)}
   for arg in argv:
@@ -191,7 +191,7 @@ def help_of(module_name: str, doc: str | None) -> None:
   checkout's `train.py` that is a launcher: show those of the command's module instead."""
   if module_name == '__main__':
     return
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   sys.modules['__main__'].__doc__ = doc
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
@@ -200,7 +200,7 @@ def help_of(module_name: str, doc: str | None) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """`absl.app.run(flags_parser=...)`: bad flags -> one line on stderr, exit code 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   message = config_file_problem(argv) or unknown_override(argv)
   if message is None:
@@ -213,7 +213,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       return flags.FLAGS(argv)
     except flags.Error as e:
       message = str(e).strip().splitlines()[0]
-    except Exception as e:  # pylint: disable=broad-except  # ml_collections: AttributeError, KeyError, TypeError
-      message = unknown_override(argv) or f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+    except Exception as e:  # ml_collections: AttributeError, KeyError, TypeError
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      message = unknown_override(argv) or f'{type(e).__name__}: {first_line}'
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)

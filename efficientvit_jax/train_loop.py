@@ -27,7 +27,8 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -178,7 +179,8 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
       raise UserError(str(e)) from None
     except (checkpointing.CheckpointError, OSError) as e:  # not proof of damage: keep the step
       raise RunError(f'cannot resume from checkpoint step {step}: {e}; nothing was moved. Rerun once the cause '
-                     f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before') from None
+                     f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before'
+                     ) from None
     step = int(data_state.get('step', step))
     if jax.process_index() == 0:
       console.say(f'resuming {workdir} from step {step}')
@@ -301,7 +303,7 @@ def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   tmp.replace(previous)
   # Steps after the restored one are redone: their old rows go (each step is logged once).
   checkpointing.truncate_metrics(workdir / 'metrics.jsonl', start_step)
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  from tensorboardX import SummaryWriter
 
   writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
   summaries.write_config(writer, current)

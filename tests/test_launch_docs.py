@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import DATA, ROOT
+from conftest import DATA
+from conftest import ROOT
 
 SECTION = '## Scaling out: Cloud TPU v4 and multi-GPU'
 # Values for the shell variables the commands use.

@@ -8,10 +8,10 @@ import json
 
 import torch
 
-from efficientvit_jax.configs import quickstart
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import train_loop
+from efficientvit_jax.configs import quickstart
 
 
 def _config(data, steps):
