@@ -448,8 +448,9 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
 
   The next global batch is read and its transfer to the devices started while the current step
   runs (the step is dispatched asynchronously); `train/input_wait` is the fraction of wall time the
-  loop spent waiting for the host pipeline. A bad frame in that next batch stops the run once the
-  current step is logged and saved.
+  loop spent waiting for the host pipeline. A bad frame in that next batch stops the run before the
+  next step: the current step is still logged, evaluated and saved where the schedule says so (no
+  save is forced: resuming repeats the steps after the last scheduled save).
   """
   config, total_steps = run.config, run.total_steps
   data = datasets.train_iterator(config, start_step, run.process, run.num_processes)
@@ -462,7 +463,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
   compiled = set()  # the step functions called once: their first call compiles (and waits for it)
   step = saved_step = start_step
   preempted = False
-  data_error = None  # an error reading batch t + 1, raised once step t is logged and saved
+  data_error = None  # an error reading batch t + 1, raised before step t + 1 (step t went through its schedule)
   error = None
   try:
     batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
