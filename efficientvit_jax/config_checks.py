@@ -1,7 +1,9 @@
 """Start-up checks of a training configuration and of its command-line overrides.
 
-`check_ranges(config)` range-checks every numeric key (steps, epochs, rates, sizes, windows,
-shares) and raises ValueError naming the key. `config_file` turns `--config`'s value into a file:
+`check_config(config)` is the one validation of a training config, called by
+`train_loop.train_and_evaluate` itself (and early by train.py): ValueError naming the key on values
+that cannot work. `check_ranges(config)` range-checks every numeric key (steps, epochs, rates,
+sizes, windows, shares) and raises ValueError naming the key. `config_file` turns `--config`'s value into a file:
 a preset's name (`quickstart`: `efficientvit_jax/configs/quickstart.py`, from any folder) or a
 path. `parse_flags` is an `absl.app.run` flags parser that does that and turns a bad flag, a
 `--config` that names no preset or file (or a folder) or an unknown `--config.KEY` (with the
@@ -71,6 +73,28 @@ def check_ranges(config: Any) -> None:
   shares = {k: v for k, v in leaves.items() if k.startswith('data.weights.')}
   if shares and not any(v > 0 for v in shares.values()):
     raise ValueError(f'data.weights: at least one share must be > 0, got {shares}')
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def check_config(config: Any) -> None:
+  """ValueError naming the config key on values that cannot work (before any device or data work)."""
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import model as model_lib
+
+  check_ranges(config)
+  if config.best_metric:
+    checkpointing.lower_is_better(config.best_metric)
+  if config.requires_init_from and not config.init_from:
+    raise ValueError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
+                     'folder, training workdir or reference .pt (e.g. the V5 weights)')
+  if config.model.backbone not in model_lib.BACKBONES:
+    raise ValueError(f'model.backbone must be one of {", ".join(model_lib.BACKBONES)}, got {config.model.backbone!r}')
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be {" or ".join(COMPUTE_DTYPES)}, got {config.compute_dtype!r}')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('set num_epochs or num_train_steps to a positive value')
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from jax.sharding import Mesh
 from data_pipelines import datasets
 from data_pipelines import readers
 from efficientvit_jax import checkpointing
+from efficientvit_jax import config_checks
 from efficientvit_jax import console
 from efficientvit_jax import convert
 from efficientvit_jax import evaluation
@@ -532,14 +533,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        catch_signals: bool = False) -> Outcome | None:
   """Trains (or continues training) `config` in `workdir`; see the module docstring.
 
-  config: a training config (`efficientvit_jax/configs/`), checked (train.py's `check_config`). Every process of a
-  multi-process run calls this with the same arguments, after `parallel.initialize_distributed`;
-  the caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
+  config: a training config (`efficientvit_jax/configs/`); a value that cannot work
+  (`config_checks.check_config`) raises UserError before any device or data work. Every process of a
+  multi-process run calls this with the same arguments, after `parallel.initialize_distributed`; the
+  caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
   dry_run: check the devices, the data and the config, print the plan and return None.
   catch_signals: (one process) SIGTERM and SIGINT during the steps save the current step and end the
   call (`Outcome.preempted`); the previous handlers are back on return.
   Raises UserError or RunError (module docstring).
   """
+  try:
+    config_checks.check_config(config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
   workdir = pathlib.Path(workdir).absolute()
   process, num_processes = jax.process_index(), jax.process_count()
   mesh = parallel.make_mesh()

@@ -62,7 +62,7 @@ sys.argv = config_checks.resolve_config_arg(['train.py', *argv])  # config_flags
 from efficientvit_jax import train
 try:
   flags.FLAGS(sys.argv)
-  train.check_config(train._CONFIG.value)
+  config_checks.check_config(train._CONFIG.value)
   print(json.dumps(None))
 except (flags.Error, ValueError, KeyError, AttributeError) as e:
   print(json.dumps(f'{type(e).__name__}: {e}'))
