@@ -631,7 +631,9 @@ def markdown(report: dict[str, Any]) -> str:
           fmt(r.get('torch_compile_images_per_s'), '.1f'), fmt(r.get('torch_compile_mfu'), '.1%'),
           fmt(r.get('torch_compile_s'), '.1f'), fmt(r.get('torch_compile_device_peak_mb'), '.0f'),
           fmt(r.get('speedup_vs_compile'), '.2f')]) + ' |')
-    lines.append('\nMFU: 3x the forward GFLOP (XLA cost analysis; B1 at 240x320: 2.19) per trained image against '
+    gflop = (f'; {steps[0]["backbone"]} at {"x".join(map(str, steps[0]["size"]))}: {steps[0]["forward_gflop"]:.2f}'
+             if {'backbone', 'forward_gflop'} <= steps[0].keys() else '')
+    lines.append(f'\nMFU: 3x the forward GFLOP (XLA cost analysis{gflop}) per trained image against '
                  'the dense peak of the compute dtype; ours: JAX peak since the process started; torch: '
                  '`max_memory_allocated` over one step.')
   train = report['parts'].get('train', {})

@@ -173,7 +173,7 @@ def test_device_check_markdown_of_a_gpu_report():
          'compile_s': 41.0, 'device_peak_mb': 9000.0, 'torch_images_per_s': 1500.0, 'torch_mfu': 0.01,
          'torch_device_peak_mb': 7000.0, 'speedup': 2.0, 'torch_compile_images_per_s': 2000.0,
          'torch_compile_mfu': 0.0127, 'torch_compile_s': 80.0, 'torch_compile_device_peak_mb': 6000.0,
-         'speedup_vs_compile': 1.5}
+         'speedup_vs_compile': 1.5, 'backbone': 'efficientvit_b1', 'forward_gflop': 2.1934}
   report = {'date': '2026-12-01T00:00:00+00:00', 'command': 'make device-check', 'mode': 'gpu', 'budget_s': 470,
             'wall_s': 400.0, 'parts': {
                 'env': {'status': 'ok', 'wall_s': 9, 'limit_s': 60, 'python': '3.12.3', 'torch_device': 'NVIDIA H200',
@@ -201,6 +201,7 @@ def test_device_check_markdown_of_a_gpu_report():
   assert ('| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 '
           '| 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |') in md
   assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
+  assert 'MFU: 3x the forward GFLOP (XLA cost analysis; efficientvit_b1 at 240x320: 2.19)' in md  # the run's count
   assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
   assert 'Carried (`make wheels`): grain 0.2.18, portpicker 1.6.0.' in md
   assert '| `jax<0.11,>=0.10.2` | pyproject.toml | 0.11.2 |' in md and '| `protobuf>=5.28.3` | grain | missing |' in md
