@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-slow demo study wheels device-check clean
+.PHONY: setup lint test test-fast test-slow demo study wheels device-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# lint: ruff's checks as pyproject.toml configures them (no formatter: the code aligns continuation lines by hand).
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # test: the default suite, what CI runs; test-fast: without the e2e tests; test-slow: also the slow ones.
 test: setup

@@ -34,8 +34,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import forward  # pylint: disable=g-import-not-at-top,wrong-import-position
-import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+import forward
+import train_step
 
 TABLE = [('backbone', 'backbone', 's'), ('params M', 'params_m', '.2f'), ('GFLOP', 'forward_gflop', '.2f'),
          ('fwd img/s', 'forward_images_per_s', '.1f'), ('torch fwd img/s', 'torch_forward_images_per_s', '.1f'),
@@ -47,11 +47,11 @@ TABLE = [('backbone', 'backbone', 's'), ('params M', 'params_m', '.2f'), ('GFLOP
 
 def parameter_counts(backbone: str) -> tuple[int, int]:
   """(ours, the twin's) parameter counts."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  from flax import nnx
 
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import model as model_lib
+  from efficientvit_jax import torch_model
 
   abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
   ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
@@ -60,12 +60,12 @@ def parameter_counts(backbone: str) -> tuple[int, int]:
 
 def onnx_latency_ms(backbone: str, size: tuple[int, int], threads: int, warmup: int, steps: int) -> float:
   """Median onnxruntime call at batch 1 on the fp32 export of a freshly initialised model."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import onnxruntime as ort
 
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import export  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import export
+  from efficientvit_jax import model as model_lib
 
   params, batch_stats = checkpointing.model_trees(model_lib.create(backbone=backbone))
   ckpt = checkpointing.Checkpoint(params=params, batch_stats=batch_stats, kendall=checkpointing.default_kendall(),
@@ -121,8 +121,8 @@ def bench_backbone(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-  from efficientvit_jax import images  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import images
+  from efficientvit_jax import model as model_lib
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--backbones', default=','.join(model_lib.BACKBONES), help='comma-separated')
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")} must be >= 1')
   args.threads = train_step.setup_process(args.threads, True, args.impl, args.release_memory)
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   torch.set_flush_denormal(True)
   rows = []

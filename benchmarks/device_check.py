@@ -56,7 +56,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / 'benchmarks'
@@ -145,7 +146,7 @@ def run_logged(argv: list[str], log: pathlib.Path, **kwargs: Any) -> None:
 # Parts that run inside this script (`--part NAME`), each in a fresh process.
 
 def part_env(args: argparse.Namespace, result: dict[str, Any]) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   versions = {}
   for name in PACKAGES:
@@ -158,7 +159,7 @@ def part_env(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 jax_devices=[f'{d.platform}:{d.device_kind}' for d in jax.devices()],
                 device_kind=device.device_kind)
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     result['torch_cuda'] = torch.version.cuda
     if torch.cuda.is_available():
@@ -173,7 +174,7 @@ def part_env(args: argparse.Namespace, result: dict[str, Any]) -> None:
   # (and of the carried wheels) against the versions found here: a missing wheel or a clash with
   # the image shows here, each difference named.
   sys.path.insert(0, str(BENCH))
-  import device_image  # pylint: disable=g-import-not-at-top
+  import device_image
 
   found = device_image.check()
   result.update(carried=found['carried'], requirements=found['differences'], import_failures=found['import_failures'])
@@ -203,7 +204,7 @@ def part_data(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _max_errors(out: dict[str, Any], ref: dict[str, Any], suffix: str) -> dict[str, float]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   depth, logits = np.asarray(out['depth'], np.float64), np.asarray(out['seg_logits'], np.float64)
   ref_depth = ref['depth' + suffix]
@@ -214,15 +215,16 @@ def _max_errors(out: dict[str, Any], ref: dict[str, Any], suffix: str) -> dict[s
 
 def part_parity(args: argparse.Namespace, result: dict[str, Any]) -> None:
   """The fixture's forward (eval and train mode) per compute dtype and matmul precision."""
-  import contextlib  # pylint: disable=g-import-not-at-top
+  import contextlib
 
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
 
-  from efficientvit_jax import checkpointing, convert  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import convert
+  from efficientvit_jax import model as model_lib
 
   ckpt = convert.checkpoint_from_torch_file(FIXTURE / 'student_random.pt')
   with np.load(FIXTURE / 'student_random_io.npz') as z:
@@ -255,7 +257,7 @@ def part_parity(args: argparse.Namespace, result: dict[str, Any]) -> None:
     loaded = convert.load_model(folder / 'student.pt')
     with np.load(folder / 'expected.npz') as z:
       expected = {k: z[k] for k in z.files}
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
 
     image = np.stack([np.asarray(Image.open(folder / f'img_{i}.png').convert('RGB')) for i in range(2)]) / 255.0
     graphdef, state = nnx.split(loaded.model)
@@ -341,18 +343,21 @@ def part_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   """Steady-state evaluation frames/s per set, and the device-only forward at the same batch."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  from flax import nnx
 
-  from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import checkpointing, convert, domains  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import evaluation, parallel  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from data_pipelines import datasets
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import convert
+  from efficientvit_jax import domains
+  from efficientvit_jax import evaluation
+  from efficientvit_jax import metrics as metrics_lib
+  from efficientvit_jax import model as model_lib
+  from efficientvit_jax import parallel
+  from efficientvit_jax.configs import default
 
   sys.path.insert(0, str(BENCH))
-  import forward  # pylint: disable=g-import-not-at-top
+  import forward
 
   mode = mode_of(args)
   data = _data(args)
@@ -416,8 +421,8 @@ def run_part(args: argparse.Namespace) -> int:
   code = 0
   try:
     INTERNAL[args.part](args, result)
-  except Exception as e:  # pylint: disable=broad-except
-    import traceback  # pylint: disable=g-import-not-at-top
+  except Exception as e:
+    import traceback
 
     traceback.print_exc()
     result['error'] = f'{type(e).__name__}: {e}'.strip()[:500]
@@ -492,7 +497,7 @@ class Runner:
       return
     result = self.work / f'{name}.json'
     result.unlink(missing_ok=True)
-    log = open(self.work / 'logs' / f'{name}.log', 'w')  # pylint: disable=consider-using-with
+    log = open(self.work / 'logs' / f'{name}.log', 'w')
     argv = part_command(name, self.args, result)
     log.write(f'$ {shlex.join(argv)}\n')
     log.flush()
@@ -570,11 +575,14 @@ def markdown(report: dict[str, Any]) -> str:
   v = env.get('versions', {})
   lines = ['# Device check', '',
            f'- date: {report["date"]}',
-           f'- device: {env.get("torch_device") or env.get("device_kind", "?")} (JAX: {", ".join(env.get("jax_devices", [])) or "?"})',
-           f'- driver / CUDA: {env.get("nvidia_smi", "-")}; torch CUDA {env.get("torch_cuda") or "-"}, cuDNN {env.get("cudnn") or "-"}',
+           f'- device: {env.get("torch_device") or env.get("device_kind", "?")} '
+           f'(JAX: {", ".join(env.get("jax_devices", [])) or "?"})',
+           f'- driver / CUDA: {env.get("nvidia_smi", "-")}; torch CUDA {env.get("torch_cuda") or "-"}, '
+           f'cuDNN {env.get("cudnn") or "-"}',
            '- versions: Python ' + env.get('python', '?') + ', ' + ', '.join(f'{k} {v[k]}' for k in PACKAGES if k in v),
-           f'- command: ' + (f'`{report["invoked_as"]}`, which ran ' if report.get('invoked_as') else '')
-           + f'`{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a {report["budget_s"]:.0f} s budget)',
+           '- command: ' + (f'`{report["invoked_as"]}`, which ran ' if report.get('invoked_as') else '')
+           + f'`{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a '
+           f'{report["budget_s"]:.0f} s budget)',
            '', '| part | status | wall s | limit s | note |', '|---|---|---|---|---|']
   for name, r in report['parts'].items():
     lines.append(f'| {name} | {r.get("status")} | {fmt(r.get("wall_s"), ".0f")} | {fmt(r.get("limit_s"), ".0f")} | '
@@ -585,13 +593,15 @@ def markdown(report: dict[str, Any]) -> str:
               '']
     if env['requirements']:
       lines += ['| requirement | required by | found |', '|---|---|---|']
-      lines += [f'| `{d["requirement"]}` | {d["required_by"]} | {d["found"] or "missing"} |' for d in env['requirements']]
+      lines += [f'| `{d["requirement"]}` | {d["required_by"]} | {d["found"] or "missing"} |'
+                for d in env['requirements']]
     else:
       lines.append('Every requirement is met by the versions found.')
   parity = report['parts'].get('parity', {}).get('rows', [])
   if parity:
     lines += ['', '## Parity with the reference fixture (240x320, max |error|)', '',
-              '| compute | matmul precision | depth (eval) | logits (eval) | depth (train) | logits (train) | depth mean rel. | within test tolerance |',
+              '| compute | matmul precision | depth (eval) | logits (eval) | depth (train) | logits (train) '
+              '| depth mean rel. | within test tolerance |',
               '|---|---|---|---|---|---|---|---|']
     for r in parity:
       lines.append(f'| {r["variant"].split("_")[0]} | {r["precision"]} | {r["eval_depth_max_err"]:.2e} | '
@@ -610,7 +620,8 @@ def markdown(report: dict[str, Any]) -> str:
   if steps:
     lines += ['', f'## Training step ({"x".join(map(str, steps[0]["size"]))}; the PyTorch twin eager '
               '(bf16 autocast for bfloat16 on CUDA) and under torch.compile)', '',
-              '| dtype | batch | img/s | MFU | compile s | peak MB | torch img/s | MFU | peak MB | ours/torch | compiled img/s | MFU | compile s | peak MB | ours/compiled |',
+              '| dtype | batch | img/s | MFU | compile s | peak MB | torch img/s | MFU | peak MB | ours/torch '
+              '| compiled img/s | MFU | compile s | peak MB | ours/compiled |',
               '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in steps:
       lines.append(' | '.join([
@@ -620,15 +631,19 @@ def markdown(report: dict[str, Any]) -> str:
           fmt(r.get('torch_compile_images_per_s'), '.1f'), fmt(r.get('torch_compile_mfu'), '.1%'),
           fmt(r.get('torch_compile_s'), '.1f'), fmt(r.get('torch_compile_device_peak_mb'), '.0f'),
           fmt(r.get('speedup_vs_compile'), '.2f')]) + ' |')
-    lines.append('\nMFU: 3x the forward GFLOP (XLA cost analysis; B1 at 240x320: 2.19) per trained image against '
+    gflop = (f'; {steps[0]["backbone"]} at {"x".join(map(str, steps[0]["size"]))}: {steps[0]["forward_gflop"]:.2f}'
+             if {'backbone', 'forward_gflop'} <= steps[0].keys() else '')
+    lines.append(f'\nMFU: 3x the forward GFLOP (XLA cost analysis{gflop}) per trained image against '
                  'the dense peak of the compute dtype; ours: JAX peak since the process started; torch: '
                  '`max_memory_allocated` over one step.')
   train = report['parts'].get('train', {})
   if 'last_step' in train:
-    lines += ['', '## train.py run', '', '| data | batch | size | steps | wall s | img/s | input wait | loss first -> last |',
+    lines += ['', '## train.py run', '',
+              '| data | batch | size | steps | wall s | img/s | input wait | loss first -> last |',
               '|---|---|---|---|---|---|---|---|',
-              f'| {train["format"]} | {train["batch_size"]} | {"x".join(map(str, train["size"]))} | {train["last_step"]} | '
-              f'{train["train_wall_s"]:.0f} | {fmt(train.get("images_per_s"), ".1f")} | {fmt(train.get("input_wait"), ".1%")} | '
+              f'| {train["format"]} | {train["batch_size"]} | {"x".join(map(str, train["size"]))} | '
+              f'{train["last_step"]} | {train["train_wall_s"]:.0f} | {fmt(train.get("images_per_s"), ".1f")} | '
+              f'{fmt(train.get("input_wait"), ".1%")} | '
               f'{fmt(train.get("loss_first"), ".3f")} -> {fmt(train.get("loss_last"), ".3f")} |',
               '', f'`python {train["command"]}`; img/s and input wait leave out the first log interval (compilation).']
   backbones = report['parts'].get('backbones', {})
@@ -636,7 +651,8 @@ def markdown(report: dict[str, Any]) -> str:
   if rows:
     lines += ['', f'## Every backbone ({"x".join(map(str, rows[0]["size"]))}, {rows[0]["dtype"]}, '
               '`benchmarks/backbones.py`)', '',
-              '| backbone | params M | GFLOP | fwd img/s | torch fwd img/s | train img/s | torch train img/s | ours/torch | MFU |',
+              '| backbone | params M | GFLOP | fwd img/s | torch fwd img/s | train img/s | torch train img/s '
+              '| ours/torch | MFU |',
               '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
       lines.append(f'| {r["backbone"]} | {r["params_m"]:.2f} | {r["forward_gflop"]:.2f} | '
@@ -646,7 +662,8 @@ def markdown(report: dict[str, Any]) -> str:
   ev = report['parts'].get('eval', {})
   if ev.get('sets'):
     lines += ['', f'## Evaluation (batch {ev["batch_size"]}, {"x".join(map(str, ev["size"]))}, float32)', '',
-              '| set | frames | first pass s (compiles) | frames/s | device-only forward img/s |', '|---|---|---|---|---|']
+              '| set | frames | first pass s (compiles) | frames/s | device-only forward img/s |',
+              '|---|---|---|---|---|']
     for name, s in ev['sets'].items():
       lines.append(f'| {name} | {s["frames"]} | {s["cold_s"]:.1f} | {s["frames_per_s"]:.1f} | '
                    f'{fmt(ev.get("forward_images_per_s"), ".1f")} |')
@@ -677,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
   temporary = not args.work
   args.work = args.work or tempfile.mkdtemp(prefix='device_check_')
   command = shlex.join(['python', 'benchmarks/device_check.py', *(sys.argv[1:] if argv is None else argv)])
-  report: dict[str, Any] = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  report: dict[str, Any] = {'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
                             'command': command, 'invoked_as': os.environ.get('DEVICE_CHECK_COMMAND'),
                             'mode': 'cpu' if args.cpu else 'gpu', 'budget_s': args.budget_s,
                             'host': {'cpus': os.cpu_count(), 'platform': platform.platform()}, 'parts': {}}

@@ -95,7 +95,7 @@ def read_image(path: str | os.PathLike[str] = IMAGE) -> Image:
 def marker_environment(python: str | None = None) -> dict[str, str]:
   """PEP 508 marker values: CPython `python` (X.Y.Z) on Linux x86-64; None: this interpreter."""
   if python is None:
-    from packaging.markers import default_environment  # pylint: disable=g-import-not-at-top
+    from packaging.markers import default_environment
 
     return dict(default_environment())
   return {'implementation_name': 'cpython', 'implementation_version': python, 'os_name': 'posix',
@@ -224,8 +224,8 @@ def import_failures(statements: Iterable[str]) -> dict[str, str]:
   failed = {}
   for statement in statements:
     try:
-      exec(statement, {})  # pylint: disable=exec-used
-    except Exception as e:  # pylint: disable=broad-except
+      exec(statement, {})
+    except Exception as e:
       failed[statement] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
   return failed
 
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if args.command == 'check':
     result = check(image)
-    print(f'Python {platform.python_version()}; carried: ' + ', '.join(f'{k} {v}' for k, v in result['carried'].items()))
+    carried = ', '.join(f'{k} {v}' for k, v in result['carried'].items())
+    print(f'Python {platform.python_version()}; carried: {carried}')
     for statement, error in result['import_failures'].items():
       print(f'cannot {statement}: {error}')
     for d in result['differences']:

@@ -16,24 +16,27 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step
+
+from efficientvit_jax import images
 
 
 class JaxForward:
   """Our eval-mode forward, compiled for one batch shape."""
 
   def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, backbone: str = 'efficientvit_b1'):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from efficientvit_jax import model as model_lib
 
     self._jax = jax
     model = model_lib.create(backbone=backbone, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
@@ -59,8 +62,9 @@ class TorchForward:
   """The twin's eval-mode forward (inference mode; fp16 autocast on CUDA unless float32)."""
 
   def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, backbone: str = 'efficientvit_b1'):
-    import torch  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+    import torch
+
+    from efficientvit_jax import torch_model
 
     self._torch = torch
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -114,7 +118,7 @@ TABLE = [('batch', 'batch_size', 'd'), ('ms/batch', 'ms_per_batch', '.1f'), ('im
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import model as model_lib
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-sizes', default='1,16,64')

@@ -29,10 +29,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import datasets, readers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step
+
+from data_pipelines import datasets
+from data_pipelines import readers
+from efficientvit_jax import images
+from efficientvit_jax.configs import default
 
 
 def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     root = args.root
     if not root:
-      from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+      from data_pipelines import synthetic
 
       root = os.path.join(tmp, 'data')
       t = time.perf_counter()
@@ -103,11 +105,11 @@ def main(argv: list[str] | None = None) -> None:
       if fmt not in ('files', 'decoded', 'tfds'):
         parser.error(f'--format: unknown format {fmt!r}')
     if 'tfds' in formats and not os.path.isdir(os.path.join(root, 'tfds')):
-      from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+      from data_pipelines import tfds_builders
 
       tfds_builders.main(['--root', root, '--sets', 'nyu,lilocbench'])
     if 'decoded' in formats and not os.path.isdir(os.path.join(root, 'decoded')):
-      from data_pipelines import decoded  # pylint: disable=g-import-not-at-top
+      from data_pipelines import decoded
 
       t = time.perf_counter()
       decoded.main(['--root', root, '--sets', 'nyu,lilocbench', '--input-size', f'{size[0]}x{size[1]}'])

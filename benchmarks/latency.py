@@ -1,7 +1,7 @@
 """Deployment latency: JAX predict, onnxruntime on the exported ONNX (fp32, fp16) and the PyTorch twin.
 
-  python benchmarks/latency.py [--checkpoint SRC (default: tests/data/student_random.pt)] [--batch-sizes 1,8] [--size HxW] [--steps N]
-      [--warmup N] [--threads T] [--no-fp16] [--release-memory] [--json F]
+  python benchmarks/latency.py [--checkpoint SRC (default: tests/data/student_random.pt)] [--batch-sizes 1,8]
+      [--size HxW] [--steps N] [--warmup N] [--threads T] [--no-fp16] [--release-memory] [--json F]
 
 The model (its backbone) and the default input size come from the checkpoint. All contestants
 take the same uint8 [N, H, W, 3] frames and return depth, logits and labels:
@@ -21,16 +21,18 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
-from efficientvit_jax import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step
+
+from efficientvit_jax import images
+from efficientvit_jax import predict
 
 # The reference code's random weights, with realistic BatchNorm statistics. Not a freshly
 # initialised model: its activations decay into denormal floats, which slow eager PyTorch on x86
@@ -50,10 +52,10 @@ def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
 def runners(loaded, size: tuple[int, int], batch_sizes: list[int], threads: int,
             fp16: bool) -> dict[int, dict[str, Callable[[], float]]]:
   """Per batch size, one timed callable per runtime; `loaded`: a `convert.LoadedModel`."""
-  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import onnxruntime as ort
+  import torch
 
-  from efficientvit_jax import export  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import export
 
   model, ckpt = loaded.model, loaded.ckpt
   onnx_fp32 = export.onnx_model(ckpt, size, dynamic_batch=True)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   args = parser.parse_args(argv)
   batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
   threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
-  from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import convert
 
   loaded = convert.load_model(args.checkpoint)
   size = loaded.input_size(args.size)

@@ -45,7 +45,8 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -86,22 +87,22 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward_flop(backbone: str, size: tuple[int, int]) -> float:
   """FLOPs of one image's eval-mode forward at `size`: XLA's cost analysis of the model compiled for
   the CPU with the native ops (the formulations of `ops.py` compute the same products in other
   ways), whatever the device. Counts every op, elementwise ones included, so it is a few percent
   above FLOP counters that count only convolutions and matrix products (torch's: 2.10 GFLOP for B1)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
 
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import ops  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import model as model_lib
+  from efficientvit_jax import ops
 
   graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.create(backbone=backbone)))
   image = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-  previous = ops._IMPL  # pylint: disable=protected-access
+  previous = ops._IMPL
   ops.set_impl('native')
   try:
     with jax.default_device(jax.devices('cpu')[0]):
@@ -123,9 +124,9 @@ def peak_rss_mb() -> float:
 
 def random_batch(batch_size: int, size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
   """A training batch as the host pipeline ships it (docs/data.md#data-element), numpy."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
-  from efficientvit_jax import classes  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import classes
 
   rng = np.random.default_rng(seed)
   h, w = size
@@ -150,12 +151,15 @@ class JaxStep:
 
   def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, augment: bool = True,
                backbone: str = 'efficientvit_b1'):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax.configs import default  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import checkpointing, parallel, training  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+    import jax
+    import jax.numpy as jnp
+
+    from efficientvit_jax import checkpointing
+    from efficientvit_jax import model as model_lib
+    from efficientvit_jax import optimizer as optimizer_lib
+    from efficientvit_jax import parallel
+    from efficientvit_jax import training
+    from efficientvit_jax.configs import default
 
     self._jax = jax
     config = default.get_config()
@@ -187,11 +191,11 @@ class JaxStep:
       stats = self.device.memory_stats() or {}
       if 'peak_bytes_in_use' in stats:
         out['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass  # CPU clients have no memory stats
     try:
       out['xla_temp_mb'] = self.compiled.memory_analysis().temp_size_in_bytes / 2**20
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
     return out
 
@@ -201,10 +205,10 @@ class JaxStep:
 
 def torch_loss(depth, seg_logits, batch, log_sigma_d, log_sigma_s, lambda_edge: float = 0.1):
   """The V5 objective in torch (docs/training.md), float32; depth [N, 1, H, W], logits [N, C, H, W]."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torch
+  import torch.nn.functional as F
 
-  from efficientvit_jax import classes  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import classes
 
   depth, seg_logits = depth[:, 0].float(), seg_logits.float()
   target, valid = batch['depth'], batch['depth_valid'] & (batch['depth'] > 0)
@@ -228,9 +232,10 @@ class TorchStep:
 
   def __init__(self, batch_size: int, size: tuple[int, int], dtype: str, compile_model: bool = False,
                amp_dtype: str = 'float16', backbone: str = 'efficientvit_b1'):
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    import torch  # pylint: disable=g-import-not-at-top
-    from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+    import numpy as np
+    import torch
+
+    from efficientvit_jax import torch_model
 
     self._torch = torch
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -332,11 +337,11 @@ def profile_ops(step: JaxStep, steps: int, trace_dir: str, top: int = 15) -> dic
   the compute threads (summed over threads), the step's wall time and the `top` kinds. XLA:CPU
   only (on GPUs and TPUs open the trace in xprof/TensorBoard instead): elsewhere the table is empty.
   """
-  import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
+  import collections
+  import glob
+  import re
 
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   jax.profiler.start_trace(trace_dir)
   wall = sum(step.run() for _ in range(steps)) / steps
@@ -380,7 +385,7 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
       theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True, amp_dtype=args.torch_amp,
                                   backbone=args.backbone)
       runners['torch_compile'] = theirs_compiled.run
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       # Inductor needs a C++ compiler and (on GPUs) Triton; report, and time the others.
       compile_error = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
       print(f'batch {batch_size}: torch.compile failed: {compile_error}', file=sys.stderr, flush=True)
@@ -455,8 +460,8 @@ def print_table(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]] = T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  from efficientvit_jax import images  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import images
+  from efficientvit_jax import model as model_lib
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch-size', type=int, default=16)
@@ -505,7 +510,7 @@ def setup_process(threads: int, with_torch: bool, impl: str, release_memory: boo
   same count, and selects the ops formulations. Returns the thread count.
   """
   if not release_memory:
-    from efficientvit_jax import host_memory  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import host_memory
 
     host_memory.retain_freed_memory()
   cores = sorted(os.sched_getaffinity(0))
@@ -515,10 +520,10 @@ def setup_process(threads: int, with_torch: bool, impl: str, release_memory: boo
     os.sched_setaffinity(0, cores[:threads])
   threads = threads or len(cores)
   if with_torch:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     torch.set_num_threads(threads)
-  from efficientvit_jax import ops  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import ops
 
   ops.set_impl(None if impl == 'auto' else impl)
   return threads
@@ -543,7 +548,7 @@ def write_json(path: str, result: Any) -> None:
 def release_device_memory(with_torch: bool) -> None:
   """Returns the previous batch size's cached blocks, so the frameworks' caches don't add up."""
   if with_torch:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
 
     if torch.cuda.is_available():
       torch.cuda.empty_cache()

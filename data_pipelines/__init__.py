@@ -5,10 +5,10 @@ LILocBench and the synthetic generator (docs/data.md)."""
 def build_tfds(argv: list[str] | None = None) -> int:
   """The `evit-build-tfds` command (`tfds_builders.main`), with one line naming the `tfds` extra
   when tensorflow-datasets is not installed (the module needs it at import)."""
-  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import runtime
 
   def main(argv: list[str] | None) -> int:
-    from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+    from data_pipelines import tfds_builders
 
     return tfds_builders.main(argv)
 

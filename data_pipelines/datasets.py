@@ -34,8 +34,14 @@ import numpy as np
 from absl import flags
 from absl import logging
 
-from data_pipelines import decoded, mixing, readers, transforms
-from efficientvit_jax import classes, console, domains
+from data_pipelines import decoded
+from data_pipelines import mixing
+from data_pipelines import readers
+from data_pipelines import transforms
+from efficientvit_jax import classes
+from efficientvit_jax import console
+from efficientvit_jax import domains
+
 
 def resolve_paths(data: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every data path of `config.data` (`readers.layout_paths`: empty ones derived from `data.root`),
@@ -66,7 +72,7 @@ def make_reader(paths: Mapping[str, Any], set_name: str, split: str,
     return decoded.DecodedReader(paths['decoded_dir'], set_name, split, paths['input_size'],
                                  source_paths=paths)
   if fmt == 'tfds':
-    from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+    from data_pipelines import tfds_builders
 
     return tfds_builders.TfdsReader(paths['tfds_dir'], set_name, split,
                                     class_mapping=paths.get('nyu_class_mapping'))
@@ -210,7 +216,7 @@ def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None
   def watch():
     while os.getppid() == parent:
       time.sleep(0.5)
-    os._exit(1)  # pylint: disable=protected-access
+    os._exit(1)
 
   threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 

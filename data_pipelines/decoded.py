@@ -50,8 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import readers, transforms
-from efficientvit_jax import domains, images
+from data_pipelines import readers
+from data_pipelines import transforms
+from efficientvit_jax import domains
+from efficientvit_jax import images
 
 FORMAT_VERSION = 1
 INFO = 'decoded.json'
@@ -147,7 +149,7 @@ def write_split(reader: readers.FileReader, folder: str, size: tuple[int, int] |
         print(f'  {reader.name} {os.path.basename(folder)}: {done}/{n} frames ({rate:.0f}/s)', flush=True)
   for a in arrays.values():
     a.flush()
-  del arrays
+  arrays.clear()  # closes the memmaps before hashing their files
   np.save(os.path.join(folder, 'index.npy'), index)
   files = {}
   for k in (*FIELDS, 'index'):

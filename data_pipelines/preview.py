@@ -13,11 +13,15 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 from ml_collections import config_flags
 
-from data_pipelines import datasets, mixing
-from efficientvit_jax import classes, domains, runtime
+from data_pipelines import datasets
+from data_pipelines import mixing
+from efficientvit_jax import classes
+from efficientvit_jax import domains
+from efficientvit_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration: a preset name or a config file.',
                                           lock_config=True)
@@ -29,10 +33,10 @@ _START = flags.DEFINE_integer('start_step', 0, 'First step to read.')
 
 def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> None:
   """One row per frame: RGB, depth target (invalid black), training labels, human labels."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   n = min(len(batch['image']), max_frames)
   fig, axes = plt.subplots(n, 4, figsize=(10, 2.0 * n), squeeze=False)
@@ -61,7 +65,7 @@ def draw_grid(batch: dict[str, np.ndarray], path: str, max_frames: int = 16) -> 
 def augmented(batch: dict[str, np.ndarray], config, step: int) -> dict[str, np.ndarray]:
   """The host batch of `step` after the train step's flip and colour jitter (a whole global
   batch: positions are those of the global batch)."""
-  from efficientvit_jax import augment  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import augment
 
   out = augment.augment_batch(batch, seed=config.seed, step=step,
                               jitter=datasets.color_jitter_flags(config.data))
@@ -126,7 +130,7 @@ def main(argv: Sequence[str]) -> int:
 def run():
   """The `evit-preview` command."""
   flags.mark_flags_as_required(['config', 'out'])
-  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import config_checks
 
   config_checks.help_of(__name__, __doc__)
   app.run(main, flags_parser=config_checks.parse_flags)

@@ -35,7 +35,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from efficientvit_jax import classes, domains
+from efficientvit_jax import classes
+from efficientvit_jax import domains
 
 MIN_CONFIDENCE = 0.5
 FIELDS = ('rgb', 'depth', 'labels', 'teacher_depth', 'teacher_seg', 'confidence')
@@ -65,7 +66,7 @@ _NYU40_TO_6_I32 = NYU40_TO_6.astype(np.int32)
 
 def load_class_mapping(path: str) -> np.ndarray:
   """[895] int64: NYU 894-class id -> NYU40 id from `classMapping40.mat` (`mapClass`), 0 -> 0."""
-  import scipy.io  # pylint: disable=g-import-not-at-top
+  import scipy.io
 
   try:
     mat = scipy.io.loadmat(path)
@@ -459,7 +460,8 @@ class FileReader(Reader):
     missing = [(p, ref.where) for ref in self.refs for p in ref.files.values() if not os.path.isfile(p)]
     if missing:
       raise BadFrameError(f'{missing[0][0]} ({missing[0][1]}): no such file'
-                          + (f'; {len(missing)} files of the {self.name} split are missing' if len(missing) > 1 else ''))
+                          + (f'; {len(missing)} files of the {self.name} split are missing'
+                             if len(missing) > 1 else ''))
 
   def _record(self, i: int) -> tuple[dict[str, bytes], dict[str, str]]:
     ref = self.refs[i]

@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 from etils import epath
+
 try:
   import tensorflow_datasets as tfds
 except ImportError as e:  # an extra: the default (files) path never imports this module
-  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import runtime
 
   if __name__ == '__main__' and runtime.missing_extra(e):  # python -m: one line, not a traceback
     print(f'error: {runtime.missing_extra(e)}', file=sys.stderr)
@@ -43,7 +44,8 @@ except ImportError as e:  # an extra: the default (files) path never imports thi
   raise ImportError(runtime.missing_extra(e) or str(e), name=e.name) from e  # named for every caller
 
 from data_pipelines import readers
-from efficientvit_jax import console, domains
+from efficientvit_jax import console
+from efficientvit_jax import domains
 
 VERSION = '1.0.0'
 
@@ -90,7 +92,7 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, split: str):
     reader = readers.make_file_reader(self.SET, 'all' if split == 'test' else split, self._paths)
     for i in console.iterate(range(len(reader)), f'tfds {self.SET} {split}', unit='frame'):
-      record, _ = reader._record(i)  # pylint: disable=protected-access
+      record, _ = reader._record(i)
       example = {f: record.get(f, b'') for f in readers.FIELDS}
       example.update(index=reader.frame_index(i), where=reader.describe(i))
       yield i, example

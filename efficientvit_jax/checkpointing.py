@@ -32,7 +32,9 @@ from absl import logging
 from flax import nnx
 
 from efficientvit_jax import console
-from efficientvit_jax.trees import flatten, path_name, unflatten
+from efficientvit_jax.trees import flatten
+from efficientvit_jax.trees import path_name
+from efficientvit_jax.trees import unflatten
 
 MODEL_ITEMS = ('params', 'batch_stats', 'kendall', 'meta')
 TRAIN_ITEMS = ('opt_state', 'data_state')
@@ -693,7 +695,7 @@ class TrainCheckpointer:
         continue
       try:
         manager.close()
-      except Exception as e:  # pylint: disable=broad-except  # a failed save, reported already
+      except Exception as e:  # a failed save, reported already
         logging.warning('closing %s: %s', manager.directory, _cause(e))
 
 
@@ -753,7 +755,7 @@ class WorkdirLock:
     self._fd = None
 
   def acquire(self) -> None:
-    import fcntl  # pylint: disable=g-import-not-at-top
+    import fcntl
 
     self.path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -1,7 +1,9 @@
 """Start-up checks of a training configuration and of its command-line overrides.
 
-`check_ranges(config)` range-checks every numeric key (steps, epochs, rates, sizes, windows,
-shares) and raises ValueError naming the key. `config_file` turns `--config`'s value into a file:
+`check_config(config)` is the one validation of a training config, called by
+`train_loop.train_and_evaluate` itself (and early by train.py): ValueError naming the key on values
+that cannot work. `check_ranges(config)` range-checks every numeric key (steps, epochs, rates,
+sizes, windows, shares) and raises ValueError naming the key. `config_file` turns `--config`'s value into a file:
 a preset's name (`quickstart`: `efficientvit_jax/configs/quickstart.py`, from any folder) or a
 path. `parse_flags` is an `absl.app.run` flags parser that does that and turns a bad flag, a
 `--config` that names no preset or file (or a folder) or an unknown `--config.KEY` (with the
@@ -71,6 +73,28 @@ def check_ranges(config: Any) -> None:
   shares = {k: v for k, v in leaves.items() if k.startswith('data.weights.')}
   if shares and not any(v > 0 for v in shares.values()):
     raise ValueError(f'data.weights: at least one share must be > 0, got {shares}')
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def check_config(config: Any) -> None:
+  """ValueError naming the config key on values that cannot work (before any device or data work)."""
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import model as model_lib
+
+  check_ranges(config)
+  if config.best_metric:
+    checkpointing.lower_is_better(config.best_metric)
+  if config.requires_init_from and not config.init_from:
+    raise ValueError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
+                     'folder, training workdir or reference .pt (e.g. the V5 weights)')
+  if config.model.backbone not in model_lib.BACKBONES:
+    raise ValueError(f'model.backbone must be one of {", ".join(model_lib.BACKBONES)}, got {config.model.backbone!r}')
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be {" or ".join(COMPUTE_DTYPES)}, got {config.compute_dtype!r}')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('set num_epochs or num_train_steps to a positive value')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,7 +195,7 @@ def unknown_override(argv: list[str]) -> str | None:
   path, colon, param = spec.partition(':')
   try:
     known = set(trees.flatten(_load(f'{config_file(path)}{colon}{param}')))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # absl reports an unloadable config file itself
   groups = {k.rsplit('.', i)[0] for k in known for i in range(1, k.count('.') + 1)}
   for arg in argv:
@@ -191,7 +215,7 @@ def help_of(module_name: str, doc: str | None) -> None:
   checkout's `train.py` that is a launcher: show those of the command's module instead."""
   if module_name == '__main__':
     return
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   sys.modules['__main__'].__doc__ = doc
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
@@ -200,7 +224,7 @@ def help_of(module_name: str, doc: str | None) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """`absl.app.run(flags_parser=...)`: bad flags -> one line on stderr, exit code 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   message = config_file_problem(argv) or unknown_override(argv)
   if message is None:
@@ -213,7 +237,8 @@ def parse_flags(argv: list[str]) -> list[str]:
       return flags.FLAGS(argv)
     except flags.Error as e:
       message = str(e).strip().splitlines()[0]
-    except Exception as e:  # pylint: disable=broad-except  # ml_collections: AttributeError, KeyError, TypeError
-      message = unknown_override(argv) or f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+    except Exception as e:  # ml_collections: AttributeError, KeyError, TypeError
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      message = unknown_override(argv) or f'{type(e).__name__}: {first_line}'
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)

@@ -17,7 +17,8 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 class _Stderr(logging.StreamHandler):
@@ -39,7 +40,7 @@ class _ConsoleFilter(logging.Filter):
 def _console_formatter(verbose: bool) -> logging.Formatter:
   """absl's prefix (level, date, time, thread, file:line) on every record when verbose; otherwise on
   errors only (the report of a failure), and warnings are plain 'warning: ...' lines."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
 
   class Formatter(absl_logging.PythonFormatter):
 
@@ -63,7 +64,7 @@ def setup(verbose: bool = False) -> None:
   verbose: every record from INFO up, the libraries' included, with absl's prefix. The records go
   through absl's handler under `absl.app` (train.py), else through a stderr handler of ours.
   """
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
 
   root = logging.getLogger()
   handler = absl_logging.get_absl_handler()
@@ -88,7 +89,7 @@ def is_terminal(stream: Any = None) -> bool:
 def warn(message: str) -> None:
   """A warning the user must see (a lock taken over, a changed config, a skipped frame): a plain
   `warning: ...` line on stderr, and a log record (on the console with `verbose` only)."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
 
   absl_logging.warning('%s', message, extra={'printed': True})  # not repeated on the console (setup)
   print(f'warning: {message}', file=sys.stderr, flush=True)
@@ -123,7 +124,7 @@ def announce_compile(fn: Any, what: str) -> Any:
   def call(*args: Any, **kwargs: Any) -> Any:
     if done:
       return fn(*args, **kwargs)
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
 
     with compiling(what):
       out = jax.block_until_ready(fn(*args, **kwargs))
@@ -158,7 +159,7 @@ class Progress:
   off a terminal (training's log lines, which use `describe()`). quiet: neither a bar nor lines.
   """
 
-  active: 'Progress | None' = None
+  active: Progress | None = None
 
   def __init__(self, total: int, desc: str, *, unit: str = 'step', batch_size: int | None = None,
                initial: int = 0, every: float = 10.0, min_interval: float = 10.0, lines: bool = True,
@@ -173,7 +174,7 @@ class Progress:
     self.printed = 0
     self.bar = None
     if not quiet and is_terminal():
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      from tqdm import tqdm
 
       self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
     self.quiet, self.lines = quiet, lines
@@ -210,7 +211,7 @@ class Progress:
       self._clock = (now, self.n)
       if self.bar is not None:  # restart tqdm's own rate clock too
         self.bar.update(n)
-        self.bar.start_t = self.bar.last_print_t = self.bar._time()  # pylint: disable=protected-access
+        self.bar.start_t = self.bar.last_print_t = self.bar._time()
         self.bar.initial = self.bar.last_print_n = self.bar.n
       return
     if self.bar is not None:
@@ -248,7 +249,7 @@ class Progress:
     elif self.printed:
       print(f'{self.desc}: done, {self.n}/{self.total} in {_duration(time.perf_counter() - self._t0)}', flush=True)
 
-  def __enter__(self) -> 'Progress':
+  def __enter__(self) -> Progress:
     return self
 
   def __exit__(self, *exc: Any) -> None:

@@ -43,7 +43,8 @@ import re
 import sys
 import warnings
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -54,7 +55,9 @@ from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import runtime
 from efficientvit_jax import trees
-from efficientvit_jax.checkpointing import Checkpoint, CheckpointError, check_finite
+from efficientvit_jax.checkpointing import Checkpoint
+from efficientvit_jax.checkpointing import CheckpointError
+from efficientvit_jax.checkpointing import check_finite
 from efficientvit_jax.classes import CLASS_NAMES
 
 # JAX module path pieces that the reference names by position in an nn.Sequential (MobileNetV3's
@@ -136,7 +139,7 @@ def counters_meta(start: Mapping[str, int], step: int, *, frozen_steps: int = 0)
           'init_num_batches_tracked': dict(start)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template(backbone: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """Shapes of our params and batch stats for `backbone` (no weights computed)."""
   abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
@@ -237,9 +240,9 @@ def read_torch_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> M
 
   Raises CheckpointError with one line naming the file for anything that is not a checkpoint.
   """
-  import pickle  # pylint: disable=g-import-not-at-top
+  import pickle
 
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   path = pathlib.Path(path)
   if not path.is_file():
@@ -281,7 +284,7 @@ def numpy_safe_globals() -> list[Any]:
   """What `weights_only` loading needs for plain numpy scalars (`np.float64(0.41)` in the
   reference's metrics) under numpy 1.x and 2.x names: the scalar constructor and the numeric dtypes.
   Object, string and void dtypes are left out: they could carry arbitrary objects."""
-  scalar = np._core.multiarray.scalar  # pylint: disable=protected-access
+  scalar = np._core.multiarray.scalar
   out: list[Any] = [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype]
   for name in ('Bool', 'Int8', 'Int16', 'Int32', 'Int64', 'UInt8', 'UInt16', 'UInt32', 'UInt64', 'Float16',
                'Float32', 'Float64', 'LongDouble', 'Complex64', 'Complex128', 'Byte', 'UByte', 'Short',
@@ -523,9 +526,9 @@ def model_from_checkpoint(ckpt: Checkpoint, *, dtype: Any = np.float32,
 def state_dict_from_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
   """Our Checkpoint -> the reference state dict of its backbone (all keys, 358 for B1, in the
   twin's key order), torch tensors."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
-  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import torch_model
 
   values: dict[str, Any] = {
       'img_mean': np.asarray(model_lib.IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1),
@@ -565,7 +568,7 @@ def torch_checkpoint(ckpt: Checkpoint, training_state: tuple[dict, dict] | None 
   `config` as it was, with `BACKBONE` the model's, and the recorded input size where it has none),
   the numeric `meta.metrics` and the same results under the reference's metric names
   (`reference_metrics` over `history`), + `optimizer`, `scheduler` when given."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   for name, value in ckpt.kendall.items():
     check_finite(np.asarray(value), f'kendall.{name}')
@@ -599,7 +602,7 @@ def save_torch(ckpt: Checkpoint, dst: str | os.PathLike, training_state: tuple[d
   """Writes `torch_checkpoint(ckpt, training_state, history)` as a reference `.pt` atomically
   (temporary file + rename); an existing `dst` only with `overwrite`. Returns the number of
   state-dict keys written."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
 
   dst = pathlib.Path(dst)
   if dst.exists() and not (overwrite and dst.is_file()):
@@ -762,12 +765,12 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   Scheduler: CosineAnnealingLR(T_max = the run's cosine length in epochs, `cosine_epochs`) stepped
   once per finished epoch, so `last_epoch` and each group's `lr` / `initial_lr` are torch's own.
   """
-  import warnings  # pylint: disable=g-import-not-at-top
+  import warnings
 
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import ml_collections
+  import torch
 
-  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import torch_model
 
   root = checkpointing.resolve_root(src)
   _, items = checkpointing.restore_items(root, ckpt.step, ('opt_state',))
@@ -846,7 +849,7 @@ def timm_to_reference_names(sd: Mapping[str, Any]) -> dict[str, Any]:
 def read_timm_file(path: str | os.PathLike) -> Mapping[str, Any]:
   path = pathlib.Path(path)
   if path.suffix == '.safetensors':
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    from safetensors.numpy import load_file
 
     try:
       return load_file(path)

@@ -9,19 +9,20 @@ The `evit-eval` command (`python eval.py` in a checkout):
 SRC: a checkpoint folder, a training workdir (latest step, or --step N) or a reference .pt; its
 backbone and the input size it was trained at come from the checkpoint (240x320 when it records
 none; one line per checkpoint says which), `--size HxW` overrides the size.
-PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted)
-or of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics (nearest-neighbour
-ground truth, the set's depth window, human labels); `--protocol reference` reproduces the
-reference's NYU validation (per-batch averages over batches of 16, gt > 0, ground-truth depth
-resized by PIL's antialiased bilinear, the SAM2 labels of the teacher manifest) for comparison with
-its published numbers, and for the corridor set its corridor evaluation (every frame; pooled over
-the pixels with sensor depth in [0.1, 5] m, nearest-resized, no confidence test; also by depth bin,
-image top 2/3 / bottom 1/3, and the sensor's failures); `--protocol reference-frames` (any set)
-its run_student_evaluation.py (per-frame numbers over sensor depth in (0.1, 5) m, OpenCV-resized
-RGB and sensor depth, averaged over frames). Use `--split all --size 240x320` for the reference's numbers.
-Beside R.json: R.md (the tables: depth and segmentation metrics, per class, by distance), R_confusion.png and
-R_depth_bins.png. Several processes (each evaluates its share of every batch): the flags of
-train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
+PATH: the NYU root (holding nyu_cache/), or the folder / manifest.jsonl of LILocBench (extracted) or
+of the corridor set. `--protocol ours` (default) uses the definitions of docs/evaluation.md#metrics
+(nearest-neighbour ground truth, the set's depth window, human labels); `--protocol reference`
+reproduces the reference's NYU validation (per-batch averages over batches of 16, gt > 0,
+ground-truth depth resized by PIL's antialiased bilinear, the SAM2 labels of the teacher manifest)
+for comparison with its published numbers, and for the corridor set its corridor evaluation (every
+frame; pooled over the pixels with sensor depth in [0.1, 5] m, nearest-resized, no confidence test;
+also by depth bin, image top 2/3 / bottom 1/3, and the sensor's failures);
+`--protocol reference-frames` (any set) its run_student_evaluation.py (per-frame numbers over sensor
+depth in (0.1, 5) m, OpenCV-resized RGB and sensor depth, averaged over frames). Use
+`--split all --size 240x320` for the reference's numbers.
+Beside R.json: R.md (the tables: depth and segmentation metrics, per class, by distance),
+R_confusion.png and R_depth_bins.png. Several processes (each evaluates its share of every batch):
+the flags of train.py, `--coordinator_address`, `--num_processes`, `--process_id` (docs/commands.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from efficientvit_jax import classes, domains, images, runtime
+from efficientvit_jax import classes
+from efficientvit_jax import domains
+from efficientvit_jax import images
+from efficientvit_jax import runtime
 
 PANELS_PER_CHECKPOINT = 6
 
@@ -168,7 +172,7 @@ def _notes(results: list[dict[str, Any]], with_seg: bool) -> list[str]:
 
 def write_pictures(out: pathlib.Path, results: list[dict[str, Any]]) -> list[pathlib.Path]:
   """`<out>_confusion.png` (results with segmentation) and `<out>_depth_bins.png`; returns the paths."""
-  from efficientvit_jax import panels  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import panels
 
   label = lambda r: pathlib.Path(str(r['checkpoint']).rstrip('/')).name or str(r['checkpoint'])
   written = []
@@ -206,13 +210,14 @@ def _table_problem(result: dict[str, Any]) -> str | None:
   for key in ('dataset', 'split', 'protocol'):
     if not isinstance(result.get(key, ''), str):
       return f'{key} must be a string, got {result[key]!r}'
-  if type(result['num_frames']) is not int:  # pylint: disable=unidiomatic-typecheck  # not a bool
+  if type(result['num_frames']) is not int:  # not a bool
     return f'num_frames must be an integer, got {result["num_frames"]!r}'
   depth = result['depth']
   if isinstance(depth, dict) and 'frame_mean' not in depth:  # the reference protocol: one flat block
     result = {**result, 'depth': {**depth, 'frame_mean': depth}}
   classes_, bad = lookup('seg.classes')
-  if bad is None and classes_ is not None and not (isinstance(classes_, list) and all(isinstance(c, str) for c in classes_)):
+  if bad is None and classes_ is not None and not (isinstance(classes_, list)
+                                                   and all(isinstance(c, str) for c in classes_)):
     return f'seg.classes must be a list of class names, got {classes_!r}'
   names = classes_ or list(classes.CLASS_NAMES)
   where = 'bins' if 'bins' in result else 'depth.bins'  # the reference corridor protocol: top level
@@ -230,7 +235,7 @@ def _table_problem(result: dict[str, Any]) -> str | None:
       return f'{where}.{name} must be an object (a JSON dict), got {values!r}'
     numbers += [(f'{where}.{name}.{k}', values.get(k)) for k in ('n_pixels', *(k for _, k, _ in _BIN_COLUMNS))]
   for dotted, value in numbers:
-    if value is not None and (type(value) not in (int, float)):  # pylint: disable=unidiomatic-typecheck
+    if value is not None and (type(value) not in (int, float)):
       return f'{dotted} must be a number or null, got {value!r}'
   return None
 
@@ -286,9 +291,9 @@ class PredictionWriter:
     out.mkdir(parents=True, exist_ok=True)
 
   def __call__(self, batch: dict[str, np.ndarray], preds: dict[str, np.ndarray]) -> None:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
 
-    from efficientvit_jax import panels  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import panels
 
     lo, hi = self.window
     for i in np.flatnonzero(batch['frame_mask']):
@@ -309,7 +314,7 @@ class PredictionWriter:
 
 @runtime.reporting_missing_extras  # torch (a reference .pt), tensorflow-datasets (--format tfds)
 def main(argv: list[str] | None = None) -> int:
-  from efficientvit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import parallel
 
   parser = argparse.ArgumentParser(prog='python eval.py', description=__doc__.split('\n\n')[0])
   parser.add_argument('--compare', nargs='+', metavar='R.json', default=None,
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--step', type=int, default=None, help='step of a checkpoint folder / workdir (default: latest)')
   parser.add_argument('--dataset', choices=domains.SETS)
   parser.add_argument('--data', help='NYU root, or LILocBench / corridor folder or manifest.jsonl')
-  parser.add_argument('--teacher-manifest', default=None, help="NYU teacher manifest (default: <data>/teacher/manifest.jsonl if present; 'none')")
+  parser.add_argument('--teacher-manifest', default=None,
+                      help="NYU teacher manifest (default: <data>/teacher/manifest.jsonl if present; 'none')")
   parser.add_argument('--class-mapping', default=None, help='classMapping40.mat for raw 894-class NYU labels')
   parser.add_argument('--format', default='files', choices=('files', 'tfds'), help='tfds: --data is the TFDS data dir')
   parser.add_argument('--split', default='val', choices=('val', 'train', 'all'))
@@ -374,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   # Before the evaluation, not after it: outputs in a read-only (or full, or missing) place.
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing
 
   for flag, folder in (('--out', pathlib.Path(args.out).absolute().parent), ('--save-predictions', saved)):
     try:
@@ -384,14 +390,14 @@ def main(argv: list[str] | None = None) -> int:
       print(f'error: cannot write {flag}: {e}', file=sys.stderr)
       return 2
 
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+  from flax import nnx
 
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import convert  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from data_pipelines import datasets
+  from efficientvit_jax import console
+  from efficientvit_jax import convert
+  from efficientvit_jax import evaluation
+  from efficientvit_jax import runtime
 
   console.setup(args.verbose)
   try:
@@ -469,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run():
   """The `evit-eval` command."""
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
 
   host_memory.retain_freed_memory_on_cpu_hosts()
   sys.exit(main())

@@ -14,7 +14,8 @@ batches, each batch weighing the same (the reference's `validate`).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

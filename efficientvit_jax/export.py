@@ -29,7 +29,7 @@ import pathlib
 import sys
 import tempfile
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import console
@@ -51,10 +51,10 @@ STABLEHLO_PLATFORMS = ('cpu', 'cuda')
 
 def torch_deploy_module(ckpt: Checkpoint):
   """The twin loaded with `ckpt`, wrapped to take uint8 NHWC images and give the three outputs."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torch
+  import torch.nn.functional as F
 
-  from efficientvit_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import torch_model
 
   class DeployNet(torch.nn.Module):
     """uint8 [N, H, W, 3] -> depth [N, H, W], seg_logits [N, H, W, C], labels [N, H, W] uint8."""
@@ -89,8 +89,8 @@ def torch_deploy_module(ckpt: Checkpoint):
 def onnx_model(ckpt: Checkpoint, size: tuple[int, int], *, dynamic_batch: bool = False,
                fp16: bool = False):
   """The checked `onnx.ModelProto` of the deploy network at `size`."""
-  import onnx  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import onnx
+  import torch
 
   module = torch_deploy_module(ckpt)
   example = torch.zeros((2 if dynamic_batch else 1, *size, 3), dtype=torch.uint8)
@@ -110,7 +110,7 @@ def onnx_model(ckpt: Checkpoint, size: tuple[int, int], *, dynamic_batch: bool =
 
 def float16_model(model):
   """An fp32 deploy `onnx.ModelProto` -> float16 weights and activations, same inputs and outputs."""
-  from onnxconverter_common import float16  # pylint: disable=g-import-not-at-top
+  from onnxconverter_common import float16
 
   # Cast nodes stay as they are (the converter would retype their outputs but not their `to`);
   # blocked by name, since blocking the op type loops on the casts it inserts. Resize and the
@@ -153,9 +153,9 @@ def _quiet() -> Iterator[None]:
 
 def jax_deploy_fn(ckpt: Checkpoint, *, fp16: bool = False):
   """A pure function uint8 [N, H, W, 3] -> {depth, seg_logits, labels}, weights closed over."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
 
   model = convert.model_from_checkpoint(ckpt, dtype=jnp.float16 if fp16 else jnp.float32)
   graphdef, state = nnx.split(model)
@@ -171,14 +171,14 @@ def jax_deploy_fn(ckpt: Checkpoint, *, fp16: bool = False):
 def stablehlo_exported(ckpt: Checkpoint, size: tuple[int, int], *, dynamic_batch: bool = False,
                        fp16: bool = False):
   """The `jax.export.Exported` of the deploy function (native convolutions, CPU and CUDA)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
 
-  from efficientvit_jax import ops  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import ops
 
   batch = jax.export.symbolic_shape('batch')[0] if dynamic_batch else 1
   spec = jax.ShapeDtypeStruct((batch, *size, 3), jnp.uint8)
-  previous = ops._IMPL  # pylint: disable=protected-access
+  previous = ops._IMPL
   # The CPU formulations (shifted slices, matrix products) are for XLA:CPU training; a program
   # meant for any backend keeps the native convolutions, which each compiler lowers its own way.
   ops.set_impl('native')

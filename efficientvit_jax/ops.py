@@ -4,12 +4,13 @@ XLA:CPU runs some of the model's ops, and above all their gradients, far slower 
 arithmetic written another way; on CPU the model uses these equivalent formulations (each tested
 equal to the native op, value and gradient, in `tests/test_ops.py`):
 
-| op | CPU formulation | why |
-|---|---|---|
-| depthwise kxk | k*k shifted slices x per-channel weights, hand-written VJP | native: `feature_group_count=C` conv and its transpose are slow; autodiff of the slices saves every tap |
-| 1x1 | one matrix product `[N*H*W, Cin] @ [Cin, Cout]` | the conv's weight gradient transposes both operands first |
-| grouped 1x1 | block einsum | as above, per group |
-| ConvTranspose k4 s2 | four 2x2 convs (one per output phase) + depth-to-space | the input-dilated conv's gradient is ~15x its forward |
+- depthwise kxk: k*k shifted slices x per-channel weights, with a hand-written VJP (the native
+  `feature_group_count=C` conv and its transpose are slow; autodiff of the slices saves every tap);
+- 1x1: one matrix product `[N*H*W, Cin] @ [Cin, Cout]` (the conv's weight gradient transposes both
+  operands first);
+- grouped 1x1: a block einsum (as above, per group);
+- ConvTranspose k4 s2: four 2x2 convs (one per output phase) + depth-to-space (the input-dilated
+  conv's gradient is ~15x its forward).
 
 Dense kxk convolutions stay native everywhere. On GPU/TPU every op is native (cuDNN and the TPU
 compiler handle grouped convolutions well). `set_impl` overrides the choice (benchmarks, tests).

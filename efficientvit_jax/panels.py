@@ -12,12 +12,12 @@ import os
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-from matplotlib import colors as mcolors  # pylint: disable=wrong-import-position
-from matplotlib.patches import Patch  # pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.patches import Patch
 
-from efficientvit_jax import classes  # pylint: disable=wrong-import-position
+from efficientvit_jax import classes
 
 
 def _legend(ax, labels_list: list[np.ndarray]) -> None:

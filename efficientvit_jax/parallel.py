@@ -27,11 +27,14 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # (name, type, metavar, help) of the multi-process flags; default '' for the address, None for the numbers.
 DISTRIBUTED_FLAGS = (
@@ -89,9 +92,9 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 def detect_cluster() -> Any:
   """The cluster environment `jax.distributed.initialize()` detects here (its own registry and
   tests: Cloud TPU VMs of a pod slice, SLURM, Open MPI's mpirun, Kubernetes Jobs), or None."""
-  from jax._src import clusters  # pylint: disable=g-import-not-at-top  # the registry initialize() itself uses
+  from jax._src import clusters  # the registry initialize() itself uses
 
-  for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+  for env in clusters.ClusterEnv._cluster_types:
     if not env.opt_in_only_method and env.is_env_present():
       return env
   return None
@@ -136,7 +139,7 @@ def initialize_distributed(coordinator_address: str = '', num_processes: int | N
     if not given and env.get_process_count() == 1:
       return ''
     jax.distributed.initialize(coordinator_address or None, num_processes, process_id)
-  except Exception as e:  # pylint: disable=broad-except  # detection and connection raise many types
+  except Exception as e:  # detection and connection raise many types
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     what = f'cannot reach the coordinator at {coordinator_address}' if coordinator_address else 'JAX could not connect'
     raise ValueError(f'multi-process start-up ({how}) failed: {what} ({first}); check --coordinator_address, '
@@ -156,7 +159,7 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def define_distributed_flags() -> dict[str, Any]:
   """Defines the multi-process flags of an absl command; {name: FlagHolder}."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
 
   define = {str: flags.DEFINE_string, int: flags.DEFINE_integer}
   return {name: define[kind](name, '' if kind is str else None, help_text)
@@ -169,7 +172,7 @@ def define_distributed_flags() -> dict[str, Any]:
 
 def _client() -> Any:
   """JAX's coordination-service client (what orbax's barriers use too), None in one process."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed
 
   return distributed.global_state.client
 
@@ -205,7 +208,7 @@ def start_watchdog() -> None:
     while not _Watch.done.is_set():
       try:  # short waits: a normal exit ends this thread within a second
         raw = client.blocking_key_value_get(f'{_KEY}/stop', 1000)
-      except Exception:  # pylint: disable=broad-except  # DEADLINE_EXCEEDED, or the service shutting down
+      except Exception:  # DEADLINE_EXCEEDED, or the service shutting down
         continue
       stop = json.loads(raw)
       with _Watch.lock:
@@ -239,10 +242,10 @@ def stop_all(code: int, message: str) -> int:
   stop = json.dumps({'code': int(code), 'process': jax.process_index(), 'message': message})
   try:
     client.key_value_set(f'{_KEY}/stop', stop)
-  except Exception:  # pylint: disable=broad-except  # ALREADY_EXISTS: another process stopped it first
+  except Exception:  # ALREADY_EXISTS: another process stopped it first
     try:
       return int(json.loads(client.key_value_try_get(f'{_KEY}/stop'))['code'])
-    except Exception:  # pylint: disable=broad-except  # the coordination service is gone
+    except Exception:  # the coordination service is gone
       return code
   return code
 
@@ -255,7 +258,7 @@ def exit_now(code: int) -> NoReturn:
   for fn in _Watch.at_stop:
     try:
       fn()
-    except Exception:  # pylint: disable=broad-except  # exiting anyway
+    except Exception:  # exiting anyway
       pass
   sys.stdout.flush()
   sys.stderr.flush()
@@ -271,9 +274,9 @@ def exit_now(code: int) -> NoReturn:
         # A process still alive when the service goes is aborted by JAX's client ("the JAX
         # distributed service detected fatal errors"): give the others time to leave first.
         time.sleep(_GOODBYE_GRACE_S)
-    except Exception:  # pylint: disable=broad-except  # a process that is gone already, or the service
+    except Exception:  # a process that is gone already, or the service
       pass
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 def share(name: str, value: Any) -> Any:
@@ -300,6 +303,6 @@ def reached_preemption(step: int) -> bool:
   (JAX's preemption sync point; orbax's saves count steps the same way). False in one process."""
   if _client() is None:
     return False
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
 
   return multihost_utils.reached_preemption_sync_point(step)

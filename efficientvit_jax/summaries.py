@@ -30,10 +30,10 @@ def write_config(writer: Any, config: Mapping[str, Any]) -> None:
 def write_hparams(writer: Any, config: Mapping[str, Any], metrics: Sequence[str]) -> None:
   """The config as hparams of this run, with `metrics` (scalar tags this run writes, e.g. those of
   its first validation) as the hparams' metrics."""
-  from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+  from tensorboardX.summary import hparams
 
   experiment, start, _ = hparams(flat_hparams(config), {m: 0.0 for m in metrics})
-  file_writer = writer._get_file_writer()  # pylint: disable=protected-access
+  file_writer = writer._get_file_writer()
   # In this run's own event file (add_hparams would start a separate run).
   file_writer.add_summary(experiment)
   file_writer.add_summary(start)
@@ -43,9 +43,9 @@ def write_hparams(writer: Any, config: Mapping[str, Any], metrics: Sequence[str]
 def panel_image(rgb: np.ndarray, gt_depth: np.ndarray, depth: np.ndarray, seg: np.ndarray,
                 gt_seg: np.ndarray | None) -> np.ndarray:
   """`panels.evaluation_panel` as an [H, W, 3] uint8 array."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
 
-  from efficientvit_jax import panels  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import panels
 
   buf = io.BytesIO()
   panels.evaluation_panel(buf, rgb, gt_depth, depth, seg, gt_seg)

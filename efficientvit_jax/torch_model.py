@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from efficientvit_jax import backbones
 

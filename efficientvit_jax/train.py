@@ -83,7 +83,7 @@ def run_main(argv) -> int:
   try:
     code = main(argv)
   except ImportError as e:  # a missing extra (torch for a .pt init_from, tensorflow-datasets for tfds)
-    from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
+    from efficientvit_jax import runtime
 
     if runtime.missing_extra(e) is None:
       raise
@@ -94,41 +94,22 @@ def run_main(argv) -> int:
       parallel.exit_now(parallel.stop_all(1, 'internal error (see the traceback of that process)'))
     raise
   if code == 1:  # a failed save can leave orbax threads waiting for their timeout: do not wait
-    atexit._run_exitfuncs()  # pylint: disable=protected-access  # the workdir lock, log flushes
+    atexit._run_exitfuncs()  # the workdir lock, log flushes
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # pylint: disable=protected-access
+    os._exit(code)
   return code
-
-
-def check_config(config) -> None:
-  """ValueError naming the config key on values that cannot work (before any device or data work)."""
-  from efficientvit_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
-
-  config_checks.check_ranges(config)
-  if config.best_metric:
-    checkpointing.lower_is_better(config.best_metric)
-  if config.requires_init_from and not config.init_from:
-    raise ValueError('this preset starts from a previous stage: set --config.init_from to a checkpoint '
-                     'folder, training workdir or reference .pt (e.g. the V5 weights)')
-  from efficientvit_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-
-  if config.model.backbone not in model_lib.BACKBONES:
-    raise ValueError(f'model.backbone must be one of {", ".join(model_lib.BACKBONES)}, got {config.model.backbone!r}')
-  if config.compute_dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}')
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError('set num_epochs or num_train_steps to a positive value')
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imports after absl parsed the flags: grain's worker processes need them parsed.
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import runtime  # pylint: disable=g-import-not-at-top
-  from efficientvit_jax import train_loop  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import config_checks
+  from efficientvit_jax import console
+  from efficientvit_jax import runtime
+  from efficientvit_jax import train_loop
 
   console.setup(_VERBOSE.value)
   config = _CONFIG.value
@@ -145,8 +126,8 @@ def main(argv) -> int:
     # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
     saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]
     parallel.reached_preemption(max(saved, default=0))
-  try:
-    check_config(config)
+  try:  # train_and_evaluate checks it too; here before the workdir lock and compilation cache
+    config_checks.check_config(config)
   except ValueError as e:
     return _fail(2, str(e))
   cache = runtime.enable_compilation_cache(config.compilation_cache_dir)
@@ -172,10 +153,10 @@ def main(argv) -> int:
 
 def run():
   """The `evit-train` command."""
-  from efficientvit_jax import host_memory  # before JAX starts its CPU threads  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import host_memory  # before JAX starts its CPU threads
 
   host_memory.retain_freed_memory_on_cpu_hosts()
-  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import config_checks
 
   config_checks.help_of(__name__, __doc__)
   app.run(lambda argv: sys.exit(run_main(argv)), flags_parser=config_checks.parse_flags)

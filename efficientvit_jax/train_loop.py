@@ -27,7 +27,8 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ from jax.sharding import Mesh
 from data_pipelines import datasets
 from data_pipelines import readers
 from efficientvit_jax import checkpointing
+from efficientvit_jax import config_checks
 from efficientvit_jax import console
 from efficientvit_jax import convert
 from efficientvit_jax import evaluation
@@ -178,7 +180,8 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
       raise UserError(str(e)) from None
     except (checkpointing.CheckpointError, OSError) as e:  # not proof of damage: keep the step
       raise RunError(f'cannot resume from checkpoint step {step}: {e}; nothing was moved. Rerun once the cause '
-                     f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before') from None
+                     f'is fixed, or move {source} out of {workdir}/checkpoints to resume from the step before'
+                     ) from None
     step = int(data_state.get('step', step))
     if jax.process_index() == 0:
       console.say(f'resuming {workdir} from step {step}')
@@ -301,7 +304,7 @@ def _open_outputs(config: ml_collections.ConfigDict, workdir: pathlib.Path, star
   tmp.replace(previous)
   # Steps after the restored one are redone: their old rows go (each step is logged once).
   checkpointing.truncate_metrics(workdir / 'metrics.jsonl', start_step)
-  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  from tensorboardX import SummaryWriter
 
   writer = SummaryWriter(str(workdir / 'tb'), purge_step=start_step + 1 if start_step else None)
   summaries.write_config(writer, current)
@@ -446,8 +449,9 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
 
   The next global batch is read and its transfer to the devices started while the current step
   runs (the step is dispatched asynchronously); `train/input_wait` is the fraction of wall time the
-  loop spent waiting for the host pipeline. A bad frame in that next batch stops the run once the
-  current step is logged and saved.
+  loop spent waiting for the host pipeline. A bad frame in that next batch stops the run before the
+  next step: the current step is still logged, evaluated and saved where the schedule says so (no
+  save is forced: resuming repeats the steps after the last scheduled save).
   """
   config, total_steps = run.config, run.total_steps
   data = datasets.train_iterator(config, start_step, run.process, run.num_processes)
@@ -460,7 +464,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
   compiled = set()  # the step functions called once: their first call compiles (and waits for it)
   step = saved_step = start_step
   preempted = False
-  data_error = None  # an error reading batch t + 1, raised once step t is logged and saved
+  data_error = None  # an error reading batch t + 1, raised before step t + 1 (step t went through its schedule)
   error = None
   try:
     batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
@@ -529,14 +533,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        catch_signals: bool = False) -> Outcome | None:
   """Trains (or continues training) `config` in `workdir`; see the module docstring.
 
-  config: a training config (`efficientvit_jax/configs/`), checked (train.py's `check_config`). Every process of a
-  multi-process run calls this with the same arguments, after `parallel.initialize_distributed`;
-  the caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
+  config: a training config (`efficientvit_jax/configs/`); a value that cannot work
+  (`config_checks.check_config`) raises UserError before any device or data work. Every process of a
+  multi-process run calls this with the same arguments, after `parallel.initialize_distributed`; the
+  caller holds the workdir lock (`checkpointing.WorkdirLock`, train.py takes it).
   dry_run: check the devices, the data and the config, print the plan and return None.
   catch_signals: (one process) SIGTERM and SIGINT during the steps save the current step and end the
   call (`Outcome.preempted`); the previous handlers are back on return.
   Raises UserError or RunError (module docstring).
   """
+  try:
+    config_checks.check_config(config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
   workdir = pathlib.Path(workdir).absolute()
   process, num_processes = jax.process_index(), jax.process_count()
   mesh = parallel.make_mesh()

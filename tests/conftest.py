@@ -153,7 +153,8 @@ def read_only_dir(tmp_path):
   path.mkdir()
   path.chmod(0o555)
   root = os.geteuid() == 0
-  if root and (not shutil.which('chattr') or subprocess.run(['chattr', '+i', str(path)], capture_output=True).returncode):
+  if root and (not shutil.which('chattr')
+               or subprocess.run(['chattr', '+i', str(path)], capture_output=True).returncode):
     path.chmod(0o755)
     pytest.skip('as root, a read-only folder needs chattr +i, which is not available here')
   yield path

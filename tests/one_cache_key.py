@@ -19,10 +19,10 @@ from jax._src import cache_key
 
 def _hash_devices(hash_obj, devices):
   for device in devices.flat:
-    cache_key._hash_string(hash_obj, f'{device.device_kind}:{device.id}:{device.process_index}')  # pylint: disable=protected-access
+    cache_key._hash_string(hash_obj, f'{device.device_kind}:{device.id}:{device.process_index}')
 
 
-cache_key._hash_accelerator_config = _hash_devices  # pylint: disable=protected-access
+cache_key._hash_accelerator_config = _hash_devices
 
 if __name__ == '__main__':
   script = os.path.abspath(sys.argv[1])

@@ -10,7 +10,6 @@ import numpy as np
 
 from efficientvit_jax import augment
 
-
 # ---------------------------------------------------------------------------------------------
 # torchvision.transforms.functional_tensor, transcribed literally (float images [3, H, W]).
 

@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
+
 from efficientvit_jax import ops
 
 INTERFACE_KEYS = {'images_per_s', 'step_s', 'compile_s', 'batch_size', 'dtype', 'device'}
@@ -68,7 +68,7 @@ def test_forward_table(tmp_path, capsys):
 
 @pytest.mark.parametrize('platforms, on_cpu', [('cpu', True), ('cpu,cuda', True), ('cuda', False), ('tpu,cpu', False)])
 def test_freed_memory_is_retained_only_when_jax_runs_on_cpu(monkeypatch, platforms, on_cpu):
-  from efficientvit_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import host_memory
 
   monkeypatch.setenv('JAX_PLATFORMS', platforms)
   assert host_memory.jax_runs_on_cpu() is on_cpu
@@ -173,7 +173,7 @@ def test_device_check_markdown_of_a_gpu_report():
          'compile_s': 41.0, 'device_peak_mb': 9000.0, 'torch_images_per_s': 1500.0, 'torch_mfu': 0.01,
          'torch_device_peak_mb': 7000.0, 'speedup': 2.0, 'torch_compile_images_per_s': 2000.0,
          'torch_compile_mfu': 0.0127, 'torch_compile_s': 80.0, 'torch_compile_device_peak_mb': 6000.0,
-         'speedup_vs_compile': 1.5}
+         'speedup_vs_compile': 1.5, 'backbone': 'efficientvit_b1', 'forward_gflop': 2.1934}
   report = {'date': '2026-12-01T00:00:00+00:00', 'command': 'make device-check', 'mode': 'gpu', 'budget_s': 470,
             'wall_s': 400.0, 'parts': {
                 'env': {'status': 'ok', 'wall_s': 9, 'limit_s': 60, 'python': '3.12.3', 'torch_device': 'NVIDIA H200',
@@ -186,18 +186,22 @@ def test_device_check_markdown_of_a_gpu_report():
                 'parity': {'status': 'ok', 'wall_s': 30, 'limit_s': 90, 'rows': [
                     {'variant': 'float32', 'precision': 'default', 'within_tolerance': False, **parity},
                     {'variant': 'float32_highest', 'precision': 'highest', 'within_tolerance': True, **parity}]},
-                'step_bfloat16': {'status': 'timeout', 'wall_s': 200, 'limit_s': 200, 'error': 'stopped at its 200 s limit',
+                'step_bfloat16': {'status': 'timeout', 'wall_s': 200, 'limit_s': 200,
+                                  'error': 'stopped at its 200 s limit',
                                   **row, 'sweep': [row]},
                 'train': {'status': 'ok', 'wall_s': 130, 'limit_s': 165, 'format': 'decoded', 'batch_size': 16,
                           'train_wall_s': 125,
                           'size': [240, 320], 'last_step': 5000, 'images_per_s': 900.0, 'input_wait': 0.25,
                           'loss_first': 3.0, 'loss_last': 1.0, 'command': 'train.py --config configs/quickstart.py'},
-                'step_float32': {'status': 'skipped', 'wall_s': 0, 'limit_s': 4, 'error': 'no time left in --budget-s'}}}
+                'step_float32': {'status': 'skipped', 'wall_s': 0, 'limit_s': 4,
+                                 'error': 'no time left in --budget-s'}}}
   md = check.markdown(report)
   assert '- device: NVIDIA H200 (JAX: gpu:NVIDIA H200)' in md and 'jax 0.11.2, torch 2.11.0' in md
   assert '| float32 | highest | 2.00e-04 |' in md and '| NO |' in md
-  assert '| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 | 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |' in md
+  assert ('| bfloat16 | 64 | 3000.0 | 1.9% | 41.0 | 9000 | 1500.0 | 1.0% | 7000 | 2.00 '
+          '| 2000.0 | 1.3% | 80.0 | 6000 | 1.50 |') in md
   assert '| decoded | 16 | 240x320 | 5000 | 125 | 900.0 | 25.0% |' in md
+  assert 'MFU: 3x the forward GFLOP (XLA cost analysis; efficientvit_b1 at 240x320: 2.19)' in md  # the run's count
   assert '| step_bfloat16 | timeout | 200 | 200 | stopped at its 200 s limit |' in md
   assert 'Carried (`make wheels`): grain 0.2.18, portpicker 1.6.0.' in md
   assert '| `jax<0.11,>=0.10.2` | pyproject.toml | 0.11.2 |' in md and '| `protobuf>=5.28.3` | grain | missing |' in md

@@ -3,13 +3,13 @@
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import DATA
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import trees
-from efficientvit_jax.checkpointing import Checkpoint, CheckpointError
-
-from conftest import DATA
+from efficientvit_jax.checkpointing import Checkpoint
+from efficientvit_jax.checkpointing import CheckpointError
 
 
 def _write_steps(root, reference_ckpt, steps):
@@ -59,7 +59,7 @@ def test_bad_sources(tmp_path):
 def test_write_is_atomic(tmp_path, reference_ckpt):
   bad = Checkpoint(params={'encoder': {'x': object()}}, batch_stats={}, kendall=checkpointing.default_kendall(),
                    meta={'step': 0})
-  with pytest.raises(Exception):
+  with pytest.raises(Exception):  # noqa: B017  any failure: the test is about what it leaves behind
     checkpointing.write_folder(tmp_path / 'dst', bad)
   assert list(tmp_path.iterdir()) == []
 
@@ -70,7 +70,8 @@ def test_load_into_model_checks_shapes(reference_ckpt):
   model = model_lib.create()
   params = trees.flatten(reference_ckpt.params)
   params['neck.conv.kernel'] = np.zeros((1, 1, 256, 64), np.float32)
-  with pytest.raises(CheckpointError, match=r'neck.conv.kernel has shape \(1, 1, 256, 64\), the model expects \(1, 1, 256, 128\)'):
+  with pytest.raises(CheckpointError,
+                     match=r'neck.conv.kernel has shape \(1, 1, 256, 64\), the model expects \(1, 1, 256, 128\)'):
     checkpointing.load_into_model(model, trees.unflatten(params), reference_ckpt.batch_stats)
   with pytest.raises(CheckpointError, match='missing Param'):
     checkpointing.load_into_model(model, {'encoder': reference_ckpt.params['encoder']}, reference_ckpt.batch_stats)

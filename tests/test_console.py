@@ -14,8 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import DATA
+from conftest import ROOT
+from conftest import run_command
 
-from conftest import DATA, ROOT, run_command
 from efficientvit_jax import console
 from efficientvit_jax import train_loop
 

@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
+from conftest import backbone_fixture
+from conftest import run_command
 from flax import nnx
 
 from efficientvit_jax import checkpointing
@@ -15,8 +18,6 @@ from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
-
-from conftest import DATA, backbone_fixture, run_command
 
 FIXTURE = DATA / 'student_random.pt'
 
@@ -102,9 +103,8 @@ def test_unexpected_key_is_refused(tmp_path, capsys):
 def test_junk_bytes_are_refused(tmp_path, capsys):
   _refused(tmp_path, capsys, np.random.default_rng(0).bytes(4096), 'not a PyTorch checkpoint')
   # A zip that is not a torch file.
-  import zipfile
-
   import io
+  import zipfile
 
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, 'w') as z:
@@ -324,7 +324,7 @@ def test_imagenet_encoder_of_every_backbone(tmp_path, capsys, backbone):
     if path.startswith('encoder.'):
       want = sd[convert.torch_key(path)].numpy()
       if want.ndim == 4:
-        want = want.transpose(convert._TO_JAX[convert._kind(path)])  # pylint: disable=protected-access
+        want = want.transpose(convert._TO_JAX[convert._kind(path)])
       np.testing.assert_array_equal(value, want)
   # A file without one of its encoder's keys fits no backbone: refused naming the key.
   first = next(iter(imagenet))

@@ -13,8 +13,10 @@ import numpy as np
 import psutil
 import pytest
 
+from data_pipelines import datasets
+from data_pipelines import mixing
+from data_pipelines import readers
 from efficientvit_jax.configs import v8
-from data_pipelines import datasets, mixing, readers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from data_pipelines import datasets
+from data_pipelines import decoded
+from data_pipelines import transforms
 from efficientvit_jax.configs import default
-from data_pipelines import datasets, decoded, readers, transforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (48, 64)

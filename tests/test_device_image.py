@@ -12,9 +12,8 @@ import sys
 import sysconfig
 
 import pytest
-from packaging.utils import canonicalize_name
-
 from conftest import ROOT
+from packaging.utils import canonicalize_name
 
 
 def _load():
@@ -190,7 +189,8 @@ def test_closure_alone_completes_the_image(tmp_path, image_site):
   assert 'carried: grain 0.2.18' in proc.stdout
   short = _site(tmp_path / 'short', set(carried) - {'portpicker'})
   proc = _check_in([image_site, short], tmp_path)
-  assert proc.returncode == 1 and "cannot import grain: ModuleNotFoundError: No module named 'portpicker'" in proc.stdout
+  assert proc.returncode == 1
+  assert "cannot import grain: ModuleNotFoundError: No module named 'portpicker'" in proc.stdout
   assert 'portpicker (required by grain): found nothing' in proc.stdout
 
 

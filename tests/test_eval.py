@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import DATA
+from conftest import ROOT
+from conftest import run_command
 from PIL import Image
 
-from conftest import DATA, ROOT, run_command
 from efficientvit_jax import eval as eval_script
 
 PT = str(DATA / 'student_random.pt')
@@ -284,8 +286,10 @@ def test_command_line_refusals_before_the_evaluation(tmp_path, synthetic_tiny, r
 def test_checkpoint_size_and_backbone_are_the_defaults(tmp_path, synthetic_tiny, capsys):
   """A MobileNetV3-Small model trained at 96x128 is evaluated, predicted and exported at 96x128
   without --size (said on the console); --size still overrides."""
+  from efficientvit_jax import export
+  from efficientvit_jax import predict
+  from efficientvit_jax import train_loop
   from efficientvit_jax.configs import quickstart
-  from efficientvit_jax import export, predict, train_loop
 
   config = quickstart.get_config()
   config.model.backbone = 'mobilenet_v3_small'

@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import DATA
+from conftest import run_command
 from PIL import Image
 
-from conftest import DATA, run_command
 from efficientvit_jax import eval as eval_script
 
 PT = str(DATA / 'student_random.pt')
@@ -180,7 +181,8 @@ def test_compare_refuses_hand_edited_results_naming_the_key(tmp_path, nyu_result
   """`--compare` on results edited by hand: each refused naming the file and the key."""
   good = json.loads(nyu_result.read_text())
   edits = {
-      'depth.frame_mean.rmse': (lambda r: r['depth']['frame_mean'].update(rmse='0.5'), "must be a number or null, got '0.5'"),
+      'depth.frame_mean.rmse': (lambda r: r['depth']['frame_mean'].update(rmse='0.5'),
+                                "must be a number or null, got '0.5'"),
       'depth': (lambda r: r.update(depth=[1, 2]), 'depth must be an object'),
       'depth.median_scaled': (lambda r: r['depth'].update(median_scaled=3), 'depth.median_scaled must be an object'),
       'seg': (lambda r: r.update(seg='none'), 'seg must be an object'),

@@ -8,12 +8,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import DATA
+from conftest import run_command
 
 from efficientvit_jax import convert
 from efficientvit_jax import export
 from efficientvit_jax import images
 from efficientvit_jax import predict
-from conftest import DATA, run_command
 
 PT = str(DATA / 'student_random.pt')
 
@@ -135,6 +136,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, expect):
 def test_latency_benchmark_smoke(tmp_path, capsys):
   import importlib.util
   import json
+
   from conftest import ROOT
 
   spec = importlib.util.spec_from_file_location('bench_latency', ROOT / 'benchmarks' / 'latency.py')

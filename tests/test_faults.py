@@ -16,8 +16,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
+from conftest import ROOT
+from conftest import mount_namespace
 
-from conftest import DATA, ROOT, mount_namespace
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import trees
@@ -287,8 +289,9 @@ def _nan_folder(path, sealed):
 
 @pytest.mark.e2e
 def test_every_consumer_refuses_non_finite_weights_sealed_or_not(tmp_path, synthetic_tiny, capsys):
-  from efficientvit_jax import predict
   from PIL import Image
+
+  from efficientvit_jax import predict
 
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / 'img.png')
   for sealed in (True, False):
@@ -306,7 +309,8 @@ def test_every_consumer_refuses_non_finite_weights_sealed_or_not(tmp_path, synth
     # init_from: named as non-finite weights, not as a learning-rate problem
     proc = _run(_args(tmp_path / f'w_{sealed}', synthetic_tiny, f'--config.init_from={src}'), 2)
     assert _error(proc).startswith(f'error: init_from: {named}') and 'learning rate' not in proc.stderr
-    assert not (tmp_path / f'w_{sealed}' / 'checkpoints').exists() or not any((tmp_path / f'w_{sealed}' / 'checkpoints').iterdir())
+    checkpoints = tmp_path / f'w_{sealed}' / 'checkpoints'
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
 @pytest.mark.e2e
@@ -490,8 +494,9 @@ def test_reference_numpy_metrics_load_without_allow_pickle_and_nothing_is_overwr
   proc = _run([sys.executable, 'eval.py', '--checkpoint', str(dst), '--dataset', 'nyu', '--data', str(tmp_path),
                '--out', str(report)], 2)
   assert str(report) in _error(proc) and report.read_text() == '{}'
-  from efficientvit_jax import predict
   from PIL import Image
+
+  from efficientvit_jax import predict
 
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / 'img.png')
   (tmp_path / 'pred').mkdir()

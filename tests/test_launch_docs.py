@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import DATA, ROOT
+from conftest import DATA
+from conftest import ROOT
 
 SECTION = '## Scaling out: Cloud TPU v4 and multi-GPU'
 # Values for the shell variables the commands use.
@@ -62,7 +62,7 @@ sys.argv = config_checks.resolve_config_arg(['train.py', *argv])  # config_flags
 from efficientvit_jax import train
 try:
   flags.FLAGS(sys.argv)
-  train.check_config(train._CONFIG.value)
+  config_checks.check_config(train._CONFIG.value)
   print(json.dumps(None))
 except (flags.Error, ValueError, KeyError, AttributeError) as e:
   print(json.dumps(f'{type(e).__name__}: {e}'))

@@ -85,7 +85,7 @@ def test_concat_natural_share_and_single_sets():
 
 def test_pure_function_of_seed_and_step():
   a = mixing.global_batch('joint', SIZES, 16, 37, 3, HALF)
-  mixing._permutation.cache_clear()  # pylint: disable=protected-access
+  mixing._permutation.cache_clear()
   b = mixing.global_batch('joint', SIZES, 16, 37, 3, HALF)
   c = mixing.global_batch('joint', SIZES, 16, 37, 4, HALF)
   assert all(np.array_equal(x, y) for x, y in zip(a, b))

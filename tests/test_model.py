@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import backbone_fixture
 from flax import nnx
 
 from efficientvit_jax import checkpointing
@@ -12,8 +13,6 @@ from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
-
-from conftest import backbone_fixture
 
 # The reference's parameter counts (its model code with real timm / torchvision; B0 and
 # MobileNetV3-Small: the fixtures' state dicts; B2, B3: 15.76 M and 39.89 M).

@@ -33,8 +33,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
+from conftest import mount_namespace
 
-from conftest import ROOT, mount_namespace
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import trees
@@ -288,7 +289,8 @@ def _preempted(group, workdir):
   codes = group.finish()
   logs = group.logs()
   assert codes == [0, 0], group.tails()
-  saved = {int(line.split()[3]) for log in logs for line in log.splitlines() if line.startswith('preempted: saved step')}
+  saved = {int(line.split()[3]) for log in logs for line in log.splitlines()
+           if line.startswith('preempted: saved step')}
   assert len(saved) == 1, group.tails()
   (step,) = saved
   assert 0 < step < STEPS and checkpointing.steps(workdir)[-1] == step

@@ -12,10 +12,10 @@ import pytest
 import torch
 from flax import nnx
 
-from efficientvit_jax.configs import default
 from efficientvit_jax import checkpointing
 from efficientvit_jax import optimizer
 from efficientvit_jax import trees
+from efficientvit_jax.configs import default
 
 B1, B2, EPS = 0.9, 0.999, 1e-8
 BASE = {'encoder': 1e-2, 'decoder': 3e-2, 'kendall': 5e-2}
@@ -265,7 +265,7 @@ def _saved_opt_state(tmp_path, tx, stored=None):
   if stored is None:
     ckptr.save(2, ckpt, state, {'step': 2})
   else:
-    ckptr._save('latest', 2, checkpointing._save_args(ckpt, {'opt_state': stored(state)}), True)  # pylint: disable=protected-access
+    ckptr._save('latest', 2, checkpointing._save_args(ckpt, {'opt_state': stored(state)}), True)
   ckptr.wait()
   return ckptr, state
 
@@ -280,7 +280,8 @@ def test_opt_state_round_trips_exactly_by_path(tmp_path):
   for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     assert got.dtype == want.dtype and np.array_equal(got, want)
   adam = optimizer.adam_state(restored, 'decoder')
-  assert int(adam.count) == 2 and not np.array_equal(adam.mu['model']['depth_d1']['w'], adam.nu['model']['depth_d1']['w'])
+  assert int(adam.count) == 2
+  assert not np.array_equal(adam.mu['model']['depth_d1']['w'], adam.nu['model']['depth_d1']['w'])
   # Stored by name: the first moment is found under its path, not by its position.
   _, items = checkpointing.restore_items(tmp_path / 'w' / 'checkpoints', 2, ('opt_state',))
   stored = trees.flatten(items['opt_state'])

@@ -17,11 +17,13 @@ import tomllib
 import zipfile
 
 import pytest
+from conftest import DATA
+from conftest import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import DATA, ROOT
-from efficientvit_jax import config_checks, runtime
+from efficientvit_jax import config_checks
+from efficientvit_jax import runtime
 
 
 def _pyproject():
@@ -76,11 +78,11 @@ def test_presets_by_name_by_former_path_and_own_files(tmp_path, monkeypatch):
   assert config_checks.resolve_config_arg(['--config=quickstart:x', '--config', 'v8', '--config.seed=1']) == [
       f'--config={packaged}:x', '--config', str(packaged.with_name('v8.py')), '--config.seed=1']
   # What absl's config flag then loads: the preset module's own get_config.
-  from efficientvit_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax.configs import quickstart
 
-  loaded = config_checks._load(config_checks.config_file('quickstart'))  # pylint: disable=protected-access
+  loaded = config_checks._load(config_checks.config_file('quickstart'))
   assert loaded.to_dict() == quickstart.get_config().to_dict()
-  assert config_checks._load('configs/quickstart.py').seed == 7  # pylint: disable=protected-access
+  assert config_checks._load('configs/quickstart.py').seed == 7
   problems = {spec: config_checks.config_file_problem(['--config', spec])
               for spec in ('quickstart', 'v8', 'configs/v9.py', 'configs/quickstart.py', 'nope', 'configs/nope.py')}
   assert problems == {'quickstart': None, 'v8': None, 'configs/v9.py': None, 'configs/quickstart.py': None,

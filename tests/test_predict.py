@@ -5,9 +5,10 @@ import argparse
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
+from conftest import run_command
 from PIL import Image
 
-from conftest import DATA, run_command
 from efficientvit_jax import images
 from efficientvit_jax import predict
 from efficientvit_jax import torch_model

@@ -14,14 +14,14 @@ import numpy as np
 import optax
 import pytest
 import torch
+from conftest import DATA
 from flax import nnx
 
-from efficientvit_jax.configs import default
-from conftest import DATA
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
+from efficientvit_jax.configs import default
 
 STEPS_PER_EPOCH = 2
 BUFFERS = ('img_mean', 'img_std', '.running_mean', '.running_var', '.num_batches_tracked')
@@ -56,17 +56,17 @@ def _config(*, per_epoch=True, frozen=False, num_epochs=4, num_train_steps=0):
 
 
 def _torch_name(path) -> str:
-  dotted = convert._dotted(path)  # pylint: disable=protected-access
+  dotted = convert._dotted(path)
   top, ours = dotted.split('.', 1)
   return ours if top == 'kendall' else convert.torch_key(ours)
 
 
 def _to_torch(path, value):
   """A leaf of the trained pytree in the torch layout (conv kernels transposed)."""
-  ours = convert._dotted(path).split('.', 1)[1]  # pylint: disable=protected-access
+  ours = convert._dotted(path).split('.', 1)[1]
   value = np.asarray(value)
   if value.ndim == 4 and path[0].key == 'model':
-    return value.transpose(convert._TO_TORCH[convert._kind(ours)])  # pylint: disable=protected-access
+    return value.transpose(convert._TO_TORCH[convert._kind(ours)])
   return value
 
 

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 from absl import flags
+from conftest import ROOT
 from ml_collections import config_flags
 
 from configs import study_synthetic
-from conftest import ROOT
 from efficientvit_jax import checkpointing
 from efficientvit_jax import config_checks
 from efficientvit_jax import convert

@@ -171,10 +171,10 @@ def test_default_ratio_nyu_to_lilocbench():
 
 
 def test_cli_refuses_a_previous_generation(root):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import sys
 
-  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT
 
   proc = subprocess.run([sys.executable, '-m', 'data_pipelines.synthetic', '--out', str(root), '--size', 'tiny'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)

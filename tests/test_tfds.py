@@ -7,8 +7,10 @@ import pytest
 
 pytest.importorskip('tensorflow_datasets')  # the `tfds` extra
 
-from efficientvit_jax.configs import quickstart  # pylint: disable=g-import-not-at-top,wrong-import-position
-from data_pipelines import datasets, readers, tfds_builders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from data_pipelines import datasets
+from data_pipelines import readers
+from data_pipelines import tfds_builders
+from efficientvit_jax.configs import quickstart
 
 
 @pytest.fixture(scope='module')

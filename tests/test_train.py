@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
+from conftest import ROOT
 
-from conftest import DATA, ROOT
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import torch_model

@@ -5,13 +5,15 @@ loss reach metrics.jsonl and a converted .pt. (train.py end to end, signals and 
 test_train.py, test_faults.py.)"""
 
 import json
+import re
 
+import pytest
 import torch
 
-from efficientvit_jax.configs import quickstart
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import train_loop
+from efficientvit_jax.configs import quickstart
 
 
 def _config(data, steps):
@@ -71,3 +73,19 @@ def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
   assert convert.main(['orbax-to-torch', str(workdir), str(tmp_path / 'run.pt')]) == 0
   pt = torch.load(tmp_path / 'run.pt', weights_only=True)
   assert (pt['val_loss'], pt['best_val_loss']) == (losses[-1], min(losses))
+
+
+@pytest.mark.parametrize('key, value, named', [
+    ('compute_dtype', 'bfloat61', "compute_dtype must be float32 or bfloat16, got 'bfloat61'"),
+    ('model.backbone', 'efficientvit_b9', "model.backbone must be one of"),
+    ('batch_size', 0, 'batch_size must be >= 1, got 0'),
+])
+def test_a_bad_config_is_refused_before_training(tmp_path, monkeypatch, key, value, named):
+  # The library checks the config itself, as train.py does: no silent float32 for a dtype typo.
+  config = _config(tmp_path / 'no_data', 2)
+  parent, _, leaf = key.rpartition('.')
+  (config[parent] if parent else config)[leaf] = value
+  monkeypatch.setattr(train_loop.parallel, 'make_mesh', lambda: pytest.fail('reached device work'))
+  with pytest.raises(train_loop.UserError, match=re.escape(named)):
+    train_loop.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()

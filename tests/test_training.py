@@ -2,16 +2,14 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
-from efficientvit_jax.configs import default
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
 from efficientvit_jax import parallel
 from efficientvit_jax import training
+from efficientvit_jax.configs import default
 
 
 def _batch(n=2, h=32, w=48, seed=0):

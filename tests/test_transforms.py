@@ -3,8 +3,8 @@ the colour jitter run on the device: tests/test_augment.py)."""
 
 import numpy as np
 import pytest
-
 from conftest import DATA
+
 from data_pipelines import transforms
 
 

@@ -50,6 +50,10 @@ small = 16, 4 x 16, 4; default = 48 NYU (38 train), 4 x 50 samples (~190 frames,
 LILocBench train ~ 1 : 4), 16 corridor frames (about a minute on 2 cores, ~1.1 GB).
 """
 
-from data_pipelines.synthetic.generator import SIZES, Size, generate, main, plan
+from data_pipelines.synthetic.generator import SIZES
+from data_pipelines.synthetic.generator import Size
+from data_pipelines.synthetic.generator import generate
+from data_pipelines.synthetic.generator import main
+from data_pipelines.synthetic.generator import plan
 
 __all__ = ['SIZES', 'Size', 'generate', 'main', 'plan']

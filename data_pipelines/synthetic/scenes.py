@@ -781,7 +781,7 @@ def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, 
         break
 
   if with_person:
-    for k in range(int(rng.integers(1, 3))):
+    for _person in range(int(rng.integers(1, 3))):
       for _ in range(20):
         dist = rng.uniform(1.4, max(depth - cam_z - 0.5, 1.5))
         ang = cam.yaw + rng.uniform(-0.45, 0.45)
