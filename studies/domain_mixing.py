@@ -648,8 +648,9 @@ def main(argv: Sequence[str]) -> int:
                'checkpoint': r.checkpoint} for r in runs]
   (study_dir / 'plan.json').write_text(json.dumps(commands, indent=1) + '\n')
   trained = [r for r in runs if r.trains]
-  print(f'{len(trained)} training runs ({len(config.seeds)} seeds; {config.finetune_steps} steps after the '
-        f'source model), evaluation on {", ".join(f"{k}={v}" for k, v in data.items())}; plan in '
+  axis = ', '.join(b for b in backbone_axis(config) if b)
+  print(f'{len(trained)} training runs ({len(config.seeds)} seeds' + (f'; backbones {axis}' if axis else '')
+        + f'; {config.finetune_steps} steps after the source model), evaluation on {", ".join(f"{k}={v}" for k, v in data.items())}; plan in '
         f'{study_dir}/plan.json', flush=True)
   if _DRY_RUN.value:
     for c in commands:

@@ -365,7 +365,7 @@ def test_toy_study_with_a_backbone_axis(tmp_path, synthetic_tiny):
   """Two backbones, each pretrained once and fine-tuned from its own pretraining; every evaluated
   checkpoint is the backbone its row says; a rerun does nothing."""
   study_dir = tmp_path / 'study'
-  args = [*TOY[:4], "--config.order=('sequential', 'joint')", '--config.protocols.joint.ratios=(0.5,)',
+  args = [*TOY[:2], *TOY[4:6], "--config.order=('sequential', 'joint')", '--config.protocols.joint.ratios=(0.5,)',
           '--config.seeds=(0,)', "--config.backbones=('efficientvit_b0', 'mobilenet_v3_small')",
           '--config.common.data.input_size=(32, 32)']
   cmd = [sys.executable, '-m', 'studies.domain_mixing', '--config', 'configs/study_synthetic.py',
