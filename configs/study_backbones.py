@@ -7,8 +7,10 @@
 
 `study_synthetic`'s recipe (batch 8, learning rate 1e-3, no freezing, no validation inside the
 runs) at 64x80, three protocols (the source-only control, sequential, joint 50/50), 3 seeds; per
-backbone one pretraining from random weights, then 3 x 3 runs from it. Planned at ~0.5 s a step
-(B2; B0 faster) plus ~40 s of start-up and compilation a run on 2 shared cores.
+backbone one pretraining from random weights, then 3 x 3 runs from it. Measured 2026-12-06 on 2
+cores shared with other jobs (load 8-18): data 4.6 min, pretraining B0 5.3 / B1 6.4 / B2 7.8 min,
+seeds 0-1 (18 runs of 100 steps) 45 min, evaluation 7.5 min; seed 2 adds ~20 min: ~95 min in all
+under that load (studies/capacity.md).
 """
 
 from configs import study_synthetic

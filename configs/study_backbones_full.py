@@ -9,7 +9,8 @@ steps, with B3 and the joint ratio sweep (source share 0.25 / 0.5 / 0.75) that t
 trade-off curve: per backbone one pretraining of 3000 steps, then 5 rows x 3 seeds of 1000 steps.
 On real data give `data_root` (docs/data.md) and, for the reference's recipe,
 `--config.pretrain.preset=configs/v5.py --config.pretrain.init_from=ckpt/imagenet_{backbone}`
-(one `timm-encoder` folder per backbone; `{backbone}` is replaced by each name).
+(one `timm-encoder` folder per backbone; `{backbone}` is replaced by each name). Not run yet: no
+measured wall time (4 x (3000 + 15 x 1000) = 72,000 training steps at batch 16).
 """
 
 from configs import study_backbones
