@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.deployment = ''  # corridor manifest.jsonl ('' = <data_root>/corridor/manifest.jsonl)
 
   c.seeds = (0, 1, 2)  # every protocol runs once per seed (data order and augmentation)
+  # The capacity axis: () = one ladder with the presets' backbone (`model.backbone`); names of
+  # docs/model.md's family = the whole ladder once per backbone, each from its own pretraining.
+  c.backbones = ()
   c.finetune_steps = 0  # > 0: optimiser steps of every protocol after the pretraining
   c.finetune_epochs = 50  # finetune_steps = 0: this many epochs of the target alone at batch_size
 
@@ -48,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.preset = 'configs/v5.py'
   c.pretrain.steps = 0  # > 0 overrides the preset's epochs
   c.pretrain.seed = 0
-  c.pretrain.init_from = ''  # e.g. the ImageNet encoder folder (timm-encoder)
+  c.pretrain.init_from = ''  # e.g. the ImageNet encoder folder (timm-encoder); '{backbone}' in it = each one's
   c.pretrain.overrides = ml_collections.ConfigDict()  # on top of the preset (V5: encoder frozen 5 epochs)
 
   # Training-config overrides applied to every run, pretraining included.

@@ -11,14 +11,18 @@ workdir, every evaluation an ordinary `python eval.py`; rerunning the command sk
 finished and resumes what is not. Under STUDY_DIR:
 
 - `runs/<row>/seed_<s>/`: the training workdirs (`runs/source_only/` for the pretraining), with
-  `study_run.json` (the flags it was started with) and `train.log`;
+  `study_run.json` (the flags it was started with) and `train.log`; with `backbones` (the
+  capacity axis) the whole ladder once per backbone under `runs/<backbone>/...`, each from its own
+  pretraining (`runs/<backbone>/source_only/`), and `evals/<backbone>/...` likewise;
 - `evals/<row>/seed_<s>/{deployment,source,target}.json`: eval.py's JSON for the run's final
   checkpoint on the deployment set (all frames) and the source and target validation splits (one
   eval.py process per set evaluates every pending checkpoint: one start-up and compilation);
 - `study.md`: the table (mean ± sample standard deviation over seeds) beside the reference's
   published rows, and the differences the reference's finding is about;
 - `study.json`: every number, per seed; `pareto.png`: source error against target and
-  deployment error; `plan.json`: every command.
+  deployment error; `plan.json`: every command. With `backbones`: `study.md` opens with the capacity
+  table (each backbone's protocols side by side and which rows dominate joint training),
+  `capacity.png` puts every backbone in one plot, `pareto_<backbone>.png` one per backbone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from efficientvit_jax import backbones as model_backbones
 from efficientvit_jax import trees
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Study configuration file.', lock_config=True)
@@ -96,10 +101,12 @@ class Run:
   checkpoint: str  # what eval.py evaluates: the workdir, or a given checkpoint
   preset: str = ''  # training config file; '' = nothing to train
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # flat train-config keys
+  backbone: str = ''  # the capacity axis' value; '' = no backbone axis (the presets' backbone)
 
   @property
   def id(self) -> str:
-    return self.row if self.seed is None else f'{self.row}/seed_{self.seed}'
+    row = f'{self.backbone}/{self.row}' if self.backbone else self.row
+    return row if self.seed is None else f'{row}/seed_{self.seed}'
 
   @property
   def trains(self) -> bool:
@@ -153,44 +160,66 @@ def rows(config: ml_collections.ConfigDict) -> list[Row]:
   return out
 
 
+def backbone_axis(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The capacity axis: `config.backbones`, or ('',) for one ladder with the presets' backbone."""
+  names = tuple(config.backbones)
+  if not names:
+    return ('',)
+  if len(set(names)) != len(names):
+    raise StudyError(f'backbones names a backbone twice: {names}')
+  for name in names:
+    if name not in model_backbones.BACKBONES:
+      raise StudyError(f'backbones: unknown backbone {name!r} (one of {", ".join(model_backbones.BACKBONES)})')
+  if config.source_checkpoint or config.v6_checkpoint:
+    raise StudyError('backbones: source_checkpoint and v6_checkpoint give one model, which cannot start '
+                     'several backbones; leave them empty (each backbone is pretrained) or backbones empty')
+  return names
+
+
 def plan(config: ml_collections.ConfigDict, study_dir: pathlib.Path) -> list[Run]:
-  """Every run of the study, the pretraining first. Each run after it starts from the source (or
-  V6) checkpoint with `init_from` and takes `finetune_steps` steps (resolved to > 0 by then)."""
+  """Every run of the study, the pretraining(s) first. Each run after it starts from its backbone's
+  source (or V6) checkpoint with `init_from` and takes `finetune_steps` steps (resolved to > 0 by
+  then)."""
   if config.finetune_steps <= 0:
     raise StudyError('finetune_steps must be resolved to a positive number before planning')
   if not config.seeds:
     raise StudyError('seeds is empty: give at least one seed (3 or more to see the spread)')
   study_dir = study_dir.absolute()
-  common = {**trees.flatten(config.common), **data_overrides(config)}
-  runs = []
-  if config.source_checkpoint:
-    source = _path(config.source_checkpoint)
-    runs.append(Run('source_only', None, source))
-  else:
-    source = str(study_dir / 'runs' / 'source_only')
-    overrides = {**common, **trees.flatten(config.pretrain.overrides), 'seed': config.pretrain.seed}
-    if config.pretrain.init_from:
-      overrides['init_from'] = _path(config.pretrain.init_from)
-    if config.pretrain.steps > 0:
-      overrides['num_train_steps'] = config.pretrain.steps
-    runs.append(Run('source_only', None, source, config.pretrain.preset, overrides))
-  starts = {'source': source}
-  if config.v6_checkpoint:
-    starts['v6'] = _path(config.v6_checkpoint)
-    runs.append(Run('v6', None, starts['v6']))
-  # Seed-major: a study stopped early has every protocol at its first seeds.
+  runs, starts, common = [], {}, {}
+  for backbone in backbone_axis(config):
+    root = study_dir / 'runs' / backbone if backbone else study_dir / 'runs'
+    common[backbone] = {**trees.flatten(config.common), **data_overrides(config),
+                        **({'model.backbone': backbone} if backbone else {})}
+    if config.source_checkpoint:
+      source = _path(config.source_checkpoint)
+      runs.append(Run('source_only', None, source))
+    else:
+      source = str(root / 'source_only')
+      overrides = {**common[backbone], **trees.flatten(config.pretrain.overrides), 'seed': config.pretrain.seed}
+      if config.pretrain.init_from:  # '{backbone}' in it: one encoder per backbone
+        overrides['init_from'] = _path(config.pretrain.init_from.replace('{backbone}', backbone))
+      if config.pretrain.steps > 0:
+        overrides['num_train_steps'] = config.pretrain.steps
+      runs.append(Run('source_only', None, source, config.pretrain.preset, overrides, backbone))
+    starts[backbone] = {'source': source}
+    if config.v6_checkpoint:
+      starts[backbone]['v6'] = _path(config.v6_checkpoint)
+      runs.append(Run('v6', None, starts[backbone]['v6']))
+  # Seed-major, then backbone: a study stopped early has every backbone and protocol at its first seeds.
   for seed in config.seeds:
-    for row in rows(config):
-      if not row.protocol:
-        continue
-      p = config.protocols[row.protocol]
-      overrides = {**common, **trees.flatten(p.overrides), 'seed': int(seed),
-                   'num_train_steps': int(config.finetune_steps), 'init_from': starts[p.start]}
-      if row.ratio is not None:
-        overrides['data.weights.nyu'] = row.ratio
-        overrides['data.weights.lilocbench'] = round(1.0 - row.ratio, 10)
-      workdir = study_dir / 'runs' / row.name / f'seed_{seed}'
-      runs.append(Run(row.name, int(seed), str(workdir), p.preset, overrides))
+    for backbone in backbone_axis(config):
+      root = study_dir / 'runs' / backbone if backbone else study_dir / 'runs'
+      for row in rows(config):
+        if not row.protocol:
+          continue
+        p = config.protocols[row.protocol]
+        overrides = {**common[backbone], **trees.flatten(p.overrides), 'seed': int(seed),
+                     'num_train_steps': int(config.finetune_steps), 'init_from': starts[backbone][p.start]}
+        if row.ratio is not None:
+          overrides['data.weights.nyu'] = row.ratio
+          overrides['data.weights.lilocbench'] = round(1.0 - row.ratio, 10)
+        workdir = root / row.name / f'seed_{seed}'
+        runs.append(Run(row.name, int(seed), str(workdir), p.preset, overrides, backbone))
   return runs
 
 
@@ -236,11 +265,12 @@ def cell(stats: Mapping[str, Any] | None, scale: float = 1.0, decimals: int = 3)
 
 
 def summarise(row_list: Sequence[Row], runs: Sequence[Run],
-              results: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-  """{row: {'label', 'seeds', column: aggregate}} from results[(run id, role)] = eval.py JSON."""
+              results: Mapping[tuple[str, str], Mapping[str, Any]], backbone: str = '') -> dict[str, dict[str, Any]]:
+  """{row: {'label', 'seeds', column: aggregate}} from results[(run id, role)] = eval.py JSON, over
+  the runs of one backbone ('' = no backbone axis)."""
   out = {}
   for row in row_list:
-    members = [r for r in runs if r.row == row.name]
+    members = [r for r in runs if r.row == row.name and r.backbone == backbone]
     entry: dict[str, Any] = {'label': row.label, 'protocol': row.protocol, 'ratio': row.ratio,
                              'seeds': [r.seed for r in members]}
     for key, role, path, *_ in COLUMNS:
@@ -250,7 +280,8 @@ def summarise(row_list: Sequence[Row], runs: Sequence[Run],
   return out
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, Any]], reference_rows: Mapping[str, str]) -> str:
+def markdown_table(summary: Mapping[str, Mapping[str, Any]], reference_rows: Mapping[str, str],
+                   with_reference: bool = True) -> str:
   """Our rows, then the reference's published rows (docs/evaluation.md), marked as real data and other protocols."""
   analogue = {ours: ref for ref, ours in reference_rows.items()}
   header = ['row', 'seeds', *(c[3] for c in COLUMNS)]
@@ -259,7 +290,7 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], reference_rows: Map
     label = f"{entry['label']} `{name}`" + (f' ~ {analogue[name]}' if name in analogue else '')
     cells = [cell(entry[k], s, d) for k, _, _, _, s, d in COLUMNS]
     lines.append(f"| {label} | {len(entry['seeds'])} | " + ' | '.join(cells) + ' |')
-  for ref, values in REFERENCE.items():
+  for ref, values in REFERENCE.items() if with_reference else ():
     stats = {k: {'mean': v, 'n': 1} for k, v in values.items()}
     lines.append(f'| *reference {ref}: {REFERENCE_LABELS[ref]} (published; real data, other protocol)* | — | '
                  + ' | '.join(f'*{cell(stats.get(k), s, d)}*' for k, _, _, _, s, d in COLUMNS) + ' |')
@@ -315,6 +346,110 @@ def report(summary: Mapping[str, Mapping[str, Any]], reference_rows: Mapping[str
       *(comparisons(summary, reference_rows) or ['- (not enough rows)']), '',
   ]
   return '\n'.join(lines)
+
+
+# The capacity question: on which two errors a row can be beaten (lower is better on both).
+PLANES = {'source-target': ('source_rmse', 'target_rmse'), 'source-corridor': ('source_rmse', 'deployment_rmse')}
+
+
+def dominating(summary: Mapping[str, Mapping[str, Any]], name: str, plane: Sequence[str]) -> list[dict[str, Any]]:
+  """The rows that Pareto-dominate row `name` on the two columns of `plane`: mean no higher on both
+  and lower on at least one. Each: {'row', 'differences': [(mean difference, its standard error)
+  per column], 'clear': every difference more than 2 standard errors below 0}."""
+  this = summary[name]
+  out = []
+  for other, entry in summary.items():
+    if other == name:
+      continue
+    diffs = [difference(entry[k], this[k]) for k in plane]
+    if any(d is None for d in diffs):
+      continue
+    if all(d <= 0 for d, _ in diffs) and any(d < 0 for d, _ in diffs):
+      out.append({'row': other, 'differences': diffs, 'clear': all(d + 2 * se < 0 for d, se in diffs)})
+  return out
+
+
+def _dominance_cell(found: Sequence[Mapping[str, Any]]) -> str:
+  if not found:
+    return 'none'
+  return '; '.join(f"{'**clearly** ' if f['clear'] else ''}`{f['row']}` ("
+                   + ', '.join(f'{d:+.3f} ± {se:.3f}' for d, se in f['differences']) + ')' for f in found)
+
+
+def capacity_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+  """One line per backbone and row: the errors, and the rows that dominate it on (source, target)
+  and on (source, corridor) RMSE with the differences ± standard errors."""
+  keys = ('source_rmse', 'target_rmse', 'deployment_rmse', 'source_miou')
+  titles = {c[0]: (c[3], c[4], c[5]) for c in COLUMNS}
+  header = ['backbone', 'row', 'seeds', *(titles[k][0] for k in keys),
+            'dominated on (source, target) by', 'dominated on (source, corridor) by']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for backbone, summary in summaries.items():
+    for name, entry in summary.items():
+      cells = [cell(entry[k], titles[k][1], titles[k][2]) for k in keys]
+      dominance = [_dominance_cell(dominating(summary, name, plane)) for plane in PLANES.values()]
+      lines.append(f"| {backbone} | `{name}` | {len(entry['seeds'])} | " + ' | '.join(cells + dominance) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def capacity_report(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], reference_rows: Mapping[str, str],
+                    steps: Mapping[str, int], sets: Mapping[str, str]) -> str:
+  """study.md with a backbone axis: the capacity table, then each backbone's table and differences."""
+  joint = reference_rows.get('V8', '')
+  lines = [
+      '# Domain-mixing study: the capacity axis', '',
+      f"Source `{sets['source']}`, target `{sets['target']}`, deployment `{sets['deployment']}`; backbones "
+      f"{', '.join(summaries)}; per backbone one pretraining of {steps['pretrain']} steps, every other row "
+      f"{steps['finetune']} steps from that backbone's pretraining.", '',
+      '## Is joint training Pareto-dominated, and does that change with capacity?', '',
+      capacity_table(summaries),
+      'A row is dominated on a plane when another row of the same backbone has a mean error no higher on '
+      'both and lower on one; the numbers are those differences (other − this, m) ± their standard errors; '
+      '**clearly**: both more than 2 standard errors below 0. The pretraining row is one run: its spread is '
+      'not measured and counts as 0. Errors: mean ± sample standard deviation (ddof 1) over the seeds.', '',
+  ]
+  if joint:
+    lines += [f'`{joint}` (the V8-like row) per backbone:', '']
+    for backbone, summary in summaries.items():
+      if joint in summary:
+        found = {plane: dominating(summary, joint, cols) for plane, cols in PLANES.items()}
+        lines.append(f'- {backbone}: ' + '; '.join(f'{plane}: {_dominance_cell(f)}' for plane, f in found.items()))
+    lines.append('')
+  for backbone, summary in summaries.items():
+    lines += [f'## {backbone}', '', markdown_table(summary, reference_rows, with_reference=False),
+              *(comparisons(summary, reference_rows) or ['- (not enough rows)']), '']
+  return '\n'.join(lines)
+
+
+def capacity_plot(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], out: pathlib.Path) -> None:
+  """Every backbone's rows in the two planes of PLANES: colour = backbone, marker = row, error bars
+  = sample std over seeds."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+  names = list(dict.fromkeys(n for s in summaries.values() for n in s))
+  markers = dict(zip(names, 'osD^vP*Xh<>' * 3))
+  for ax, (xkey, ykey) in zip(axes, PLANES.values()):
+    for b, (backbone, summary) in enumerate(summaries.items()):
+      colour = f'C{b}'
+      for name, e in summary.items():
+        if not e[xkey] or not e[ykey]:
+          continue
+        ax.errorbar(e[xkey]['mean'], e[ykey]['mean'], xerr=e[xkey]['std'], yerr=e[ykey]['std'], color=colour,
+                    marker=markers[name], markersize=9 if name == 'source_only' else 7, capsize=3, linestyle='none',
+                    label=f'{backbone}: {name}')
+    ax.set_xlabel('source val RMSE (m)')
+    ax.set_ylabel({'target_rmse': 'target val RMSE (m)', 'deployment_rmse': 'deployment (corridor) RMSE (m)'}[ykey])
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=7, ncol=2)
+  fig.suptitle('Each backbone\'s protocols (colour = backbone, marker = row); lower left is better; '
+               'error bars = std over seeds', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
 
 
 def pareto_plot(summary: Mapping[str, Mapping[str, Any]], out: pathlib.Path) -> None:
@@ -516,8 +651,9 @@ def main(argv: Sequence[str]) -> int:
                'checkpoint': r.checkpoint} for r in runs]
   (study_dir / 'plan.json').write_text(json.dumps(commands, indent=1) + '\n')
   trained = [r for r in runs if r.trains]
-  print(f'{len(trained)} training runs ({len(config.seeds)} seeds; {config.finetune_steps} steps after the '
-        f'source model), evaluation on {", ".join(f"{k}={v}" for k, v in data.items())}; plan in '
+  axis = ', '.join(b for b in backbone_axis(config) if b)
+  print(f'{len(trained)} training runs ({len(config.seeds)} seeds' + (f'; backbones {axis}' if axis else '')
+        + f'; {config.finetune_steps} steps after the source model), evaluation on {", ".join(f"{k}={v}" for k, v in data.items())}; plan in '
         f'{study_dir}/plan.json', flush=True)
   if _DRY_RUN.value:
     for c in commands:
@@ -548,16 +684,27 @@ def main(argv: Sequence[str]) -> int:
 
   # Table, numbers, plot.
   results = {(r.id, role): json.loads(eval_path(study_dir, r, role).read_text()) for r in runs for role in SETS}
-  summary = summarise(row_list, runs, results)
-  steps = {'pretrain': total.get('source_only'), 'finetune': config.finetune_steps}
+  axis = backbone_axis(config)
+  steps = {'pretrain': total.get(runs[0].id), 'finetune': config.finetune_steps}
   sets = {role: data[role] for role in SETS}
-  (study_dir / 'study.md').write_text(report(summary, dict(config.reference_rows), steps, sets))
+  if axis == ('',):
+    summary = summarise(row_list, runs, results)
+    text, plots = report(summary, dict(config.reference_rows), steps, sets), ['pareto.png']
+    pareto_plot(summary, study_dir / 'pareto.png')
+  else:
+    summary = {b: summarise(row_list, runs, results, b) for b in axis}
+    text = capacity_report(summary, dict(config.reference_rows), steps, sets)
+    capacity_plot(summary, study_dir / 'capacity.png')
+    for b in axis:
+      pareto_plot(summary[b], study_dir / f'pareto_{b}.png')
+    plots = ['capacity.png', *(f'pareto_{b}.png' for b in axis)]
+  (study_dir / 'study.md').write_text(text)
   (study_dir / 'study.json').write_text(json.dumps(
-      {'rows': summary, 'steps': steps, 'sets': sets, 'spread': 'sample standard deviation (ddof 1)',
-       'reference': REFERENCE, 'runs': {r.id: r.checkpoint for r in runs}}, indent=1) + '\n')
-  pareto_plot(summary, study_dir / 'pareto.png')
-  print((study_dir / 'study.md').read_text())
-  print(f'wrote {study_dir}/study.md, study.json, pareto.png in {(time.time() - t0) / 60:.1f} min')
+      {'rows': summary, 'backbones': [b for b in axis if b], 'steps': steps, 'sets': sets,
+       'spread': 'sample standard deviation (ddof 1)', 'reference': REFERENCE,
+       'runs': {r.id: r.checkpoint for r in runs}}, indent=1) + '\n')
+  print(text)
+  print(f"wrote {study_dir}/study.md, study.json, {', '.join(plots)} in {(time.time() - t0) / 60:.1f} min")
   return 0
 
 

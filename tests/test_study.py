@@ -257,3 +257,135 @@ def test_toy_study_table_equals_eval_rerun_on_the_saved_checkpoints(tmp_path, sy
   out = _study(study_dir, synthetic_tiny)
   assert out.count(': skipped in') == 9 and out.count(': 0 checkpoints') == 3
   assert (study_dir / 'study.md').read_text() == table
+
+
+# --------------------------------------------------------------------------------------------------
+# The backbone axis (the capacity question).
+
+B = ('efficientvit_b0', 'efficientvit_b2')
+
+
+def test_backbone_axis_pretrains_each_backbone_once_and_starts_its_runs_from_it(tmp_path):
+  config = _config(seeds=(0, 1), backbones=B, order=('source_continued', 'sequential', 'joint'))
+  config.protocols.joint.ratios = (0.5,)
+  config.pretrain.init_from = '/enc/imagenet_{backbone}'
+  runs = dm.plan(config, tmp_path)
+  pre = [r for r in runs if r.row == 'source_only']
+  assert [r.id for r in runs[:2]] == [f'{b}/source_only' for b in B]  # every pretraining first
+  assert [r.checkpoint for r in pre] == [str(tmp_path / 'runs' / b / 'source_only') for b in B]
+  assert [r.overrides['init_from'] for r in pre] == [f'/enc/imagenet_{b}' for b in B]
+  rest = runs[2:]
+  assert len(rest) == len({r.id for r in rest}) == 2 * 3 * 2
+  for r in runs:
+    assert r.overrides['model.backbone'] == r.backbone and r.id.startswith(r.backbone + '/')
+  for r in rest:
+    assert r.overrides['init_from'] == str(tmp_path / 'runs' / r.backbone / 'source_only')
+    assert r.checkpoint == str(tmp_path / 'runs' / r.backbone / r.row / f'seed_{r.seed}')
+    assert dm.train_config(r).model.backbone == r.backbone
+  # Seed-major, then backbone: a study stopped after its first third has both backbones at seed 0.
+  assert [(r.seed, r.backbone) for r in rest[:6]] == [(0, B[0])] * 3 + [(0, B[1])] * 3
+  assert dm.eval_path(tmp_path, rest[0], 'source') == (
+      tmp_path / 'evals' / B[0] / 'source_continued' / 'seed_0' / 'source.json')
+  # No axis: the layout and flags of a study without one, so its runs resume.
+  plain = dm.plan(_config(seeds=(0,)), tmp_path)
+  assert all(r.backbone == '' and 'model.backbone' not in r.overrides for r in plain)
+  assert plain[1].checkpoint == str(tmp_path / 'runs' / 'source_continued' / 'seed_0')
+
+
+def test_backbone_axis_refusals(tmp_path):
+  with pytest.raises(dm.StudyError, match="unknown backbone 'efficientvit_b9'"):
+    dm.plan(_config(backbones=('efficientvit_b0', 'efficientvit_b9')), tmp_path)
+  with pytest.raises(dm.StudyError, match='twice'):
+    dm.plan(_config(backbones=('efficientvit_b0', 'efficientvit_b0')), tmp_path)
+  with pytest.raises(dm.StudyError, match='source_checkpoint'):
+    dm.plan(_config(backbones=B, source_checkpoint='/ckpt/v5.pt'), tmp_path)
+
+
+def test_the_capacity_presets_plan_three_protocols_per_backbone(tmp_path):
+  from configs import study_backbones, study_backbones_full
+
+  cpu = study_backbones.get_config()
+  runs = dm.plan(cpu, tmp_path)
+  assert cpu.backbones == ('efficientvit_b0', 'efficientvit_b1', 'efficientvit_b2') and tuple(cpu.seeds) == (0, 1, 2)
+  assert sorted({r.row for r in runs}) == ['joint@0.5', 'sequential', 'source_continued', 'source_only']
+  assert len(runs) == 3 * (1 + 3 * 3)
+  full = study_backbones_full.get_config()
+  assert 'efficientvit_b3' in full.backbones and full.common.data.input_size == (240, 320)
+  assert len(dm.plan(full, tmp_path)) == 4 * (1 + 5 * 3)
+  # What each run's command line gives train.py is the config the study checked (one backbone's runs).
+  for run in [r for r in runs if r.backbone == 'efficientvit_b2'][:2]:
+    assert dm.train_config(run).model.backbone == 'efficientvit_b2'
+    assert f'--config.model.backbone=efficientvit_b2' in dm.train_command(run, tmp_path)
+
+
+def _stats(*values):
+  return dm.aggregate(values)
+
+
+def test_dominating_rows_and_the_capacity_table():
+  def row(src, tgt, corridor, seeds=3):
+    return {'label': '', 'protocol': 'p', 'ratio': None, 'seeds': list(range(seeds)), 'source_rmse': src,
+            'target_rmse': tgt, 'deployment_rmse': corridor, 'deployment_rmse_ms': None, 'source_miou': None}
+
+  small = {'source_only': row(_stats(0.60), _stats(2.0), _stats(1.0), seeds=1),
+           'sequential': row(_stats(1.0, 1.1, 1.2), _stats(0.3, 0.4, 0.5), _stats(0.5, 0.6, 0.7)),
+           'joint@0.5': row(_stats(0.6, 0.7, 0.8), _stats(0.5, 0.6, 0.7), _stats(1.1, 1.2, 1.3))}
+  # joint: worse than the pretraining on source (0.7 vs 0.6) and corridor (1.2 vs 1.0): dominated
+  # there; on (source, target) neither sequential nor the pretraining beats it on both.
+  assert dm.dominating(small, 'joint@0.5', dm.PLANES['source-target']) == []
+  found = dm.dominating(small, 'joint@0.5', dm.PLANES['source-corridor'])
+  assert [f['row'] for f in found] == ['source_only']
+  (d_src, se_src), (d_cor, se_cor) = found[0]['differences']
+  assert (d_src, d_cor) == pytest.approx((-0.1, -0.2)) and se_src == pytest.approx(0.1 / np.sqrt(3))
+  assert not found[0]['clear']  # -0.1 is less than 2 standard errors (0.115) below 0
+  big = {k: dict(v) for k, v in small.items()}
+  big['sequential'] = row(_stats(0.5, 0.5, 0.5), _stats(0.3, 0.3, 0.3), _stats(0.5, 0.5, 0.5))
+  found = dm.dominating(big, 'joint@0.5', dm.PLANES['source-target'])
+  assert [f['row'] for f in found] == ['sequential'] and found[0]['clear']
+  table = dm.capacity_table({'efficientvit_b0': small, 'efficientvit_b2': big})
+  lines = table.splitlines()
+  assert lines[0].startswith('| backbone | row | seeds | source val RMSE (m) | target val RMSE (m) |')
+  assert ('| efficientvit_b0 | `joint@0.5` | 3 | 0.700 ± 0.100 | 0.600 ± 0.100 | 1.200 ± 0.100 | — | none | '
+          '`source_only` (-0.100 ± 0.058, -0.200 ± 0.058) |') in lines
+  assert any(line.startswith('| efficientvit_b2 | `joint@0.5` |') and '**clearly** `sequential`' in line
+             for line in lines)
+  text = dm.capacity_report({'efficientvit_b0': small, 'efficientvit_b2': big}, {'V8': 'joint@0.5'},
+                            {'pretrain': 300, 'finetune': 100}, {'source': 's', 'target': 't', 'deployment': 'd'})
+  assert '## efficientvit_b2' in text and 'one pretraining of 300 steps' in text
+  assert '- efficientvit_b0: source-target: none; source-corridor: `source_only`' in text
+
+
+def test_capacity_plot_writes_a_png(tmp_path):
+  dm.capacity_plot({'efficientvit_b0': _summary(), 'efficientvit_b1': _summary()}, tmp_path / 'c.png')
+  assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_toy_study_with_a_backbone_axis(tmp_path, synthetic_tiny):
+  """Two backbones, each pretrained once and fine-tuned from its own pretraining; every evaluated
+  checkpoint is the backbone its row says; a rerun does nothing."""
+  study_dir = tmp_path / 'study'
+  args = [*TOY[:2], *TOY[4:6], "--config.order=('sequential', 'joint')", '--config.protocols.joint.ratios=(0.5,)',
+          '--config.seeds=(0,)', "--config.backbones=('efficientvit_b0', 'mobilenet_v3_small')",
+          '--config.common.data.input_size=(32, 32)']
+  cmd = [sys.executable, '-m', 'studies.domain_mixing', '--config', 'configs/study_synthetic.py',
+         '--workdir', str(study_dir), f'--config.data_root={synthetic_tiny}', *args]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3000)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  summary = json.loads((study_dir / 'study.json').read_text())
+  assert summary['backbones'] == ['efficientvit_b0', 'mobilenet_v3_small']
+  for b in summary['backbones']:
+    assert list(summary['rows'][b]) == ['source_only', 'sequential', 'joint@0.5']
+    assert (study_dir / f'pareto_{b}.png').exists()
+    for name in ('sequential', 'joint@0.5'):
+      ckpt = convert.load_any(study_dir / 'runs' / b / name / 'seed_0')
+      assert ckpt.meta['source'] == f"init_from:{study_dir / 'runs' / b / 'source_only'}"
+      for role in dm.SETS:
+        result = json.loads((study_dir / 'evals' / b / name / 'seed_0' / f'{role}.json').read_text())
+        assert result['backbone'] == b and result['checkpoint'] == str(study_dir / 'runs' / b / name / 'seed_0')
+  text = (study_dir / 'study.md').read_text()
+  assert '| efficientvit_b0 | `joint@0.5` | 1 |' in text and '| mobilenet_v3_small | `sequential` | 1 |' in text
+  assert (study_dir / 'capacity.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3000)
+  assert proc.returncode == 0 and proc.stdout.count(': skipped in') == 6 and proc.stdout.count(': 0 checkpoints') == 3
