@@ -65,7 +65,8 @@ COLUMNS = (
     ('source_miou', 'source', ('seg', 'miou'), 'source val mIoU (%)', 100.0, 1),
     ('target_rmse', 'target', ('depth', 'frame_mean', 'rmse'), 'target val RMSE (m)', 1.0, 3),
 )
-# The reference's published results (docs/evaluation.md#the-references-published-results) (its documents; real data, its own protocols).
+# The reference's published results (docs/evaluation.md#the-references-published-results): its documents,
+# real data, its own protocols.
 REFERENCE = {
     'V5': {'deployment_rmse': 2.186, 'source_rmse': 0.572, 'source_miou': 0.637},
     'V7': {'deployment_rmse': 1.982, 'source_rmse': 1.315, 'source_miou': 0.475, 'target_rmse': 0.445},
@@ -424,10 +425,10 @@ def capacity_report(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], re
 def capacity_plot(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], out: pathlib.Path) -> None:
   """Every backbone's rows in the two planes of PLANES: colour = backbone, marker = row, error bars
   = sample std over seeds."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
   names = list(dict.fromkeys(n for s in summaries.values() for n in s))
@@ -455,10 +456,10 @@ def capacity_plot(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], out:
 def pareto_plot(summary: Mapping[str, Mapping[str, Any]], out: pathlib.Path) -> None:
   """Source val RMSE against target val RMSE (left) and corridor RMSE (right); protocols with a
   ratio sweep as curves through their ratios; error bars = sample std over seeds."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
 
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
   groups: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
@@ -499,7 +500,7 @@ def pareto_plot(summary: Mapping[str, Mapping[str, Any]], out: pathlib.Path) -> 
 
 
 def _load_preset(preset: str) -> ml_collections.ConfigDict:
-  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import config_checks
 
   # train.py runs in the repository root (`configs/v7.py`: the packaged preset v7); an absolute preset stays as it is
   path = pathlib.Path(config_checks.config_file(str(ROOT / preset)))
@@ -526,7 +527,7 @@ def resolve_finetune_steps(config: ml_collections.ConfigDict) -> int:
   """finetune_steps, or finetune_epochs passes of the target alone at the common batch size."""
   if config.finetune_steps > 0:
     return int(config.finetune_steps)
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+  from data_pipelines import datasets
 
   probe = Run('probe', 0, '', 'configs/v7.py', {**trees.flatten(config.common), **data_overrides(config),
                                                  'data.mode': 'lilocbench'})
@@ -545,7 +546,7 @@ def _tail(path: pathlib.Path, n: int = 30) -> str:
 
 def train(run: Run, total_steps: int, log: Any) -> str:
   """Trains a run unless finished; returns what it did ('skipped', 'trained', 'resumed')."""
-  from efficientvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import checkpointing
 
   workdir = pathlib.Path(run.checkpoint)
   record = workdir / 'study_run.json'
@@ -632,7 +633,7 @@ def main(argv: Sequence[str]) -> int:
   except (StudyError, ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+  from data_pipelines import datasets
 
   try:
     total = {rid: datasets.steps_plan(c)['num_steps'] for rid, c in configs.items()}
@@ -653,15 +654,15 @@ def main(argv: Sequence[str]) -> int:
   trained = [r for r in runs if r.trains]
   axis = ', '.join(b for b in backbone_axis(config) if b)
   print(f'{len(trained)} training runs ({len(config.seeds)} seeds' + (f'; backbones {axis}' if axis else '')
-        + f'; {config.finetune_steps} steps after the source model), evaluation on {", ".join(f"{k}={v}" for k, v in data.items())}; plan in '
-        f'{study_dir}/plan.json', flush=True)
+        + f'; {config.finetune_steps} steps after the source model), evaluation on '
+        + ', '.join(f'{k}={v}' for k, v in data.items()) + f'; plan in {study_dir}/plan.json', flush=True)
   if _DRY_RUN.value:
     for c in commands:
       print(f"{c['run']}: {c['command'] or 'given checkpoint ' + c['checkpoint']}")
     return 0
 
   # Training: the pretraining first, then every run that starts from it.
-  from efficientvit_jax import console  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import console
 
   progress = console.Progress(sum(total[r.id] for r in trained), 'study', unit='step', quiet=True)
   try:
@@ -710,7 +711,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run():
   """The `evit-study` command."""
-  from efficientvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from efficientvit_jax import config_checks
 
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_checks.parse_flags)
 

@@ -302,7 +302,8 @@ def test_backbone_axis_refusals(tmp_path):
 
 
 def test_the_capacity_presets_plan_three_protocols_per_backbone(tmp_path):
-  from configs import study_backbones, study_backbones_full
+  from configs import study_backbones
+  from configs import study_backbones_full
 
   cpu = study_backbones.get_config()
   runs = dm.plan(cpu, tmp_path)
@@ -315,7 +316,7 @@ def test_the_capacity_presets_plan_three_protocols_per_backbone(tmp_path):
   # What each run's command line gives train.py is the config the study checked (one backbone's runs).
   for run in [r for r in runs if r.backbone == 'efficientvit_b2'][:2]:
     assert dm.train_config(run).model.backbone == 'efficientvit_b2'
-    assert f'--config.model.backbone=efficientvit_b2' in dm.train_command(run, tmp_path)
+    assert '--config.model.backbone=efficientvit_b2' in dm.train_command(run, tmp_path)
 
 
 def _stats(*values):
