@@ -2,7 +2,7 @@
 standard deviation and the worst seed of every column.
 
   python benchmarks/demo_seeds.py [--seeds 0-9] [--workdir demo_seeds] [--md T.md] [--json F]
-      [--train-flag=--config.k=v ...]
+      [--synthetic-size demo] [--train-flag=--config.k=v ...]
 
 Per seed n, in WORKDIR/seed<n>/, the steps of `make demo DEMO_SEED=n`: synthetic data
 (`data_pipelines.synthetic --seed n --size demo`) in `data/`, its decode-once copy at the demo's size,
@@ -12,7 +12,8 @@ interrupted training resumes and a finished one is only evaluated again, so reru
 after an interruption (or with more seeds) costs only what is missing. Seeds run one after
 another: each step uses every core. Each step's output goes to `seed<n>/logs/<step>.log`; the
 seconds each step took (None when it was skipped) go into the JSON. `--train-flag` passes a flag
-to train.py (repeatable; for trying a variant of the recipe in its own --workdir).
+to train.py (repeatable) and `--synthetic-size` picks another generator size (`default`: the demo
+before it had 160 training rooms); either is a variant of the recipe, for its own --workdir.
 
 Columns (`COLUMNS`): pooled = over all valid pixels of the split, the measure of the mean-depth
 baseline (the split's best constant); per frame = the mean of the frames' values; ratio =
@@ -34,8 +35,12 @@ import time
 from collections.abc import Callable, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 CONFIG = 'configs/quickstart.py'
-SYNTHETIC_SIZE = 'demo'  # the synthetic generator's size
+SYNTHETIC_SIZE = 'demo'  # the Makefile's generator size
 SIZE = '96x128'  # the Makefile's DEMO_SIZE
 SETS = ('nyu', 'lilocbench', 'corridor')
 
@@ -141,13 +146,14 @@ def table(rows: dict[int, dict], per_seed: bool = True) -> str:
 Step = tuple[str, list[str], pathlib.Path | None]
 
 
-def steps(seed: int, folder: pathlib.Path, train_flags: Sequence[str]) -> list[Step]:
+def steps(seed: int, folder: pathlib.Path, train_flags: Sequence[str],
+          synthetic_size: str = SYNTHETIC_SIZE) -> list[Step]:
   """The demo's commands for one seed: (name, argv, a file whose presence means done, or None)."""
   py = sys.executable
   data, run, report = folder / 'data', folder / 'run', folder / 'report'
   out = [
     ('synthetic', [py, '-m', 'data_pipelines.synthetic', '--out', str(data), '--seed', str(seed),
-                   '--size', SYNTHETIC_SIZE], data / 'synthetic_info.json'),
+                   '--size', synthetic_size], data / 'synthetic_info.json'),
     ('decoded', [py, '-m', 'data_pipelines.decoded', '--root', str(data), '--input-size', SIZE],
      data / 'decoded' / 'decoded.json'),
     ('train', [py, 'train.py', '--config', CONFIG, '--workdir', str(run), f'--config.data.root={data}',
@@ -159,12 +165,20 @@ def steps(seed: int, folder: pathlib.Path, train_flags: Sequence[str]) -> list[S
   return out
 
 
-def run_seed(seed: int, folder: pathlib.Path, train_flags: Sequence[str]) -> tuple[dict, dict]:
-  """Runs what is missing of one seed's recipe; ({set: eval JSON}, {step: seconds or None})."""
+def run_seed(seed: int, folder: pathlib.Path, train_flags: Sequence[str],
+             synthetic_size: str = SYNTHETIC_SIZE) -> tuple[dict, dict]:
+  """Runs what is missing of one seed's recipe; ({set: eval JSON}, {step: seconds or None}).
+  ValueError: the folder holds data of another seed or size; RuntimeError: a step failed."""
+  info = folder / 'data' / 'synthetic_info.json'
+  if info.exists():
+    held = json.loads(info.read_text())
+    if (held.get('seed'), held.get('size')) != (seed, synthetic_size):
+      raise ValueError(f'{info}: data of seed {held.get("seed")}, size {held.get("size")}, not seed {seed}, '
+                       f'size {synthetic_size}; use another --workdir')
   (folder / 'logs').mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   seconds = {}
-  for name, argv, done in steps(seed, folder, train_flags):
+  for name, argv, done in steps(seed, folder, train_flags, synthetic_size):
     if done is not None and done.exists():
       seconds[name] = None
       continue
@@ -186,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--workdir', default='demo_seeds', help='one folder per seed, seed<n>/ (default demo_seeds)')
   parser.add_argument('--md', default='', help='also write the table here')
   parser.add_argument('--json', default='', help='also write every seed\'s eval results and step times here')
+  parser.add_argument('--synthetic-size', default=SYNTHETIC_SIZE, choices=sorted(synthetic.SIZES),
+                      help=f'the generator size (default {SYNTHETIC_SIZE}, as make demo)')
   parser.add_argument('--train-flag', action='append', default=[], metavar='FLAG',
                       help='a flag for train.py, e.g. --train-flag=--config.num_train_steps=800 (repeatable)')
   args = parser.parse_args(argv)
@@ -198,19 +214,23 @@ def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   for seed in seeds:
     try:
-      rows[seed], times[seed] = run_seed(seed, workdir / f'seed{seed}', args.train_flag)
+      rows[seed], times[seed] = run_seed(seed, workdir / f'seed{seed}', args.train_flag, args.synthetic_size)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
     except RuntimeError as e:
       print(f'error: {e}', file=sys.stderr)
       return 1
   md = table(rows)
-  flags = ''.join(f' --train-flag={f}' for f in args.train_flag)
+  flags = '' if args.synthetic_size == SYNTHETIC_SIZE else f' --synthetic-size {args.synthetic_size}'
+  flags += ''.join(f' --train-flag={f}' for f in args.train_flag)
   print(f'\n`python benchmarks/demo_seeds.py --seeds {args.seeds}{flags}` ({os.cpu_count()} CPUs, '
         f'{time.perf_counter() - start:.0f} s):\n\n{md}')
   if args.md:
     pathlib.Path(args.md).write_text(md + '\n')
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(
-      {'config': CONFIG, 'size': SIZE, 'train_flags': args.train_flag,
+      {'config': CONFIG, 'size': SIZE, 'synthetic_size': args.synthetic_size, 'train_flags': args.train_flag,
        'seeds': {str(s): {'results': rows[s], 'seconds': times[s]} for s in seeds}}, indent=1) + '\n')
   return 0
 

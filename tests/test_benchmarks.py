@@ -298,7 +298,7 @@ def test_demo_seeds_skips_what_is_done_and_names_a_failed_step(tmp_path, monkeyp
 
   monkeypatch.setattr(bench.subprocess, 'call', fake_call)
   (tmp_path / 'seed1' / 'data' / 'decoded').mkdir(parents=True)
-  (tmp_path / 'seed1' / 'data' / 'synthetic_info.json').write_text('{}')
+  (tmp_path / 'seed1' / 'data' / 'synthetic_info.json').write_text('{"seed": 1, "size": "demo"}')
   (tmp_path / 'seed1' / 'data' / 'decoded' / 'decoded.json').write_text('{}')
   md, js = tmp_path / 't.md', tmp_path / 't.json'
   assert bench.main(['--seeds', '0-1', '--workdir', str(tmp_path), '--md', str(md), '--json', str(js)]) == 0
@@ -310,3 +310,10 @@ def test_demo_seeds_skips_what_is_done_and_names_a_failed_step(tmp_path, monkeyp
   assert seconds['synthetic'] is None and seconds['train'] >= 0
   assert bench.main(['--seeds', '2', '--workdir', str(tmp_path), '--train-flag=--config.fail=1']) == 1
   assert f'seed 2: train failed (exit 7); see {tmp_path / "seed2" / "logs" / "train.log"}' in capsys.readouterr().err
+  # Data of another size in a seed's folder: refused (exit 2), not evaluated as if it were the demo's.
+  calls.clear()
+  assert bench.main(['--seeds', '1', '--workdir', str(tmp_path), '--synthetic-size', 'default']) == 2
+  assert 'data of seed 1, size demo, not seed 1, size default; use another --workdir' in capsys.readouterr().err
+  assert not calls
+  assert bench.main(['--seeds', '3', '--workdir', str(tmp_path / 'before'), '--synthetic-size', 'default']) == 0
+  assert calls[0][calls[0].index('--size') + 1] == 'default'
