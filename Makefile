@@ -30,12 +30,13 @@ test-slow: setup
 	$(PY) -m pytest -q --run-slow $(PYTEST_ARGS)
 
 # Synthetic data -> decode once -> quickstart training -> evaluation report. Rerunning resumes / skips what is done.
-# DEMO_SEED: the synthetic generator's seed (the README's table: 0, 1, 2).
+# DEMO_SEED: the synthetic generator's seed (the README's table: seeds 0-9, benchmarks/demo_seeds.py).
 DEMO ?= demo
 DEMO_SEED ?= 0
 DEMO_SIZE := 96x128
 demo: setup
-	test -f $(DEMO)/data/synthetic_info.json || $(PY) -m data_pipelines.synthetic --out $(DEMO)/data --seed $(DEMO_SEED)
+	test -f $(DEMO)/data/synthetic_info.json || $(PY) -m data_pipelines.synthetic --out $(DEMO)/data --seed $(DEMO_SEED) \
+	  --size demo
 	test -f $(DEMO)/data/decoded/decoded.json || $(PY) -m data_pipelines.decoded --root $(DEMO)/data --input-size $(DEMO_SIZE)
 	$(PY) train.py --config quickstart --workdir $(DEMO)/run --config.data.root=$(DEMO)/data \
 	  --config.data.format=decoded

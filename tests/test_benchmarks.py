@@ -3,9 +3,11 @@
 import dataclasses
 import importlib.util
 import json
+import pathlib
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -281,3 +283,112 @@ def test_backbones_rejects_unknown_backbone(capsys):
   with pytest.raises(SystemExit):
     _load('backbones').main(['--backbones', 'efficientvit_b9'])
   assert 'efficientvit_b9' in capsys.readouterr().err
+
+
+def _eval_json(set_name, rmse, frame_rmse, baseline, miou=None):
+  """The parts of an eval.py JSON that demo_seeds.py's columns read."""
+  out = {'dataset': set_name, 'depth': {'pooled': {'rmse': rmse}, 'frame_mean': {'rmse': frame_rmse},
+                                        'median_scaled': {'frame_mean': {'rmse': 0.8 * frame_rmse}}},
+         'baselines': {'mean_depth_rmse': baseline, 'majority_class_miou': None if miou is None else 0.08}}
+  if miou is not None:
+    out['seg'] = {'miou': miou}
+  return out
+
+
+def _seed_results(rmse, baseline, miou):
+  return {'nyu': _eval_json('nyu', rmse, rmse - 0.02, baseline, miou),
+          'lilocbench': _eval_json('lilocbench', 0.4, 0.38, 1.6),
+          'corridor': _eval_json('corridor', 0.2, 0.21, 0.45, miou=0.3)}
+
+
+def test_demo_seeds_summary_rows(capsys):
+  """Mean, sample standard deviation and worst seed of each column, against numpy."""
+  bench = _load('demo_seeds')
+  rmse, base, miou = {0: 0.55, 3: 0.72, 7: 0.60}, {0: 0.80, 3: 0.84, 7: 0.90}, {0: 0.48, 3: 0.29, 7: 0.45}
+  rows = {s: _seed_results(rmse[s], base[s], miou[s]) for s in rmse}
+  stats = bench.summary(rows)
+  headers = [c.header for c in bench.COLUMNS]
+  ratio = np.array([rmse[s] / base[s] for s in (0, 3, 7)])
+  k = headers.index('ratio')
+  assert stats['mean'][k] == pytest.approx(ratio.mean()) and stats['std'][k] == pytest.approx(ratio.std(ddof=1))
+  assert stats['worst'][k] == (pytest.approx(ratio.max()), 3)
+  k = headers.index('mIoU, %')
+  assert stats['worst'][k] == (pytest.approx(29.0), 3)  # the lowest mIoU is the worst
+  assert stats['mean'][k] == pytest.approx(100 * np.mean(list(miou.values())))
+  assert stats['worst'][headers.index('mean-depth baseline, m')] is None  # a baseline has no worst seed
+  table = bench.table(rows).splitlines()
+  assert len(table) == 2 + 3 + 3
+  assert table[3].startswith('| 3 | 0.720 | 0.700 | 0.840 | 0.86x |')
+  assert table[-3].startswith('| mean of 3 | 0.623 |')
+  assert table[-1].startswith('| worst (seed) | 0.720 (3) | 0.700 (3) | - | 0.86x (3) |')
+  assert all(line.count('|') == len(headers) + 2 for line in table)
+  assert len(bench.table(rows, per_seed=False).splitlines()) == 5
+
+
+@pytest.mark.parametrize('text, seeds', [('0-9', list(range(10))), ('3', [3]), ('2-4,8,3', [2, 3, 4, 8])])
+def test_demo_seeds_parses_seed_lists(text, seeds):
+  assert _load('demo_seeds').parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize('text', ['', 'a', '3-1', '0-', '1,,2', '-2'])
+def test_demo_seeds_rejects_bad_seed_lists(text, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    _load('demo_seeds').main(['--seeds', text])
+  assert exit_info.value.code == 2 and f'bad --seeds {text!r}' in capsys.readouterr().err
+
+
+def test_demo_seeds_runs_the_makefiles_demo(tmp_path):
+  """Each step of the script is the command `make demo` runs (`make -n`: printed, not run)."""
+  import shutil
+  import subprocess
+
+  if shutil.which('make') is None:
+    pytest.skip('no make')
+  folder = tmp_path / 'seed5'
+  proc = subprocess.run(['make', '-n', 'demo', f'DEMO={folder}', 'DEMO_SEED=5', 'PY=PYTHON'], cwd=ROOT,
+                        capture_output=True, text=True, check=True)
+  made = ' '.join(proc.stdout.replace('\\\n', ' ').split())
+  bench = _load('demo_seeds')
+  commands = {name: ' '.join(['PYTHON', *argv[1:]]) for name, argv, _ in bench.steps(5, folder, [])}
+  for name in ('synthetic', 'decoded', 'train'):
+    assert commands[name] in made, name
+  assert f'for set in {" ".join(bench.SETS)};' in made
+  ev = commands['eval_nyu'].replace('nyu', '$set').replace(' --overwrite', '')
+  assert ev in made
+
+
+def test_demo_seeds_skips_what_is_done_and_names_a_failed_step(tmp_path, monkeypatch, capsys):
+  bench = _load('demo_seeds')
+  calls = []
+
+  def fake_call(argv, cwd, env, stdout, stderr):
+    calls.append(argv)
+    if 'eval.py' in argv[1]:
+      name = argv[argv.index('--dataset') + 1]
+      out = pathlib.Path(argv[argv.index('--out') + 1])
+      out.parent.mkdir(parents=True, exist_ok=True)
+      seed = int(out.parent.parent.name[len('seed'):])
+      out.write_text(json.dumps(_seed_results(0.5 + 0.1 * seed, 0.8, 0.4)[name]))
+    return 7 if 'train.py' in argv[1] and '--config.fail=1' in argv else 0
+
+  monkeypatch.setattr(bench.subprocess, 'call', fake_call)
+  (tmp_path / 'seed1' / 'data' / 'decoded').mkdir(parents=True)
+  (tmp_path / 'seed1' / 'data' / 'synthetic_info.json').write_text('{"seed": 1, "size": "demo"}')
+  (tmp_path / 'seed1' / 'data' / 'decoded' / 'decoded.json').write_text('{}')
+  md, js = tmp_path / 't.md', tmp_path / 't.json'
+  assert bench.main(['--seeds', '0-1', '--workdir', str(tmp_path), '--md', str(md), '--json', str(js)]) == 0
+  steps = [(a[2] if a[1] == '-m' else a[1]) for a in calls]
+  assert steps == ['data_pipelines.synthetic', 'data_pipelines.decoded', 'train.py', 'eval.py', 'eval.py', 'eval.py',
+                   'train.py', 'eval.py', 'eval.py', 'eval.py']  # seed 1's data were there
+  assert '| 1 | 0.600 |' in md.read_text() and '| worst (seed) | 0.600 (1) |' in md.read_text()
+  seconds = json.loads(js.read_text())['seeds']['1']['seconds']
+  assert seconds['synthetic'] is None and seconds['train'] >= 0
+  assert bench.main(['--seeds', '2', '--workdir', str(tmp_path), '--train-flag=--config.fail=1']) == 1
+  assert f'seed 2: train failed (exit 7); see {tmp_path / "seed2" / "logs" / "train.log"}' in capsys.readouterr().err
+  # Data of another size in a seed's folder: refused (exit 2), not evaluated as if it were the demo's.
+  calls.clear()
+  assert bench.main(['--seeds', '1', '--workdir', str(tmp_path), '--synthetic-size', 'default']) == 2
+  assert 'data of seed 1, size demo, not seed 1, size default; use another --workdir' in capsys.readouterr().err
+  assert not calls
+  assert bench.main(['--seeds', '3', '--workdir', str(tmp_path / 'before'), '--synthetic-size', 'default']) == 0
+  assert calls[0][calls[0].index('--size') + 1] == 'default'

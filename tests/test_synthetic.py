@@ -170,6 +170,14 @@ def test_default_ratio_nyu_to_lilocbench():
   assert 0.2 <= c['nyu_train'] / c['lilocbench_train'] <= 0.3
 
 
+def test_demo_size_is_default_with_more_rooms():
+  """`make demo`'s data: 160 NYU-like training rooms and 40 validation rooms, the rest as default."""
+  demo, default = synthetic.plan(0, 'demo')['counts'], synthetic.plan(0, 'default')['counts']
+  assert (demo['nyu_train'], demo['nyu_val']) == (160, 40)
+  assert {k: v for k, v in demo.items() if not k.startswith('nyu')} == \
+      {k: v for k, v in default.items() if not k.startswith('nyu')}
+
+
 def test_cli_refuses_a_previous_generation(root):
   import subprocess
   import sys

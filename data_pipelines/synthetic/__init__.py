@@ -1,6 +1,6 @@
 """Synthetic two-domain data in the real on-disk layouts (docs/data.md), deterministic per seed.
 
-  python -m data_pipelines.synthetic --out DIR [--seed S] [--size tiny|small|default] [--workers N]
+  python -m data_pipelines.synthetic --out DIR [--seed S] [--size tiny|small|default|demo] [--workers N]
 
 Scenes are ray-cast (`scenes.py`) so RGB, depth and labels agree, and depth can be
 learnt from appearance (perspective, Lambertian shading with light falloff, world-space textures,
@@ -47,7 +47,9 @@ sensor noise, so every file differs. The extraction's ground truth follows from 
 
 Sizes (frames): tiny = 5 NYU, 4 cameras x 2 samples, 1 corridor (seconds, one process, for tests);
 small = 16, 4 x 16, 4; default = 48 NYU (38 train), 4 x 50 samples (~190 frames, ~150 train: NYU :
-LILocBench train ~ 1 : 4), 16 corridor frames (about a minute on 2 cores, ~1.1 GB).
+LILocBench train ~ 1 : 4), 16 corridor frames (about a minute on 2 cores, ~1.1 GB); demo (`make
+demo`) = default with 200 NYU rooms (160 train, 40 validation): a network trained from scratch on
+38 rooms learns those rooms, not rooms (docs/decisions.md).
 """
 
 from data_pipelines.synthetic.generator import SIZES

@@ -1,5 +1,6 @@
-"""Quickstart: synthetic data (`python -m data_pipelines.synthetic --out data/synthetic`), 96x128,
-a few hundred steps of joint training from scratch; learns visibly in minutes on 2 CPU cores."""
+"""Quickstart (`make demo`): synthetic data (`python -m data_pipelines.synthetic --out data/synthetic
+--size demo`: 160 NYU-like training rooms), 96x128, a few hundred steps of joint training from
+scratch; learns visibly in minutes on 2 CPU cores."""
 
 from efficientvit_jax.configs import default
 
