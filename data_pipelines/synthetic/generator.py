@@ -23,7 +23,8 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from data_pipelines import lilocbench, readers
+from data_pipelines import lilocbench
+from data_pipelines import readers
 from data_pipelines.synthetic import scenes
 from efficientvit_jax import console
 
@@ -460,7 +461,7 @@ def _extraction_truth(p: dict) -> dict:
     bursts = p['cameras'][name]
     rows = [(t, role, partner) for b in bursts for t, role, partner in b.colour]
 
-    def pairs(which: str) -> list[list[str]]:
+    def pairs(which: str, rows=rows) -> list[list[str]]:
       return [[lilocbench.format_stamp(t), lilocbench.format_stamp(d)] for t, role, d in rows if role == which]
 
     kept = pairs('kept')
