@@ -448,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
 
       try:
         metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
-                                      protocol=args.protocol, on_batch=on_batch)
+                                      protocol=args.protocol, with_seg=domains.has_seg_labels(args.dataset),
+                                      on_batch=on_batch)
       finally:
         bar.close()
         batches.close()
