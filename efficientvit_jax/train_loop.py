@@ -147,10 +147,19 @@ class Throughput:
 # Start
 
 
+def steps_plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'sizes': {set: frames}, 'steps_per_epoch', 'num_steps'}: the run's length from a training
+  config (`num_train_steps` > 0 overrides `num_epochs * steps_per_epoch`) and its sets' frames."""
+  sizes = datasets.train_sizes(config.data)
+  spe = datasets.steps_per_epoch(config.data, sizes, config.batch_size)
+  steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
+  return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
+
+
 def _plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The plan (`datasets.steps_plan`) after checking that every file the run reads exists."""
+  """The plan (`steps_plan`) after checking that every file the run reads exists."""
   try:  # the readers' errors name the file or config key at fault
-    sched = datasets.steps_plan(config)
+    sched = steps_plan(config)
     paths = datasets.resolve_paths(config.data)
     for name in config.data.eval_sets:  # fail now, not after hours of training
       datasets.make_reader(paths, name, 'val')
@@ -249,11 +258,11 @@ def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx
 
 
 def _dry_run(config: ml_collections.ConfigDict, model: model_lib.DepthSegNet, tx: Any, mesh: Mesh,
-             freeze_steps: int) -> list[str]:
+             freeze_steps: int, total_steps: int) -> list[str]:
   """The lines `--dry_run` adds to the plan: the mesh, the batch per process and per device, and
   the memory per device of the train step compiled for this mesh (reads one batch, compiles)."""
   processes, devices = jax.process_count(), jax.device_count()
-  data = datasets.train_iterator(config, 0, jax.process_index(), processes)
+  data = datasets.train_iterator(config, 0, jax.process_index(), processes, num_steps=total_steps)
   try:
     local = next(data)
   except readers.BadFrameError as e:
@@ -468,7 +477,7 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
   fixing the data resumes from it. (In a multi-process run the other processes do not see the bad
   frame and cannot join a save: resuming repeats the steps after the last scheduled save.)
   """
-  data = datasets.train_iterator(run.config, start_step, run.process, run.num_processes)
+  data = datasets.train_iterator(run.config, start_step, run.process, run.num_processes, num_steps=run.total_steps)
   # A bar on a terminal; elsewhere the log lines of `_report_train` are the progress (lines=False).
   # Rates come from `Throughput` (the bar's postfix), the ETA from the bar's average pace.
   progress = console.Progress(run.total_steps, 'train', unit='step', initial=start_step, lines=False,
@@ -606,7 +615,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   model = model_lib.create(backbone=config.model.backbone, dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   if dry_run:
-    lines = _dry_run(config, model, tx, mesh, freeze_steps)
+    lines = _dry_run(config, model, tx, mesh, freeze_steps, total_steps)
     if process == 0:
       print('\n'.join(lines), flush=True)
     return None
