@@ -120,3 +120,20 @@ def test_a_bad_frame_saves_the_step_before_it_and_the_rerun_resumes_there(tmp_pa
   rerun = train_loop.train_and_evaluate(config, workdir)
   assert (rerun.start_step, rerun.step) == (2, 4)
   assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2, 3, 4]
+
+
+def test_steps_plan_from_the_frames_of_the_data(synthetic_tiny):
+  # The frame counts the generator reports; a table row of data_pipelines.mixing: n // B, n_larger // count_larger.
+  counts = json.loads((synthetic_tiny / 'synthetic_info.json').read_text())['counts']
+  config = _config(synthetic_tiny, 0)
+  config.num_epochs = 3
+  config.data.mode = 'nyu'
+  plan = train_loop.steps_plan(config)
+  assert plan == {'sizes': {'nyu': counts['nyu_train']}, 'steps_per_epoch': counts['nyu_train'] // 2,
+                  'num_steps': 3 * (counts['nyu_train'] // 2)}
+  config.data.mode = 'joint'  # weights 0.5 / 0.5 of a batch of 2: one frame of each set a step
+  config.num_train_steps = 5
+  plan = train_loop.steps_plan(config)
+  assert plan['sizes'] == {'nyu': counts['nyu_train'], 'lilocbench': counts['lilocbench_train']}
+  assert plan['steps_per_epoch'] == max(counts['nyu_train'], counts['lilocbench_train'])
+  assert plan['num_steps'] == 5
