@@ -97,8 +97,8 @@ def test_a_bad_frame_saves_the_step_before_it_and_the_rerun_resumes_there(tmp_pa
   real = train_loop.datasets.train_iterator
 
   class BadThirdBatch:
-    def __init__(self, *args):
-      self.data, self.n = real(*args), 0
+    def __init__(self, *args, **kwargs):
+      self.data, self.n = real(*args, **kwargs), 0
 
     def __next__(self):
       self.n += 1
