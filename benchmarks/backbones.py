@@ -148,13 +148,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   for flag in ('forward_batch', 'train_batch', 'steps'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")} must be >= 1')
-  args.threads = train_step.setup_process(args.threads, True, args.impl, args.release_memory)
+  args.threads = train_step.setup_process(args.threads, True, args.release_memory)
   import torch
 
   torch.set_flush_denormal(True)
   rows = []
   for backbone in backbones:
-    rows.append(bench_backbone(backbone, args))
+    with train_step.formulation(args.impl):
+      rows.append(bench_backbone(backbone, args))
     print(f'{backbone}: done', file=sys.stderr, flush=True)
     if args.json:
       train_step.write_json(args.json, {'rows': rows})

@@ -388,7 +388,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
     return frames
 
   for name in mode.eval_sets:
-    with_seg = name != 'lilocbench'
+    with_seg = domains.has_seg_labels(name)
     keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
     step = jax.jit(evaluation.make_eval_step(graphdef, set_name=name, with_seg=with_seg))
     start = time.perf_counter()

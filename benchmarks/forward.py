@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
   batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
-  args.threads = train_step.setup_process(args.threads, args.torch, args.impl, args.release_memory)
-  rows = [bench_one(b, args) for b in batches]
+  args.threads = train_step.setup_process(args.threads, args.torch, args.release_memory)
+  with train_step.formulation(args.impl):
+    rows = [bench_one(b, args) for b in batches]
   print(f'device {rows[0]["device"]}, {args.backbone}, {args.threads} threads, {args.size[0]}x{args.size[1]}, '
         f'{args.dtype}, ops {args.impl}, eval-mode forward, median of {args.steps}')
   train_step.print_table(rows, TABLE)

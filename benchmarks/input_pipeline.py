@@ -46,7 +46,7 @@ def measure(root: str, mode: str, threads: int, batches: int, batch_size: int,
   config.data.num_threads, config.data.num_workers = threads, workers
   warmup = max(1, workers)
   config.batch_size, config.num_train_steps = batch_size, batches + warmup
-  it = datasets.train_iterator(config)
+  it = datasets.train_iterator(config, num_steps=config.num_train_steps)
   for _ in range(warmup):
     next(it)
   start = time.perf_counter()

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
   batches = train_step.batch_sizes(parser, '--batch-sizes', args.batch_sizes)
-  threads = train_step.setup_process(args.threads, True, 'auto', args.release_memory)
+  threads = train_step.setup_process(args.threads, True, args.release_memory)
   from efficientvit_jax import convert
 
   loaded = convert.load_model(args.checkpoint)

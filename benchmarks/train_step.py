@@ -102,13 +102,8 @@ def forward_flop(backbone: str, size: tuple[int, int]) -> float:
 
   graphdef, state = nnx.split(nnx.eval_shape(lambda: model_lib.create(backbone=backbone)))
   image = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-  previous = ops._IMPL
-  ops.set_impl('native')
-  try:
-    with jax.default_device(jax.devices('cpu')[0]):
-      compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)).lower(state, image).compile()
-  finally:
-    ops.set_impl(previous)
+  with ops.formulation('native'), jax.default_device(jax.devices('cpu')[0]):
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)).lower(state, image).compile()
   cost = compiled.cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
 
@@ -484,7 +479,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument('--profile', default='', metavar='DIR',
                       help='also trace 3 of our steps into DIR and print the op time per XLA op kind')
   parser.add_argument('--impl', default='auto', choices=('auto', 'native', 'cpu'),
-                      help='ops formulations (efficientvit_jax.ops.set_impl); auto: by backend')
+                      help='ops formulations (efficientvit_jax.ops.formulation); auto: by backend')
   parser.add_argument('--backbone', default=model_lib.DEFAULT_BACKBONE, choices=model_lib.BACKBONES)
   args = parser.parse_args(argv)
   args.batches = batch_sizes(parser, '--sweep', args.sweep) if args.sweep else [args.batch_size]
@@ -502,12 +497,12 @@ def batch_sizes(parser: argparse.ArgumentParser, flag: str, text: str, minimum: 
   return sizes
 
 
-def setup_process(threads: int, with_torch: bool, impl: str, release_memory: bool = False) -> int:
+def setup_process(threads: int, with_torch: bool, release_memory: bool = False) -> int:
   """Process-wide settings shared by both contestants; call before JAX or torch start threads.
 
   Keeps freed memory (`efficientvit_jax.host_memory`, unless `release_memory`), pins the process
   to `threads` cores (0: all schedulable) so that XLA:CPU sizes its pool to them, gives torch the
-  same count, and selects the ops formulations. Returns the thread count.
+  same count. Returns the thread count.
   """
   if not release_memory:
     from efficientvit_jax import host_memory
@@ -523,10 +518,15 @@ def setup_process(threads: int, with_torch: bool, impl: str, release_memory: boo
     import torch
 
     torch.set_num_threads(threads)
+  return threads
+
+
+def formulation(impl: str) -> Any:
+  """The `--impl` flag (auto | native | cpu) as `ops.formulation`'s context: the ops formulations
+  of the models traced inside it."""
   from efficientvit_jax import ops
 
-  ops.set_impl(None if impl == 'auto' else impl)
-  return threads
+  return ops.formulation(None if impl == 'auto' else impl)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -557,10 +557,11 @@ def release_device_memory(with_torch: bool) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   with_torch = args.torch or args.torch_compile
-  args.threads = setup_process(args.threads, with_torch, args.impl, args.release_memory)
+  args.threads = setup_process(args.threads, with_torch, args.release_memory)
   rows = []
   for batch_size in args.batches:
-    rows.append(bench_one(batch_size, args))
+    with formulation(args.impl):
+      rows.append(bench_one(batch_size, args))
     release_device_memory(with_torch)
     if args.json:
       write_json(args.json, summary(rows))

@@ -14,7 +14,8 @@ frames were skipped to make it, so `skipped.count` is the sum over threads and w
 
 Example::
 
-  it = train_iterator(config, start_step=0, process_index=0, process_count=1)
+  # num_steps: the run's length, planned by the loop (`efficientvit_jax.train_loop.steps_plan`)
+  it = train_iterator(config, start_step=0, process_index=0, process_count=1, num_steps=num_steps)
   batch = next(it)            # dict of numpy arrays, leading dim batch_size / process_count
   state = {'step': it.step}   # what a checkpoint stores
 """
@@ -196,16 +197,18 @@ def _weights(data: ml_collections.ConfigDict) -> tuple[tuple[str, float], ...]:
   return tuple((k, float(data.weights[k])) for k in sorted(data.weights.keys()))
 
 
-def steps_plan(config: ml_collections.ConfigDict,
-               train_readers: Mapping[int, readers.Reader] | None = None) -> dict[str, Any]:
-  """{'sizes': {set: frames}, 'steps_per_epoch', 'num_steps'} of a training config
-  (`num_train_steps` > 0 overrides `num_epochs * steps_per_epoch`)."""
-  data = config.data
-  train_readers = train_readers or _train_readers(data)
-  sizes = {mixing.TRAIN_SETS[d]: len(r) for d, r in train_readers.items()}
-  spe = mixing.steps_per_epoch(data.mode, sizes, config.batch_size, dict(_weights(data)))
-  steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
-  return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
+def _sizes(train_readers: Mapping[int, readers.Reader]) -> dict[str, int]:
+  return {mixing.TRAIN_SETS[d]: len(r) for d, r in train_readers.items()}
+
+
+def train_sizes(data: ml_collections.ConfigDict) -> dict[str, int]:
+  """{set: frames} of the training sets `data.mode` mixes."""
+  return _sizes(_train_readers(data))
+
+
+def steps_per_epoch(data: ml_collections.ConfigDict, sizes: Mapping[str, int], batch_size: int) -> int:
+  """Global batches of `batch_size` in one epoch of `data.mode`'s mix of sets of `sizes` frames."""
+  return mixing.steps_per_epoch(data.mode, sizes, batch_size, dict(_weights(data)))
 
 
 def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
@@ -237,7 +240,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, start_step: int = 0,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, *, num_steps: int):
     data = config.data
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} out of range for {process_count} processes')
@@ -245,9 +248,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f'seed must be >= 0, got {config.seed}')
     local = _local_batch_size(config.batch_size, process_count)
     train_readers = _train_readers(data)
-    steps = steps_plan(config, train_readers)
-    self.sizes, self.steps_per_epoch, self.num_steps = (
-        steps['sizes'], steps['steps_per_epoch'], steps['num_steps'])
+    self.sizes = _sizes(train_readers)
+    self.steps_per_epoch = steps_per_epoch(data, self.sizes, config.batch_size)
+    self.num_steps = int(num_steps)
     self.local_batch_size = local
     self.step = start_step
     self.skipped = SkipLog()
@@ -299,9 +302,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
 
 def train_iterator(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> TrainIterator:
-  """Per-process training batches from `start_step` on (see `TrainIterator`)."""
-  return TrainIterator(config, start_step, process_index, process_count)
+                   process_count: int = 1, *, num_steps: int) -> TrainIterator:
+  """Per-process training batches for steps `start_step` .. `num_steps - 1` (see `TrainIterator`)."""
+  return TrainIterator(config, start_step, process_index, process_count, num_steps=num_steps)
 
 
 @dataclasses.dataclass

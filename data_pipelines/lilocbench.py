@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 from concurrent import futures
+from typing import Any
 
 import numpy as np
 import yaml
@@ -174,6 +175,20 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
   """
   seq = pathlib.Path(input_dir)
   out = pathlib.Path(output_dir)
+  found = _chosen_cameras(seq, out, target_fps, cameras)
+  summary = {'sequence': seq.name, 'target_fps': target_fps,
+             'max_dt_ms': MAX_DT_NS / 1e6, 'num_frames': 0, 'cameras': {}}
+  jobs = []  # (index, colour png, depth png)
+  lines = []
+  for name in found:
+    summary['cameras'][name] = _match_camera(seq, name, target_fps, jobs, lines)
+  summary['num_frames'] = len(jobs)
+  _write_extraction(out, seq.name, jobs, lines, summary, num_threads)
+  return {**summary, 'input': str(seq), 'output': str(out)}
+
+
+def _chosen_cameras(seq: pathlib.Path, out: pathlib.Path, target_fps: float, cameras: list[str] | None) -> list[str]:
+  """The camera folders to extract, sorted, after checking the arguments (errors name the folder)."""
   if target_fps <= 0:
     raise ValueError(f'target_fps must be > 0, got {target_fps}')
   if not seq.is_dir():
@@ -191,38 +206,43 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
         raise ValueError(f'{seq}: no camera folder {name!r}; found {", ".join(found)}')
       chosen.append(name)
     found = sorted(set(chosen))
+  return found
 
-  summary = {'sequence': seq.name, 'target_fps': target_fps,
-             'max_dt_ms': MAX_DT_NS / 1e6, 'num_frames': 0, 'cameras': {}}
-  jobs = []  # (index, colour png, depth png)
-  lines = []
-  for name in found:
-    cam = seq / name
-    cdir, ddir = _find_dir(cam, COLOR_DIRS, 'colour'), _find_dir(cam, DEPTH_DIRS, 'depth')
-    intr, form = read_intrinsics(cam)
-    colour = _stamped_pngs(cdir)
-    depth = _stamped_pngs(ddir)
-    cpath, dpath = dict(colour), dict(depth)
-    m = match_camera([c for c, _ in colour], [d for d, _ in depth], target_fps)
-    first = len(jobs)
-    for c, d in m['kept']:
-      idx = len(jobs)
-      jobs.append((idx, cpath[c], dpath[d]))
-      stem = f'{idx:06d}'
-      lines.append({'stem': stem, 'rgb': f'rgb/{stem}.png', 'sensor_depth': f'depth/{stem}.npy',
-                    'source': 'lilocbench', 'sequence': seq.name, 'camera': name,
-                    'timestamp': c / 1e9, 'timestamp_ns': c, 'intrinsics': intr})
-    summary['cameras'][name] = {
-      'color_dir': str(cdir.relative_to(cam)), 'depth_dir': str(ddir.relative_to(cam)),
-      'intrinsics': intr, 'intrinsics_form': form,
-      'num_color': len(colour), 'num_depth': len(depth), 'num_kept': len(m['kept']),
-      'num_skipped': len(m['skipped']), 'num_dropped': len(m['dropped']),
-      'first_index': first,
-      'kept': [[format_stamp(c), format_stamp(d)] for c, d in m['kept']],
-      'dropped': [[format_stamp(c), None if d is None else format_stamp(d)] for c, d in m['dropped']],
-    }
-  summary['num_frames'] = len(jobs)
 
+def _match_camera(seq: pathlib.Path, name: str, target_fps: float, jobs: list[tuple[int, pathlib.Path, pathlib.Path]],
+                  lines: list[dict[str, Any]]) -> dict[str, Any]:
+  """Pairs one camera's colour and depth frames; appends its frames to `jobs` and manifest `lines`
+  (indices continue theirs) and returns its summary."""
+  cam = seq / name
+  cdir, ddir = _find_dir(cam, COLOR_DIRS, 'colour'), _find_dir(cam, DEPTH_DIRS, 'depth')
+  intr, form = read_intrinsics(cam)
+  colour = _stamped_pngs(cdir)
+  depth = _stamped_pngs(ddir)
+  cpath, dpath = dict(colour), dict(depth)
+  m = match_camera([c for c, _ in colour], [d for d, _ in depth], target_fps)
+  first = len(jobs)
+  for c, d in m['kept']:
+    idx = len(jobs)
+    jobs.append((idx, cpath[c], dpath[d]))
+    stem = f'{idx:06d}'
+    lines.append({'stem': stem, 'rgb': f'rgb/{stem}.png', 'sensor_depth': f'depth/{stem}.npy',
+                  'source': 'lilocbench', 'sequence': seq.name, 'camera': name,
+                  'timestamp': c / 1e9, 'timestamp_ns': c, 'intrinsics': intr})
+  return {
+    'color_dir': str(cdir.relative_to(cam)), 'depth_dir': str(ddir.relative_to(cam)),
+    'intrinsics': intr, 'intrinsics_form': form,
+    'num_color': len(colour), 'num_depth': len(depth), 'num_kept': len(m['kept']),
+    'num_skipped': len(m['skipped']), 'num_dropped': len(m['dropped']),
+    'first_index': first,
+    'kept': [[format_stamp(c), format_stamp(d)] for c, d in m['kept']],
+    'dropped': [[format_stamp(c), None if d is None else format_stamp(d)] for c, d in m['dropped']],
+  }
+
+
+def _write_extraction(out: pathlib.Path, seq_name: str, jobs: list[tuple[int, pathlib.Path, pathlib.Path]],
+                      lines: list[dict[str, Any]], summary: dict[str, Any], num_threads: int) -> None:
+  """Writes the frames, manifest.jsonl and extraction.json into a temporary folder beside `out`,
+  renamed to `out` when complete (removed on any error: no half-written output)."""
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
   try:
@@ -235,7 +255,7 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
       _depth_png_to_npy(dp, tmp / 'depth' / f'{idx:06d}.npy', colour=cp)
 
     with futures.ThreadPoolExecutor(num_threads) as pool:
-      for f in console.iterate([pool.submit(one, j) for j in jobs], f'extract {seq.name}', unit='frame'):
+      for f in console.iterate([pool.submit(one, j) for j in jobs], f'extract {seq_name}', unit='frame'):
         f.result()
     with open(tmp / 'manifest.jsonl', 'w') as f:
       for line in lines:
@@ -247,7 +267,6 @@ def extract(input_dir: str | os.PathLike, output_dir: str | os.PathLike, target_
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return {**summary, 'input': str(seq), 'output': str(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

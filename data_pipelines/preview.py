@@ -99,8 +99,10 @@ def summarize(lines: Sequence[dict], depth_samples: dict[int, list[np.ndarray]],
 @runtime.reporting_missing_extras  # tensorflow-datasets, for data.format = 'tfds'
 def main(argv: Sequence[str]) -> int:
   del argv
+  from efficientvit_jax import train_loop  # the run's length: the loop's plan
+
   config = _CONFIG.value
-  it = datasets.train_iterator(config, start_step=_START.value)
+  it = datasets.train_iterator(config, start_step=_START.value, num_steps=train_loop.steps_plan(config)['num_steps'])
   lines, depth_samples = [], collections.defaultdict(list)
   class_counts = np.zeros(classes.NUM_CLASSES, np.int64)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

@@ -37,6 +37,7 @@ from PIL import Image
 
 from efficientvit_jax import classes
 from efficientvit_jax import domains
+from efficientvit_jax import images
 
 MIN_CONFIDENCE = 0.5
 FIELDS = ('rgb', 'depth', 'labels', 'teacher_depth', 'teacher_seg', 'confidence')
@@ -153,70 +154,6 @@ def _check_aspect(shape: tuple[int, ...], size: tuple[int, int], name: str) -> N
                         f'{h}x{w}: aspect ratios differ')
 
 
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out] source indices of a nearest-neighbour resize (half-pixel centres)."""
-  return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
-
-
-def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """[h, w, ...] -> [size[0], size[1], ...] by nearest neighbour (any dtype)."""
-  if a.shape[:2] == tuple(size):
-    return a
-  return a[nearest_indices(a.shape[0], size[0])][:, nearest_indices(a.shape[1], size[1])]
-
-
-def opencv_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out] source indices of OpenCV's INTER_NEAREST: floor(i * (1 / (n_out / n_in))) in double,
-  as it computes them (no half-pixel centres: 640 -> 320 takes the even columns)."""
-  return np.minimum(np.floor(np.arange(n_out) * (1.0 / (n_out / n_in))).astype(np.int64), n_in - 1)
-
-
-def resize_nearest_opencv(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """[h, w, ...] -> [size[0], size[1], ...] as `cv2.resize(a, (W, H), interpolation=cv2.INTER_NEAREST)`."""
-  if a.shape[:2] == tuple(size):
-    return a
-  return a[opencv_nearest_indices(a.shape[0], size[0])][:, opencv_nearest_indices(a.shape[1], size[1])]
-
-
-def resize_bilinear_pil(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """float32 [h, w] -> float32 [size] by PIL's bilinear resize of a mode-F image: a triangle filter
-  whose support grows with the shrink factor (antialiased; holes mixed in). The reference's loader
-  resizes NYU depth so (`Image.fromarray(depth).resize((W, H), Image.BILINEAR)`)."""
-  if a.shape == tuple(size):
-    return a
-  return np.asarray(Image.fromarray(np.asarray(a, np.float32)).resize((size[1], size[0]), Image.BILINEAR), np.float32)
-
-
-def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """float [h, w] -> [size], bilinear, align_corners=False, no antialiasing (torch's
-  `F.interpolate(mode='bilinear')`)."""
-  if a.shape == tuple(size):
-    return a
-  return _lerp_axis(_lerp_axis(a, size[0], 0), size[1], 1)
-
-
-def _lerp_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-  """Bilinear (align_corners=False) resample of `a` along `axis` to `n_out` samples."""
-  n_in = a.shape[axis]
-  x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-  i0 = np.floor(x).astype(np.int64)
-  i1 = np.minimum(i0 + 1, n_in - 1)
-  f = (x - i0).astype(np.float32)
-  f = f[:, None] if axis == 0 else f[None, :]
-  return a.take(i0, axis) * (1 - f) + a.take(i1, axis) * f
-
-
-def resize_depth_valid(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """float32 [h, w] -> [size]: bilinear over valid (> 0) pixels only; 0 where none is near."""
-  if depth.shape == tuple(size):
-    return depth
-  if np.all(depth > 0):  # dense teacher maps (the usual case) need no normalisation
-    return resize_bilinear(depth, size).astype(np.float32)
-  valid = (depth > 0).astype(np.float32)
-  num, den = resize_bilinear(depth * valid, size), resize_bilinear(valid, size)
-  return np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 # Assembly: record -> raw frame
 
@@ -257,7 +194,7 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
     teacher = decode_npy(record['teacher_depth'], name('teacher_depth'), 'float')
     teacher = np.nan_to_num(teacher.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     _check_aspect(teacher.shape, hw, name('teacher_depth'))
-    depth = resize_depth_valid(np.maximum(teacher, 0.0), hw)
+    depth = images.resize_depth_valid(np.maximum(teacher, 0.0), hw)
     depth_valid = (depth >= lo) & (depth <= hi)
   else:
     depth, depth_valid = gt_depth, usable
@@ -275,7 +212,7 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
     if np.any((teacher_seg > top) & (teacher_seg != ignore)) or np.any(teacher_seg < 0):
       raise BadFrameError(f'{name("teacher_seg")}: labels must be 0..{top} or {ignore}')
     _check_aspect(teacher_seg.shape, hw, name('teacher_seg'))
-    seg = resize_nearest(teacher_seg, hw).astype(np.int32)
+    seg = images.resize_nearest(teacher_seg, hw).astype(np.int32)
   else:
     seg = gt_seg
 

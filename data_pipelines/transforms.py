@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import readers
 from efficientvit_jax import images
 
 REFERENCE_CROP = (240, 320)  # the reference crops 240x320 at native scale from 480x640 NYU frames
@@ -73,13 +72,13 @@ def eval_transform(frame: Mapping[str, Any], input_size: tuple[int, int],
   metric applies its own).
   """
   size = tuple(input_size)
-  maps = {k: readers.resize_nearest(frame[k], size) for k in MAPS}
+  maps = {k: images.resize_nearest(frame[k], size) for k in MAPS}
   resize_rgb = images.resize_rgb
   if protocol == 'reference':
-    maps['gt_depth'] = readers.resize_bilinear_pil(frame['sensor_depth'], size)
+    maps['gt_depth'] = images.resize_bilinear_pil(frame['sensor_depth'], size)
     maps['gt_seg'] = maps['seg']
   elif protocol == 'reference-frames':
-    maps['gt_depth'] = readers.resize_nearest_opencv(frame['sensor_depth'], size)
+    maps['gt_depth'] = images.resize_nearest_opencv(frame['sensor_depth'], size)
     resize_rgb = images.resize_rgb_opencv
   elif protocol != 'ours':
     raise ValueError(f'protocol must be ours, reference or reference-frames, got {protocol!r}')
@@ -103,5 +102,5 @@ def train_transform(frame: Mapping[str, Any], rng: np.random.Generator,
     rgb = rgb[crop]
     maps = {k: v[crop] for k, v in maps.items()}
   rgb = images.resize_rgb(np.ascontiguousarray(rgb), size)
-  maps = {k: readers.resize_nearest(v, size) for k, v in maps.items()}
+  maps = {k: images.resize_nearest(v, size) for k, v in maps.items()}
   return _element(rgb, maps, frame)

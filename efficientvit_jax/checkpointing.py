@@ -32,6 +32,7 @@ from absl import logging
 from flax import nnx
 
 from efficientvit_jax import console
+from efficientvit_jax import parallel
 from efficientvit_jax.trees import flatten
 from efficientvit_jax.trees import path_name
 from efficientvit_jax.trees import unflatten
@@ -85,18 +86,9 @@ def default_kendall() -> dict[str, np.ndarray]:
   return {'log_sigma_d': np.zeros((1,), np.float32), 'log_sigma_s': np.zeros((1,), np.float32)}
 
 
-def to_host(x: Any) -> np.ndarray:
-  """A (possibly multi-process, replicated) array -> numpy."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if not x.is_fully_replicated:
-      raise ValueError('to_host takes replicated arrays; this one is sharded across processes')
-    return np.asarray(x.addressable_data(0))
-  return np.asarray(jax.device_get(x))
-
-
 def state_to_tree(state: nnx.State) -> dict[str, Any]:
   """An `nnx.State` -> nested dict with string keys and numpy leaves (what orbax stores)."""
-  return unflatten({'.'.join(str(p) for p in path): to_host(v[...]) for path, v in nnx.to_flat_state(state)})
+  return unflatten({'.'.join(str(p) for p in path): parallel.to_host(v[...]) for path, v in nnx.to_flat_state(state)})
 
 
 def model_trees(model: nnx.Module) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -137,7 +129,7 @@ def load_into_model(model: nnx.Module, params: dict[str, Any], batch_stats: dict
 def opt_state_tree(opt_state: Any) -> dict[str, Any]:
   """An optimiser state -> the nested dict `opt_state` stores: one key per path element (namedtuple
   fields such as `mu` / `nu` by name, dict keys, tuple indices as '0', '1', ...), numpy leaves."""
-  flat = {path_name(path): to_host(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
+  flat = {path_name(path): parallel.to_host(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
   if len(flat) != len(jax.tree.leaves(opt_state)):
     raise ValueError('opt_state_tree: two leaves of the optimiser state have the same path name')
   return unflatten(flat)

@@ -8,6 +8,9 @@ Plain Python: the data pipelines import it too.
 SETS = ('nyu', 'lilocbench', 'corridor')
 # Usable depth per set, metres, both ends included: training targets and evaluation ground truth.
 DEPTH_WINDOWS = {'nyu': (0.1, 10.0), 'lilocbench': (0.1, 15.0), 'corridor': (0.1, 5.0)}
+# Sets whose evaluation frames carry human segmentation labels (`gt_seg`); the others have at most
+# teacher labels (training targets) and are scored on depth only.
+SEG_LABELLED_SETS = ('nyu',)
 
 
 def domain_id(set_name: str) -> int:
@@ -15,3 +18,10 @@ def domain_id(set_name: str) -> int:
   if set_name not in SETS:
     raise ValueError(f'unknown data set {set_name!r}: expected one of {SETS}')
   return SETS.index(set_name)
+
+
+def has_seg_labels(set_name: str) -> bool:
+  """Whether `set_name`'s evaluation frames carry segmentation labels (`gt_seg`); ValueError naming
+  an unknown set."""
+  domain_id(set_name)
+  return set_name in SEG_LABELLED_SETS

@@ -312,8 +312,7 @@ class PredictionWriter:
         self.panels += 1
 
 
-@runtime.reporting_missing_extras  # torch (a reference .pt), tensorflow-datasets (--format tfds)
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   from efficientvit_jax import parallel
 
   parser = argparse.ArgumentParser(prog='python eval.py', description=__doc__.split('\n\n')[0])
@@ -344,15 +343,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('-v', '--verbose', action='store_true',
                       help="also show the INFO log records, ours and the libraries'")
   parallel.add_distributed_args(parser)
-  args = parser.parse_args(argv)
-  if args.compare:
-    table, errors = compare(args.compare)
-    for error in errors:
-      print(f'error: {error}', file=sys.stderr)
-    if errors:
-      return 2
-    print(table, end='')
-    return 0
+  return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+  """Exits (argparse's usage error) for flags that do not go together; returns the error line for
+  outputs that cannot be written (existing, not empty, read-only), else None."""
   missing = [f'--{k}' for k in ('checkpoint', 'dataset', 'data', 'out') if not getattr(args, k)]
   if missing:
     parser.error(f'the following arguments are required: {", ".join(missing)} (or --compare)')
@@ -366,19 +362,14 @@ def main(argv: list[str] | None = None) -> int:
       images.check_batch_pixels(args.size, args.batch_size)
   except ValueError as e:
     parser.error(str(e))
-  corridor_reference = args.protocol == 'reference' and args.dataset == 'corridor'
   if pathlib.Path(args.out).is_dir():
-    print(f'error: --out {args.out} is a folder; give the JSON file to write (R.json)', file=sys.stderr)
-    return 2
+    return f'--out {args.out} is a folder; give the JSON file to write (R.json)'
   for out in (pathlib.Path(args.out), pathlib.Path(args.out).with_suffix('.md')):
     if out.exists() and not args.overwrite:
-      print(f'error: {out} already exists; choose another --out or pass --overwrite', file=sys.stderr)
-      return 2
+      return f'{out} already exists; choose another --out or pass --overwrite'
   saved = pathlib.Path(args.save_predictions) if args.save_predictions else None
   if saved is not None and saved.is_dir() and any(saved.iterdir()) and not args.overwrite:
-    print(f'error: --save-predictions {saved} is not empty; choose another folder or pass --overwrite',
-          file=sys.stderr)
-    return 2
+    return f'--save-predictions {saved} is not empty; choose another folder or pass --overwrite'
   # Before the evaluation, not after it: outputs in a read-only (or full, or missing) place.
   from efficientvit_jax import checkpointing
 
@@ -387,9 +378,21 @@ def main(argv: list[str] | None = None) -> int:
       if folder is not None:
         checkpointing.check_writable(folder)
     except OSError as e:
-      print(f'error: cannot write {flag}: {e}', file=sys.stderr)
-      return 2
+      return f'cannot write {flag}: {e}'
+  return None
 
+
+def _prediction_window(args: argparse.Namespace) -> tuple[float, float]:
+  """The depth window of the saved predictions' ground truth, as the protocol counts it."""
+  if args.protocol == 'reference-frames':  # 0.1 < gt < 5 in float32: the float32 neighbours inside
+    return tuple(float(np.nextafter(np.float32(v), np.float32(to))) for v, to in ((0.1, 1), (5.0, 0)))
+  if args.protocol == 'reference' and args.dataset != 'corridor':  # every pixel with gt > 0
+    return (1e-12, float('inf'))
+  return domains.DEPTH_WINDOWS[args.dataset]
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, src: str, paths: dict[str, Any], mesh: Any) -> dict[str, Any]:
+  """One checkpoint's result (the JSON's object) on this process's share of the split."""
   import jax
   from flax import nnx
 
@@ -397,7 +400,83 @@ def main(argv: list[str] | None = None) -> int:
   from efficientvit_jax import console
   from efficientvit_jax import convert
   from efficientvit_jax import evaluation
-  from efficientvit_jax import runtime
+  from efficientvit_jax import parallel
+
+  process, num_processes = jax.process_index(), jax.process_count()
+  loaded = convert.load_model(src, args.step, allow_pickle=args.allow_pickle)
+  ckpt, size = loaded.ckpt, loaded.input_size(args.size)
+  images.check_batch_pixels(size, args.batch_size)
+  if process == 0:
+    print(loaded.describe(args.size), flush=True)
+  graphdef, params, batch_stats = nnx.split(loaded.model, nnx.Param, nnx.BatchStat)
+  params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
+  if args.protocol == 'reference' and args.dataset == 'corridor':  # sensor depth, nearest-resized; metric windows it
+    reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
+    batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=size)
+  else:
+    batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
+                                     process_index=process, process_count=num_processes, input_size=size,
+                                     protocol=args.protocol)
+  writer = None
+  if args.save_predictions:
+    name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
+    writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, _prediction_window(args))
+  bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
+                         unit='batch', batch_size=args.batch_size, quiet=process != 0)
+
+  def on_batch(local, preds):
+    if writer is not None:
+      writer(local, preds)
+    bar.update()
+
+  try:
+    metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
+                                  protocol=args.protocol, with_seg=domains.has_seg_labels(args.dataset),
+                                  on_batch=on_batch)
+  finally:
+    bar.close()
+    batches.close()
+  return {'dataset': args.dataset, 'split': args.split, 'checkpoint': src, 'step': ckpt.step,
+          'backbone': loaded.backbone, 'input_size': list(size), 'protocol': args.protocol, **metrics}
+
+
+def _write_results(out: pathlib.Path, results: list[dict[str, Any]]) -> int:
+  """R.json, R.md and the pictures; prints the table. 0, or 1 when they cannot be written."""
+  table = markdown_table(results)
+  try:
+    _write_whole(out, json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
+    _write_whole(out.with_suffix('.md'), table)
+    pictures = write_pictures(out, results)
+  except OSError as e:  # the place was checked at the start: a disk that filled up or went away since
+    print(f'error: cannot write the results: {e}', file=sys.stderr)
+    return 1
+  print(table, end='')
+  print(f'wrote {out}, {out.with_suffix(".md")}' + ''.join(f', {p}' for p in pictures))
+  return 0
+
+
+@runtime.reporting_missing_extras  # torch (a reference .pt), tensorflow-datasets (--format tfds)
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.compare:
+    table, errors = compare(args.compare)
+    for error in errors:
+      print(f'error: {error}', file=sys.stderr)
+    if errors:
+      return 2
+    print(table, end='')
+    return 0
+  error = _check_args(parser, args)
+  if error is not None:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+
+  import jax
+
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import console
+  from efficientvit_jax import parallel
 
   console.setup(args.verbose)
   try:
@@ -406,71 +485,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   runtime.enable_compilation_cache(args.compilation_cache)
-  process, num_processes = jax.process_index(), jax.process_count()
   mesh = parallel.make_mesh()
   if args.batch_size % jax.device_count():
     parser.error(f'--batch-size {args.batch_size} is not divisible by the {jax.device_count()} devices')
   paths = data_paths(args)
-  results = []
   try:
-    for src in args.checkpoint:
-      loaded = convert.load_model(src, args.step, allow_pickle=args.allow_pickle)
-      ckpt, size = loaded.ckpt, loaded.input_size(args.size)
-      images.check_batch_pixels(size, args.batch_size)
-      if process == 0:
-        print(loaded.describe(args.size), flush=True)
-      graphdef, params, batch_stats = nnx.split(loaded.model, nnx.Param, nnx.BatchStat)
-      params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
-      if corridor_reference:  # the sensor depth, nearest-resized; the metric applies the window
-        reader = evaluation.SensorDepthAsGroundTruth(datasets.make_reader(paths, args.dataset, args.split))
-        batches = datasets.EvalIterator(reader, args.batch_size, process, num_processes, input_size=size)
-      else:
-        batches = datasets.eval_iterator(paths, args.dataset, args.split, batch_size=args.batch_size,
-                                         process_index=process, process_count=num_processes, input_size=size,
-                                         protocol=args.protocol)
-      writer = None
-      if args.save_predictions:
-        name = pathlib.Path(src.rstrip('/')).name if len(args.checkpoint) > 1 else ''
-        if args.protocol == 'reference-frames':  # 0.1 < gt < 5 in float32: the float32 neighbours inside
-          window = tuple(float(np.nextafter(np.float32(v), np.float32(to))) for v, to in ((0.1, 1), (5.0, 0)))
-        elif args.protocol == 'reference' and not corridor_reference:  # every pixel with gt > 0
-          window = (1e-12, float('inf'))
-        else:
-          window = domains.DEPTH_WINDOWS[args.dataset]
-        writer = PredictionWriter(pathlib.Path(args.save_predictions) / name, args.dataset, window)
-      bar = console.Progress(len(batches), f'eval {args.dataset} {pathlib.Path(src.rstrip("/")).name}',
-                             unit='batch', batch_size=args.batch_size, quiet=process != 0)
-
-      def on_batch(local, preds, writer=writer, bar=bar):
-        if writer is not None:
-          writer(local, preds)
-        bar.update()
-
-      try:
-        metrics = evaluation.evaluate(graphdef, params, batch_stats, batches, mesh, set_name=args.dataset,
-                                      protocol=args.protocol, on_batch=on_batch)
-      finally:
-        bar.close()
-        batches.close()
-      result = {'dataset': args.dataset, 'split': args.split, 'checkpoint': src, 'step': ckpt.step,
-                'backbone': loaded.backbone, 'input_size': list(size), 'protocol': args.protocol, **metrics}
-      results.append(result)
+    results = [_evaluate_checkpoint(args, src, paths, mesh) for src in args.checkpoint]
   except (checkpointing.CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {runtime.missing_extra(e) or e}', file=sys.stderr)  # a missing extra: which to install
     return 2
-  if process == 0:
-    out = pathlib.Path(args.out)
-    table = markdown_table(results)
-    try:
-      _write_whole(out, json.dumps(results[0] if len(results) == 1 else results, indent=2, allow_nan=False) + '\n')
-      _write_whole(out.with_suffix('.md'), table)
-      pictures = write_pictures(out, results)
-    except OSError as e:  # the place was checked at the start: a disk that filled up or went away since
-      print(f'error: cannot write the results: {e}', file=sys.stderr)
-      return 1
-    print(table, end='')
-    print(f'wrote {out}, {out.with_suffix(".md")}' + ''.join(f', {p}' for p in pictures))
-  return 0
+  return _write_results(pathlib.Path(args.out), results) if jax.process_index() == 0 else 0
 
 
 def run():

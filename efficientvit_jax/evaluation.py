@@ -91,16 +91,6 @@ def make_eval_step(graphdef: nnx.GraphDef, *, set_name: str, protocol: str = 'ou
   return eval_step
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of an array sharded on its leading axis, in order."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  shards = {}
-  for shard in x.addressable_shards:
-    shards.setdefault(shard.index[0].start or 0, shard.data)
-  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
-
-
 class SensorDepthAsGroundTruth:
   """A reader whose frames' `gt_depth` is the sensor depth as stored (no window, no confidence
   test), for the reference's corridor evaluation, which applies its own window."""
@@ -152,11 +142,6 @@ def mean_losses(batches: list[dict[str, np.ndarray]]) -> dict[str, float | None]
     out['loss_seg'] = None
   out = {k: v if v is None or np.isfinite(v) else None for k, v in out.items()}
   return {**out, 'num_batches': len(batches)}
-
-
-def _replicated(tree: Any) -> Any:
-  """A tree of replicated device values -> numpy, from this process's own copy."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
 
 
 _EVAL_STEPS: dict[tuple[Any, ...], Callable] = {}
@@ -214,8 +199,8 @@ def evaluate(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, batches: Ite
     if with_loss:
       batch_losses.append(loss_parts)
     if on_batch is not None:
-      on_batch(local, {k: local_rows(v) for k, v in preds.items()})
+      on_batch(local, {k: parallel.local_rows(v) for k, v in preds.items()})
   result = accumulator.result()
   if with_loss:
-    result['loss'] = mean_losses(_replicated(batch_losses))
+    result['loss'] = mean_losses(parallel.replicated_to_host(batch_losses))
   return result

@@ -178,14 +178,10 @@ def stablehlo_exported(ckpt: Checkpoint, size: tuple[int, int], *, dynamic_batch
 
   batch = jax.export.symbolic_shape('batch')[0] if dynamic_batch else 1
   spec = jax.ShapeDtypeStruct((batch, *size, 3), jnp.uint8)
-  previous = ops._IMPL
   # The CPU formulations (shifted slices, matrix products) are for XLA:CPU training; a program
   # meant for any backend keeps the native convolutions, which each compiler lowers its own way.
-  ops.set_impl('native')
-  try:
+  with ops.formulation('native'):
     return jax.export.export(jax.jit(jax_deploy_fn(ckpt, fp16=fp16)), platforms=STABLEHLO_PLATFORMS)(spec)
-  finally:
-    ops.set_impl(previous)
 
 
 # --------------------------------------------------------------------------------------------------

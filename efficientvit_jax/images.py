@@ -1,7 +1,7 @@
-"""Images on the host: the `--size HxW` argument of the commands (and its limits) and the RGB
-resize that training, evaluation and prediction share (so a picture is resized the same way
-everywhere), plus OpenCV's bilinear resize, which the reference's per-frame evaluation uses
-(`--protocol reference-frames`)."""
+"""Images on the host: the `--size HxW` argument of the commands (and its limits) and every host
+resize: the RGB resize that training, evaluation and prediction share (so a picture is resized the
+same way everywhere), OpenCV's bilinear and nearest resizes, which the reference's per-frame
+evaluation uses (`--protocol reference-frames`), and the resizes of depth and label maps."""
 
 import argparse
 
@@ -80,3 +80,67 @@ def resize_rgb_opencv(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   # OpenCV's vertical pass (SIMD and scalar alike): 16-bit products, high halves, then /4 rounded.
   out = ((((rows[r0] >> 4) * b0) >> 16) + (((rows[r1] >> 4) * b1) >> 16) + 2) >> 2
   return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out] source indices of a nearest-neighbour resize (half-pixel centres)."""
+  return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """[h, w, ...] -> [size[0], size[1], ...] by nearest neighbour (any dtype)."""
+  if a.shape[:2] == tuple(size):
+    return a
+  return a[nearest_indices(a.shape[0], size[0])][:, nearest_indices(a.shape[1], size[1])]
+
+
+def opencv_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out] source indices of OpenCV's INTER_NEAREST: floor(i * (1 / (n_out / n_in))) in double,
+  as it computes them (no half-pixel centres: 640 -> 320 takes the even columns)."""
+  return np.minimum(np.floor(np.arange(n_out) * (1.0 / (n_out / n_in))).astype(np.int64), n_in - 1)
+
+
+def resize_nearest_opencv(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """[h, w, ...] -> [size[0], size[1], ...] as `cv2.resize(a, (W, H), interpolation=cv2.INTER_NEAREST)`."""
+  if a.shape[:2] == tuple(size):
+    return a
+  return a[opencv_nearest_indices(a.shape[0], size[0])][:, opencv_nearest_indices(a.shape[1], size[1])]
+
+
+def resize_bilinear_pil(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """float32 [h, w] -> float32 [size] by PIL's bilinear resize of a mode-F image: a triangle filter
+  whose support grows with the shrink factor (antialiased; holes mixed in). The reference's loader
+  resizes NYU depth so (`Image.fromarray(depth).resize((W, H), Image.BILINEAR)`)."""
+  if a.shape == tuple(size):
+    return a
+  return np.asarray(Image.fromarray(np.asarray(a, np.float32)).resize((size[1], size[0]), Image.BILINEAR), np.float32)
+
+
+def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """float [h, w] -> [size], bilinear, align_corners=False, no antialiasing (torch's
+  `F.interpolate(mode='bilinear')`)."""
+  if a.shape == tuple(size):
+    return a
+  return _lerp_axis(_lerp_axis(a, size[0], 0), size[1], 1)
+
+
+def _lerp_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+  """Bilinear (align_corners=False) resample of `a` along `axis` to `n_out` samples."""
+  n_in = a.shape[axis]
+  x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+  i0 = np.floor(x).astype(np.int64)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  f = (x - i0).astype(np.float32)
+  f = f[:, None] if axis == 0 else f[None, :]
+  return a.take(i0, axis) * (1 - f) + a.take(i1, axis) * f
+
+
+def resize_depth_valid(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """float32 [h, w] -> [size]: bilinear over valid (> 0) pixels only; 0 where none is near."""
+  if depth.shape == tuple(size):
+    return depth
+  if np.all(depth > 0):  # dense teacher maps (the usual case) need no normalisation
+    return resize_bilinear(depth, size).astype(np.float32)
+  valid = (depth > 0).astype(np.float32)
+  num, den = resize_bilinear(depth * valid, size), resize_bilinear(valid, size)
+  return np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)

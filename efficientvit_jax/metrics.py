@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientvit_jax import domains
+from efficientvit_jax import parallel
 from efficientvit_jax.classes import CLASS_NAMES
 
 MIN_VALID_PIXELS = 100
@@ -266,17 +267,9 @@ def reference_frame_stats(
 # Host side (numpy, float64).
 # ------------------------------------------------------------------------------------------------
 
-def _to_numpy(x: Any) -> np.ndarray:
-  """Device array -> numpy, gathering across processes when it is not fully addressable."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils  # only multi-process runs need it
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))
-
-
 def _real_frames(stats: Mapping[str, Any], drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
   """One batch of per-frame statistics -> numpy, padding frames (`frame_mask` False) removed."""
-  host = {k: _to_numpy(v) for k, v in stats.items()}
+  host = {k: parallel.gather_to_host(v) for k, v in stats.items()}
   keep = host['frame_mask'].astype(bool)
   return {k: v[keep] for k, v in host.items() if k not in ('frame_mask', *drop)}
 
@@ -361,7 +354,7 @@ class MetricAccumulator:
     report = acc.result()
 
   Padding frames (frame_mask False) are dropped in `update`. Multi-process runs: arrays that are
-  not fully addressable are gathered with `process_allgather` (every process must call update).
+  not fully addressable are gathered by `parallel.gather_to_host` (every process must call update).
   """
 
   def __init__(

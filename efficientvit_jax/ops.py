@@ -13,29 +13,38 @@ equal to the native op, value and gradient, in `tests/test_ops.py`):
   conv's gradient is ~15x its forward).
 
 Dense kxk convolutions stay native everywhere. On GPU/TPU every op is native (cuDNN and the TPU
-compiler handle grouped convolutions well). `set_impl` overrides the choice (benchmarks, tests).
+compiler handle grouped convolutions well). `with formulation('native' | 'cpu'):` overrides the
+choice while tracing inside the block (export, benchmarks, tests).
 
 All tensors are NHWC; kernels are HWIO `[kh, kw, in / groups, out]`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
-_IMPL: str | None = None  # None = by backend; 'native' | 'cpu'
+_IMPL: str | None = None  # None = by backend; 'native' | 'cpu'; set only by `formulation`
 
 
-def set_impl(impl: str | None) -> None:
-  """Forces 'native' or 'cpu' formulations (None: choose by the default backend)."""
+@contextlib.contextmanager
+def formulation(impl: str | None) -> Iterator[None]:
+  """Within the block, ops traced use the 'native' or 'cpu' formulations (None: chosen by the
+  default backend); the previous choice is back on exit. Jitted functions traced before keep theirs."""
   global _IMPL
   if impl not in (None, 'native', 'cpu'):
     raise ValueError(f"ops impl must be None, 'native' or 'cpu', got {impl!r}")
-  _IMPL = impl
+  previous, _IMPL = _IMPL, impl
+  try:
+    yield
+  finally:
+    _IMPL = previous
 
 
 def impl() -> str:

@@ -1,5 +1,5 @@
-"""Devices, processes and where arrays live: the mesh, batch placement, multi-process start-up and
-the one outcome of several processes.
+"""Devices, processes and where arrays live: the mesh, batch placement, copies back to the host,
+multi-process start-up and the one outcome of several processes.
 
 Data parallelism: a `Mesh` over all devices of all processes with one `'data'` axis; batches are
 sharded on it, everything else (parameters, optimiser state) replicated. Each process passes its
@@ -83,6 +83,40 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
   return jax.tree.map(put, tree)
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A replicated (possibly multi-process) array -> numpy, this process's own copy; ValueError for
+  an array sharded across processes (`gather_to_host`, `local_rows`)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError('to_host takes replicated arrays; this one is sharded across processes')
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(jax.device_get(x))
+
+
+def replicated_to_host(tree: Any) -> Any:
+  """A tree of replicated device values -> numpy, from this process's own copy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+
+def gather_to_host(x: Any) -> np.ndarray:
+  """An array sharded on its leading axis -> numpy, all of it: gathered across processes when it
+  is not fully addressable (every process must call this)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # only multi-process runs need it
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded on its leading axis, in order."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = {}
+  for shard in x.addressable_shards:
+    shards.setdefault(shard.index[0].start or 0, shard.data)
+  return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
 # --------------------------------------------------------------------------------------------------

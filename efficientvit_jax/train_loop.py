@@ -44,6 +44,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import config_checks
 from efficientvit_jax import console
 from efficientvit_jax import convert
+from efficientvit_jax import domains
 from efficientvit_jax import evaluation
 from efficientvit_jax import model as model_lib
 from efficientvit_jax import optimizer as optimizer_lib
@@ -146,10 +147,19 @@ class Throughput:
 # Start
 
 
+def steps_plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'sizes': {set: frames}, 'steps_per_epoch', 'num_steps'}: the run's length from a training
+  config (`num_train_steps` > 0 overrides `num_epochs * steps_per_epoch`) and its sets' frames."""
+  sizes = datasets.train_sizes(config.data)
+  spe = datasets.steps_per_epoch(config.data, sizes, config.batch_size)
+  steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
+  return {'sizes': sizes, 'steps_per_epoch': spe, 'num_steps': int(steps)}
+
+
 def _plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The plan (`datasets.steps_plan`) after checking that every file the run reads exists."""
+  """The plan (`steps_plan`) after checking that every file the run reads exists."""
   try:  # the readers' errors name the file or config key at fault
-    sched = datasets.steps_plan(config)
+    sched = steps_plan(config)
     paths = datasets.resolve_paths(config.data)
     for name in config.data.eval_sets:  # fail now, not after hours of training
       datasets.make_reader(paths, name, 'val')
@@ -248,11 +258,11 @@ def _compile_steps(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, tx
 
 
 def _dry_run(config: ml_collections.ConfigDict, model: model_lib.DepthSegNet, tx: Any, mesh: Mesh,
-             freeze_steps: int) -> list[str]:
+             freeze_steps: int, total_steps: int) -> list[str]:
   """The lines `--dry_run` adds to the plan: the mesh, the batch per process and per device, and
   the memory per device of the train step compiled for this mesh (reads one batch, compiles)."""
   processes, devices = jax.process_count(), jax.device_count()
-  data = datasets.train_iterator(config, 0, jax.process_index(), processes)
+  data = datasets.train_iterator(config, 0, jax.process_index(), processes, num_steps=total_steps)
   try:
     local = next(data)
   except readers.BadFrameError as e:
@@ -319,7 +329,7 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
                       metrics: dict[str, float]) -> checkpointing.Checkpoint:
   params = checkpointing.state_to_tree(state['params'])
   stats = checkpointing.state_to_tree(state['batch_stats'])
-  kendall = {k: checkpointing.to_host(v) for k, v in state['kendall'].items()}
+  kendall = {k: parallel.to_host(v) for k, v in state['kendall'].items()}
   frozen_steps = run.freeze_steps if run.bn_frozen else 0  # encoder BatchNorms in eval mode meanwhile
   meta = {'step': step, 'epoch': step // run.steps_per_epoch,
           'steps_per_epoch': run.steps_per_epoch, 'num_steps': run.total_steps,  # the plan (convert.planned_epochs)
@@ -330,7 +340,7 @@ def _model_checkpoint(run: _Run, state: training.State, step: int,
 
 
 def _check_finite(run: _Run, state: training.State) -> None:
-  bad = int(checkpointing.to_host(state['nonfinite_step']))
+  bad = int(parallel.to_host(state['nonfinite_step']))
   if bad >= 0:
     raise RunError(f'non-finite loss at step {bad + 1}; stopped; {run.ckptr.last_good()} (lower the learning '
                    'rate or check the data)')
@@ -410,7 +420,7 @@ def _evaluate(run: _Run, state: training.State, step: int) -> dict[str, float]:
 
     try:
       res = evaluation.evaluate(run.graphdef, state['params'], state['batch_stats'], batches, run.mesh,
-                                set_name=name, with_seg=name != 'lilocbench', on_batch=on_batch,
+                                set_name=name, with_seg=domains.has_seg_labels(name), on_batch=on_batch,
                                 kendall=state['kendall'], loss_config=config.loss)
     finally:
       bar.close()
@@ -443,6 +453,18 @@ def _validation_lines(step: int, values: dict[str, float]) -> list[str]:
 # The loop
 
 
+@dataclasses.dataclass
+class _Loop:
+  """What the loop carries between steps: the last step run and saved, the metrics not yet logged,
+  the last validation's values, the throughput clock and the step functions already compiled."""
+  step: int
+  saved_step: int
+  clock: Throughput
+  pending: list[Any] = dataclasses.field(default_factory=list)
+  last_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  compiled: set[Callable] = dataclasses.field(default_factory=set)
+
+
 def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: Callable, start_step: int,
            stop: threading.Event) -> Outcome:
   """Steps `start_step` .. `total_steps` (or up to a stop request); saves, logs and evaluates.
@@ -450,71 +472,26 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
   The next global batch is read and its transfer to the devices started while the current step
   runs (the step is dispatched asynchronously); `train/input_wait` is the fraction of wall time the
   loop spent waiting for the host pipeline. A bad frame in that next batch stops the run before the
-  next step: the current step is still logged, evaluated and saved where the schedule says so (no
-  save is forced: resuming repeats the steps after the last scheduled save).
+  next step: the current step goes through its schedule (log, evaluation, save), then, in a
+  one-process run, is saved if the schedule did not (as on preemption), so that the rerun after
+  fixing the data resumes from it. (In a multi-process run the other processes do not see the bad
+  frame and cannot join a save: resuming repeats the steps after the last scheduled save.)
   """
-  config, total_steps = run.config, run.total_steps
-  data = datasets.train_iterator(config, start_step, run.process, run.num_processes)
+  data = datasets.train_iterator(run.config, start_step, run.process, run.num_processes, num_steps=run.total_steps)
   # A bar on a terminal; elsewhere the log lines of `_report_train` are the progress (lines=False).
   # Rates come from `Throughput` (the bar's postfix), the ETA from the bar's average pace.
-  progress = console.Progress(total_steps, 'train', unit='step', initial=start_step, lines=False,
+  progress = console.Progress(run.total_steps, 'train', unit='step', initial=start_step, lines=False,
                               quiet=not run.is_main)
-  pending, last_metrics = [], {}
-  clock = Throughput(start_step)
-  compiled = set()  # the step functions called once: their first call compiles (and waits for it)
-  step = saved_step = start_step
+  loop = _Loop(step=start_step, saved_step=start_step, clock=Throughput(start_step))
   preempted = False
-  data_error = None  # an error reading batch t + 1, raised before step t + 1 (step t went through its schedule)
   error = None
   try:
-    batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
-    while step < total_steps:
-      if data_error is not None:
-        raise data_error
-      step_fn = frozen_step if step < run.freeze_steps else train_step
-      state, metrics = step_fn(state, batch)
-      step += 1
-      if step_fn not in compiled:
-        compiled.add(step_fn)
-        clock.restart(step)
-      if step < total_steps:
-        wait_start = time.perf_counter()
-        try:
-          batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
-        except readers.BadFrameError as e:
-          data_error = e
-        clock.input_wait += time.perf_counter() - wait_start
-      pending.append(metrics)
-      run.ckptr.poll()  # seals a finished save (integrity record), then drops old steps
-      progress.update(1)
-      if step % config.log_every_steps == 0 or step == total_steps:
-        fetched = jax.device_get(pending)
-        pending = []
-        _check_finite(run, state)
-        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        values.update(clock.read(step, config.batch_size))
-        _report_train(run, progress, step, values)
-      evaluated = (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps
-      if evaluated and run.eval_sets:
-        last_metrics = _evaluate(run, state, step)
-      if step % config.checkpoint_every_steps == 0 or step == total_steps or evaluated:
-        _save(run, state, step, last_metrics if evaluated else {})
-        saved_step = step
-      if evaluated or step % config.checkpoint_every_steps == 0:
-        clock.restart(step)  # images/s and input_wait measure training steps only
-      preempted = stop.is_set() or (run.num_processes > 1 and parallel.reached_preemption(step))
-      if preempted and step < total_steps:
-        if saved_step != step:
-          _save(run, state, step, {}, force=True)
-        run.ckptr.wait()
-        print(f'preempted: saved step {step} in {run.workdir}/checkpoints; rerun the same command to resume',
-              flush=True)
-        break
+    preempted = _steps(run, state, train_step, frozen_step, data, progress, loop, stop)
   except (RunError, checkpointing.SaveError) as e:  # train.py prints the one error line
     error = RunError(str(e))
   except OSError as e:  # metrics.jsonl or TensorBoard on a full or vanished disk
     error = RunError(f'{e}; {run.ckptr.last_good()}')
-  except readers.BadFrameError as e:  # nothing of this step is saved
+  except readers.BadFrameError as e:  # the steps before the bad batch are saved (one process)
     error = UserError(f'data: {e} (set data.skip_bad_frames=True to skip such frames)')
   finally:
     progress.close()
@@ -525,8 +502,80 @@ def _train(run: _Run, state: training.State, train_step: Callable, frozen_step: 
       error = error or RunError(str(e))
   if error is not None:
     raise error
-  return Outcome(start_step=start_step, step=step, total_steps=total_steps,
-                 preempted=preempted and step < total_steps, metrics=last_metrics)
+  return Outcome(start_step=start_step, step=loop.step, total_steps=run.total_steps, preempted=preempted,
+                 metrics=loop.last_metrics)
+
+
+def _steps(run: _Run, state: training.State, train_step: Callable, frozen_step: Callable, data: Any,
+           progress: console.Progress, loop: _Loop, stop: threading.Event) -> bool:
+  """The loop of `_train`: runs the steps and their schedule; True when stopped by preemption."""
+  batch = parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS)
+  while loop.step < run.total_steps:
+    step_fn = frozen_step if loop.step < run.freeze_steps else train_step
+    state, metrics = step_fn(state, batch)
+    loop.step += 1
+    if step_fn not in loop.compiled:  # its first call compiled (and waited for it)
+      loop.compiled.add(step_fn)
+      loop.clock.restart(loop.step)
+    data_error = None  # an error reading batch t + 1, raised after step t went through its schedule
+    if loop.step < run.total_steps:
+      batch, data_error = _next_batch(run, data, loop.clock)
+    loop.pending.append(metrics)
+    run.ckptr.poll()  # seals a finished save (integrity record), then drops old steps
+    progress.update(1)
+    _on_schedule(run, state, loop, progress)
+    preempted = stop.is_set() or (run.num_processes > 1 and parallel.reached_preemption(loop.step))
+    if preempted and loop.step < run.total_steps:
+      _save_unsaved(run, state, loop)
+      run.ckptr.wait()
+      print(f'preempted: saved step {loop.step} in {run.workdir}/checkpoints; rerun the same command to resume',
+            flush=True)
+      return True
+    if data_error is not None:
+      if run.num_processes == 1:
+        _save_unsaved(run, state, loop)
+      raise data_error
+  return False
+
+
+def _next_batch(run: _Run, data: Any, clock: Throughput) -> tuple[Any, readers.BadFrameError | None]:
+  """The next global batch, its transfer started (None and the error for a bad frame); the wait
+  counts as input wait."""
+  wait_start = time.perf_counter()
+  try:
+    return parallel.global_batch(next(data), run.mesh, training.TRAIN_KEYS), None
+  except readers.BadFrameError as e:
+    return None, e
+  finally:
+    clock.input_wait += time.perf_counter() - wait_start
+
+
+def _on_schedule(run: _Run, state: training.State, loop: _Loop, progress: console.Progress) -> None:
+  """Step `loop.step`'s log line, validation and checkpoint where the config's schedule says so."""
+  config, step = run.config, loop.step
+  last = step == run.total_steps
+  if step % config.log_every_steps == 0 or last:
+    fetched = jax.device_get(loop.pending)
+    loop.pending = []
+    _check_finite(run, state)
+    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    values.update(loop.clock.read(step, config.batch_size))
+    _report_train(run, progress, step, values)
+  evaluated = (config.eval_every_steps and step % config.eval_every_steps == 0) or last
+  if evaluated and run.eval_sets:
+    loop.last_metrics = _evaluate(run, state, step)
+  if step % config.checkpoint_every_steps == 0 or last or evaluated:
+    _save(run, state, step, loop.last_metrics if evaluated else {})
+    loop.saved_step = step
+  if evaluated or step % config.checkpoint_every_steps == 0:
+    loop.clock.restart(step)  # images/s and input_wait measure training steps only
+
+
+def _save_unsaved(run: _Run, state: training.State, loop: _Loop) -> None:
+  """Saves `loop.step` now (a stop off the schedule) unless the schedule just did."""
+  if loop.saved_step != loop.step:
+    _save(run, state, loop.step, {}, force=True)
+    loop.saved_step = loop.step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, dry_run: bool = False,
@@ -566,7 +615,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   model = model_lib.create(backbone=config.model.backbone, dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   if dry_run:
-    lines = _dry_run(config, model, tx, mesh, freeze_steps)
+    lines = _dry_run(config, model, tx, mesh, freeze_steps, total_steps)
     if process == 0:
       print('\n'.join(lines), flush=True)
     return None

@@ -527,11 +527,11 @@ def resolve_finetune_steps(config: ml_collections.ConfigDict) -> int:
   """finetune_steps, or finetune_epochs passes of the target alone at the common batch size."""
   if config.finetune_steps > 0:
     return int(config.finetune_steps)
-  from data_pipelines import datasets
+  from efficientvit_jax import train_loop
 
   probe = Run('probe', 0, '', 'configs/v7.py', {**trees.flatten(config.common), **data_overrides(config),
                                                  'data.mode': 'lilocbench'})
-  return int(config.finetune_epochs) * datasets.steps_plan(train_config(probe))['steps_per_epoch']
+  return int(config.finetune_epochs) * train_loop.steps_plan(train_config(probe))['steps_per_epoch']
 
 
 def _env() -> dict[str, str]:
@@ -634,9 +634,10 @@ def main(argv: Sequence[str]) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   from data_pipelines import datasets
+  from efficientvit_jax import train_loop
 
   try:
-    total = {rid: datasets.steps_plan(c)['num_steps'] for rid, c in configs.items()}
+    total = {rid: train_loop.steps_plan(c)['num_steps'] for rid, c in configs.items()}
   except (ValueError, FileNotFoundError) as e:
     print(f'error: the training data: {e}', file=sys.stderr)
     return 2

@@ -86,9 +86,14 @@ def config_for(data_root, mode='joint', batch_size=16, steps=8, decoded_dir=''):
   return c
 
 
+def train_batches(config, *args, **kwargs):
+  """The training iterator over the config's `num_train_steps` steps (the loop's plan when given)."""
+  return datasets.train_iterator(config, *args, num_steps=config.num_train_steps, **kwargs)
+
+
 @pytest.mark.parametrize('fmt', ['files', 'decoded'])
 def test_v8_joint_halves_nyu_upsampled(scaled, scaled_decoded, fmt):
-  it = datasets.train_iterator(config_for(scaled, steps=6, decoded_dir=scaled_decoded if fmt == 'decoded' else ''))
+  it = train_batches(config_for(scaled, steps=6, decoded_dir=scaled_decoded if fmt == 'decoded' else ''))
   assert it.sizes == {'nyu': 32, 'lilocbench': 128} and it.steps_per_epoch == 16
   seen = collections.Counter()
   for step, batch in enumerate(it):
@@ -115,8 +120,8 @@ def assert_same(a, b):
 def test_decoded_batches_equal_file_batches(scaled, scaled_decoded):
   """Decode-once data give the files path's training batches bit for bit (host side, before the
   device augmentation), NYU crops at native scale included; and the same validation batches."""
-  files = datasets.train_iterator(config_for(scaled, steps=3))
-  dec = datasets.train_iterator(config_for(scaled, steps=3, decoded_dir=scaled_decoded))
+  files = train_batches(config_for(scaled, steps=3))
+  dec = train_batches(config_for(scaled, steps=3, decoded_dir=scaled_decoded))
   for a, b in zip(files, dec):
     assert_same(a, b)
   for name in ('nyu', 'lilocbench'):
@@ -129,21 +134,21 @@ def test_decoded_batches_equal_file_batches(scaled, scaled_decoded):
 
 def test_global_batch_independent_of_processes_and_resume(scaled):
   config = config_for(scaled, steps=5)
-  full = stack_steps(datasets.train_iterator(config), 5)[3:]
-  resumed = stack_steps(datasets.train_iterator(config, start_step=3), 2)
-  halves = [stack_steps(datasets.train_iterator(config, 3, p, 2), 2) for p in range(2)]
+  full = stack_steps(train_batches(config), 5)[3:]
+  resumed = stack_steps(train_batches(config, start_step=3), 2)
+  halves = [stack_steps(train_batches(config, 3, p, 2), 2) for p in range(2)]
   for t in range(2):
     assert_same(full[t], resumed[t])
     joined = {k: np.concatenate([halves[0][t][k], halves[1][t][k]]) for k in full[t]}
     assert halves[0][t]['image'].shape[0] == 8
     assert_same(full[t], joined)
   with pytest.raises(ValueError, match='not divisible'):
-    datasets.train_iterator(config, 0, 0, 3)
+    train_batches(config, 0, 0, 3)
 
 
 @pytest.mark.parametrize('mode', ['nyu', 'lilocbench', 'downsample', 'concat'])
 def test_other_modes(scaled, mode):
-  it = datasets.train_iterator(config_for(scaled, mode, batch_size=8, steps=2))
+  it = train_batches(config_for(scaled, mode, batch_size=8, steps=2))
   sizes = it.sizes
   expected = {'nyu': 32 // 8, 'lilocbench': 128 // 8, 'downsample': 32 // 4, 'concat': 160 // 8}
   assert it.steps_per_epoch == expected[mode]
@@ -213,9 +218,9 @@ def test_bad_frames_named_from_threads_or_skipped(scaled, tmp_path, capsys):
   config = config_for(scaled, steps=2)
   config.data.lilocbench.manifest, _ = _damaged_lilocbench(scaled, tmp_path)
   with pytest.raises(readers.BadFrameError, match=r'(trunc0\.png|missing\.npy).*line \d+'):
-    next(datasets.train_iterator(config))
+    next(train_batches(config))
   config.data.skip_bad_frames = True
-  it = datasets.train_iterator(config)
+  it = train_batches(config)
   batch = next(it)
   assert (batch['domain'] == 1).sum() == 8 and it.skipped.count == 2
   assert any('trunc0.png' in m for m in it.skipped.messages)
@@ -253,12 +258,12 @@ def test_worker_processes_give_the_same_batches_and_skip_counts(scaled, tmp_path
   config = config_for(scaled, steps=3)
   config.data.lilocbench.manifest, bad = _damaged_lilocbench(scaled, tmp_path, steps=(0, 1))
   config.data.skip_bad_frames = True
-  threads = datasets.train_iterator(config)
+  threads = train_batches(config)
   expected = list(threads)
   assert threads.skipped.count == bad == 3
   before = _spawned_children()
   config.data.num_workers = 2
-  workers = datasets.train_iterator(config)
+  workers = train_batches(config)
   got = [next(workers)]
   assert len(_spawned_children() - before) == 2
   got += list(workers)  # the end closes the iterator
@@ -270,7 +275,7 @@ def test_worker_processes_give_the_same_batches_and_skip_counts(scaled, tmp_path
   config.data.skip_bad_frames = False
   (tmp_path / 'late').mkdir()
   config.data.lilocbench.manifest, _ = _damaged_lilocbench(scaled, tmp_path / 'late', steps=(1,))
-  workers = datasets.train_iterator(config)
+  workers = train_batches(config)
   next(workers)
   with pytest.raises(readers.BadFrameError, match=r'(trunc1\.png|missing\.npy).*line \d+'):
     next(workers)
@@ -327,7 +332,7 @@ from data_pipelines import datasets
 config = v8.get_config()
 config.data.root, config.data.input_size, config.data.num_workers = {scaled!r}, (48, 64), 2
 config.batch_size, config.num_train_steps = 16, 8
-it = datasets.train_iterator(config)
+it = datasets.train_iterator(config, num_steps=config.num_train_steps)
 next(it)
 print('workers:', *(c.pid for c in psutil.Process().children() if 'spawn_main' in ' '.join(c.cmdline())), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)

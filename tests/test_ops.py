@@ -86,18 +86,22 @@ def test_dispatch_by_impl():
   x = _normal(rng, 1, 8, 8, 4)
   cases = [(_normal(rng, 3, 3, 1, 4), 2, 4), (_normal(rng, 1, 1, 4, 6), 1, 1),
            (_normal(rng, 1, 1, 2, 4), 1, 2), (_normal(rng, 3, 3, 4, 5), 2, 1)]
-  try:
-    for impl in ('native', 'cpu'):
-      ops.set_impl(impl)
+  by_backend = 'cpu' if jax.default_backend() == 'cpu' else 'native'
+  for impl in ('native', 'cpu'):
+    with ops.formulation(impl):
+      assert ops.impl() == impl
+      with ops.formulation(None):  # nested: by backend inside, this block's choice after
+        assert ops.impl() == by_backend
       assert ops.impl() == impl
       for w, stride, groups in cases:
         np.testing.assert_allclose(ops.conv2d(x, w, stride=stride, groups=groups),
                                    _native_conv(x, w, stride, groups), rtol=1e-5, atol=1e-5)
-  finally:
-    ops.set_impl(None)
-  assert ops.impl() == ('cpu' if jax.default_backend() == 'cpu' else 'native')
-  with pytest.raises(ValueError, match='ops impl'):
-    ops.set_impl('gpu')
+  assert ops.impl() == by_backend
+  with pytest.raises(RuntimeError), ops.formulation('native'):  # an error inside: the choice is restored
+    raise RuntimeError
+  assert ops.impl() == by_backend
+  with pytest.raises(ValueError, match='ops impl'), ops.formulation('gpu'):
+    pass
 
 
 @pytest.mark.e2e
@@ -114,12 +118,9 @@ def test_model_train_step_same_under_both_impls():
     return value, (out, nnx.state(m, nnx.BatchStat))
 
   results = {}
-  try:
-    for impl in ('native', 'cpu'):
-      ops.set_impl(impl)
+  for impl in ('native', 'cpu'):
+    with ops.formulation(impl):
       results[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, stats)
-  finally:
-    ops.set_impl(None)
   (_, (out_n, stats_n)), grads_n = results['native']
   (_, (out_c, stats_c)), grads_c = results['cpu']
   for key in out_n:

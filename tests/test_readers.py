@@ -10,6 +10,8 @@ import scipy.io
 from PIL import Image
 
 from data_pipelines import readers
+from efficientvit_jax import domains
+from efficientvit_jax import images
 
 
 @pytest.fixture(scope='module')
@@ -130,7 +132,7 @@ def test_teacher_manifest_relative_paths_and_resize(tmp_path):
   ring = f['depth'][:4, 8:56]
   np.testing.assert_allclose(ring[ring > 0], 2.0)  # bilinear over valid pixels: no zeros mixed in
   assert f['depth'][0, 0] == 3.0
-  np.testing.assert_array_equal(f['seg'], readers.resize_nearest(np.load(tdir / 'd' / 's.npy'), (48, 64)))
+  np.testing.assert_array_equal(f['seg'], images.resize_nearest(np.load(tdir / 'd' / 's.npy'), (48, 64)))
   np.testing.assert_array_equal(f['gt_seg'], readers.NYU40_TO_6[labels])
   g = reader.read(by_index[1])  # null teacher entries: sensor depth, human labels
   np.testing.assert_array_equal(g['seg'], g['gt_seg'])
@@ -234,3 +236,14 @@ def test_bad_input_named(tmp_path):
     readers.CorridorReader(str(d / 'manifest.jsonl'))
   skipping = readers.CorridorReader(str(d / 'manifest.jsonl'), skip_bad_frames=True)
   assert len(skipping) == 1 and len(skipping.skipped) == 1 and skipping.frame_index(0) == 1
+
+
+def test_seg_labelled_sets_are_the_sets_whose_frames_carry_labels(root):
+  """domains.has_seg_labels (what evaluation computes segmentation metrics for) against the frames."""
+  p = paths(root)
+  for set_name, split in (('nyu', 'val'), ('lilocbench', 'val'), ('corridor', 'all')):
+    reader = readers.make_file_reader(set_name, split, p)
+    labelled = any(np.any(reader.read(i)['gt_seg'] != 255) for i in range(len(reader)))
+    assert domains.has_seg_labels(set_name) == labelled, set_name
+  with pytest.raises(ValueError, match='unknown data set'):
+    domains.has_seg_labels('kitti')

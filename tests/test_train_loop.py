@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from data_pipelines import readers
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import train_loop
@@ -89,3 +90,50 @@ def test_a_bad_config_is_refused_before_training(tmp_path, monkeypatch, key, val
   with pytest.raises(train_loop.UserError, match=re.escape(named)):
     train_loop.train_and_evaluate(config, tmp_path / 'run')
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_bad_frame_saves_the_step_before_it_and_the_rerun_resumes_there(tmp_path, monkeypatch, synthetic_tiny):
+  # Reading the batch of step 3 fails after step 2 ran; no scheduled save (every 10 steps) before.
+  real = train_loop.datasets.train_iterator
+
+  class BadThirdBatch:
+    def __init__(self, *args, **kwargs):
+      self.data, self.n = real(*args, **kwargs), 0
+
+    def __next__(self):
+      self.n += 1
+      if self.n == 3:
+        raise readers.BadFrameError('nyu/nyu_cache/rgb/00003.png: cannot decode image')
+      return next(self.data)
+
+    def close(self):
+      self.data.close()
+
+  config = _config(synthetic_tiny, 4)
+  config.checkpoint_every_steps = 10
+  workdir = tmp_path / 'run'
+  monkeypatch.setattr(train_loop.datasets, 'train_iterator', BadThirdBatch)
+  with pytest.raises(train_loop.UserError, match=re.escape('data: nyu/nyu_cache/rgb/00003.png: cannot decode')):
+    train_loop.train_and_evaluate(config, workdir)
+  assert checkpointing.steps(workdir) == [2] and checkpointing.verify(workdir / 'checkpoints' / '2')
+  monkeypatch.setattr(train_loop.datasets, 'train_iterator', real)  # the data fixed
+  rerun = train_loop.train_and_evaluate(config, workdir)
+  assert (rerun.start_step, rerun.step) == (2, 4)
+  assert [r['step'] for r in _rows(workdir) if 'train/loss' in r] == [1, 2, 3, 4]
+
+
+def test_steps_plan_from_the_frames_of_the_data(synthetic_tiny):
+  # The frame counts the generator reports; a table row of data_pipelines.mixing: n // B, n_larger // count_larger.
+  counts = json.loads((synthetic_tiny / 'synthetic_info.json').read_text())['counts']
+  config = _config(synthetic_tiny, 0)
+  config.num_epochs = 3
+  config.data.mode = 'nyu'
+  plan = train_loop.steps_plan(config)
+  assert plan == {'sizes': {'nyu': counts['nyu_train']}, 'steps_per_epoch': counts['nyu_train'] // 2,
+                  'num_steps': 3 * (counts['nyu_train'] // 2)}
+  config.data.mode = 'joint'  # weights 0.5 / 0.5 of a batch of 2: one frame of each set a step
+  config.num_train_steps = 5
+  plan = train_loop.steps_plan(config)
+  assert plan['sizes'] == {'nyu': counts['nyu_train'], 'lilocbench': counts['lilocbench_train']}
+  assert plan['steps_per_epoch'] == max(counts['nyu_train'], counts['lilocbench_train'])
+  assert plan['num_steps'] == 5

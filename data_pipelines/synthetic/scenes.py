@@ -701,8 +701,32 @@ def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, 
   in, optional people in view and an optional mirror on the far wall. size = (W, H)."""
   width, depth, height = rng.uniform(3.0, 5.0), rng.uniform(3.4, 4.8), rng.uniform(2.4, 2.8)
   room = (0.0, width, 0.0, depth)
+  prims = _room_shell(0.0, width, 0.0, depth, height, *_room_materials(rng))
+
+  cam_x = rng.uniform(0.35, 0.65) * width
+  cam_z = rng.uniform(0.15, 0.45)
+  fx, fy, cx, cy = intrinsics
+  cam = Camera(size[0], size[1], fx, fy, cx, cy, (cam_x, rng.uniform(1.1, 1.6), cam_z),
+               yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(0.1, 0.35), roll=rng.uniform(-0.03, 0.03))
+  prims += _wall_decorations(rng, room, cam, with_mirror)
+  # Furniture along the walls and in the middle, clear of the camera.
+  taken: list[tuple[float, float, float, float]] = [(cam_x - 0.7, -1.0, cam_x + 0.7, cam_z + 0.9)]
+  prims += _room_furniture(rng, room, taken)
+  if with_person:
+    prims += _people_in_view(rng, room, cam, taken)
+
+  lights = []
+  for _ in range(int(rng.integers(1, 3))):
+    lx, lz = rng.uniform(0.25, 0.75) * width, rng.uniform(0.3, 0.8) * depth
+    power = rng.uniform(2.5, 4.0) * np.array(_rgb(rng, 0.85, 1.0, 0.08))
+    lights.append(Light((lx, height - 0.15, lz), tuple(power)))
+  return Scene(prims, lights, ambient=float(rng.uniform(0.12, 0.25))), cam
+
+
+def _room_materials(rng: np.random.Generator) -> tuple[Material, Material, Material]:
+  """The floor (tiles, planks or fabric), wall and ceiling materials of a room."""
   floor_kind = rng.choice(['tiles', 'planks', 'fabric'])
-  floor_m = {
+  floor_m = {  # all three drawn, one kept: the random stream does not depend on the kind
     'tiles': Material('tiles', _rgb(rng, 0.4, 0.85, 0.15), scale=rng.uniform(0.3, 0.6),
                       color2=_rgb(rng, 0.2, 0.4, 0.1), amp=0.08, seed=int(rng.integers(1 << 20))),
     'planks': Material('planks', _rgb(rng, 0.3, 0.6, 0.35), scale=rng.uniform(0.1, 0.2), amp=0.12,
@@ -712,15 +736,15 @@ def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, 
   wall_m = Material('paint', _rgb(rng, 0.55, 0.9, 0.15), scale=rng.uniform(0.3, 1.0), amp=0.06,
                     seed=int(rng.integers(1 << 20)))
   ceil_m = Material('paint', _rgb(rng, 0.8, 0.95, 0.05), scale=1.0, amp=0.03)
-  prims = _room_shell(0.0, width, 0.0, depth, height, floor_m, wall_m, ceil_m)
+  return floor_m, wall_m, ceil_m
 
-  cam_x = rng.uniform(0.35, 0.65) * width
-  cam_z = rng.uniform(0.15, 0.45)
-  fx, fy, cx, cy = intrinsics
-  cam = Camera(size[0], size[1], fx, fy, cx, cy, (cam_x, rng.uniform(1.1, 1.6), cam_z),
-               yaw=rng.uniform(-0.35, 0.35), pitch=rng.uniform(0.1, 0.35), roll=rng.uniform(-0.03, 0.03))
 
-  # Wall decorations: door, window, pictures, whiteboard / TV.
+def _wall_decorations(rng: np.random.Generator, room: tuple[float, float, float, float], cam: Camera,
+                      with_mirror: bool) -> list[Primitive]:
+  """Door, window, pictures, whiteboard / TV on the walls of `room` (x0, x1, z0, z1); a mirror on
+  the far wall inside the camera's horizontal field of view."""
+  _, width, _, depth = room
+  prims = []
   if rng.random() < 0.7:
     side = str(rng.choice(['left', 'right', 'far']))
     span = depth if side != 'far' else width
@@ -745,21 +769,29 @@ def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, 
            TV: Material('paint', (0.04, 0.04, 0.05), amp=0.05)}[label]
     prims.append(_wall_rect(side, room, a, a + wpic, y0, y0 + wpic * 0.7, label, mat, offset=0.02))
   if with_mirror:
-    # On the far wall, inside the camera's horizontal field of view.
+    cam_x, _, cam_z = cam.position
     view_x = cam_x + math.tan(cam.yaw) * (depth - cam_z)
     w_m = rng.uniform(0.5, 1.0)
     a = float(np.clip(view_x + rng.uniform(-0.8, 0.8) - w_m / 2, 0.1, width - w_m - 0.1))
     y0 = rng.uniform(0.6, 1.2)
     prims.append(_wall_rect('far', room, a, a + w_m, y0, y0 + rng.uniform(0.6, 1.1), MIRROR,
                             Material('mirror', (0.9, 0.92, 0.95), amp=0.0), offset=0.03))
+  return prims
 
-  # Furniture along the walls and in the middle, clear of the camera.
-  taken: list[tuple[float, float, float, float]] = [(cam_x - 0.7, -1.0, cam_x + 0.7, cam_z + 0.9)]
 
-  def free(fp, margin=0.05):
-    return all(fp[2] + margin < t[0] or fp[0] - margin > t[2] or fp[3] + margin < t[1] or fp[1] - margin > t[3]
-               for t in taken)
+def _free(taken: list[tuple[float, float, float, float]], fp: tuple[float, float, float, float],
+          margin: float = 0.05) -> bool:
+  """Whether footprint `fp` (x0, z0, x1, z1) keeps `margin` metres from every footprint `taken`."""
+  return all(fp[2] + margin < t[0] or fp[0] - margin > t[2] or fp[3] + margin < t[1] or fp[1] - margin > t[3]
+             for t in taken)
 
+
+def _room_furniture(rng: np.random.Generator, room: tuple[float, float, float, float],
+                    taken: list[tuple[float, float, float, float]]) -> list[Primitive]:
+  """3-6 pieces along the walls and in the middle of `room`, each clear of the footprints `taken`
+  (to which it adds its own); a piece that finds no place in 10 tries is left out."""
+  _, width, _, depth = room
+  prims = []
   kinds = ['table', 'chair', 'chair', 'cabinet', 'bookshelf', 'sofa', 'bed', 'box', 'lamp', 'cabinet']
   for _ in range(int(rng.integers(3, 7))):
     kind = str(rng.choice(kinds))
@@ -775,29 +807,30 @@ def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, 
       else:
         x, z = rng.uniform(0.5, width - 1.5), rng.uniform(1.2, depth - 1.5)
       new, fp = _furniture(rng, kind, x, z, along_x)
-      if fp[2] < width - 0.02 and fp[3] < depth - 0.02 and free(fp):
+      if fp[2] < width - 0.02 and fp[3] < depth - 0.02 and _free(taken, fp):
         prims += new
         taken.append(fp)
         break
+  return prims
 
-  if with_person:
-    for _person in range(int(rng.integers(1, 3))):
-      for _ in range(20):
-        dist = rng.uniform(1.4, max(depth - cam_z - 0.5, 1.5))
-        ang = cam.yaw + rng.uniform(-0.45, 0.45)
-        px, pz = cam_x + dist * math.sin(ang), cam_z + dist * math.cos(ang)
-        fp = (px - 0.3, pz - 0.3, px + 0.3, pz + 0.3)
-        if 0.3 < px < width - 0.3 and 0.3 < pz < depth - 0.3 and free(fp, 0.0):
-          prims += person(rng, px, pz, heading=rng.uniform(-math.pi, math.pi))
-          taken.append(fp)
-          break
 
-  lights = []
-  for _ in range(int(rng.integers(1, 3))):
-    lx, lz = rng.uniform(0.25, 0.75) * width, rng.uniform(0.3, 0.8) * depth
-    power = rng.uniform(2.5, 4.0) * np.array(_rgb(rng, 0.85, 1.0, 0.08))
-    lights.append(Light((lx, height - 0.15, lz), tuple(power)))
-  return Scene(prims, lights, ambient=float(rng.uniform(0.12, 0.25))), cam
+def _people_in_view(rng: np.random.Generator, room: tuple[float, float, float, float], cam: Camera,
+                    taken: list[tuple[float, float, float, float]]) -> list[Primitive]:
+  """1-2 people in front of the camera, each on a free footprint (added to `taken`); 20 tries each."""
+  _, width, _, depth = room
+  cam_x, _, cam_z = cam.position
+  prims = []
+  for _person in range(int(rng.integers(1, 3))):
+    for _ in range(20):
+      dist = rng.uniform(1.4, max(depth - cam_z - 0.5, 1.5))
+      ang = cam.yaw + rng.uniform(-0.45, 0.45)
+      px, pz = cam_x + dist * math.sin(ang), cam_z + dist * math.cos(ang)
+      fp = (px - 0.3, pz - 0.3, px + 0.3, pz + 0.3)
+      if 0.3 < px < width - 0.3 and 0.3 < pz < depth - 0.3 and _free(taken, fp, 0.0):
+        prims += person(rng, px, pz, heading=rng.uniform(-math.pi, math.pi))
+        taken.append(fp)
+        break
+  return prims
 
 
 @dataclasses.dataclass
