@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -341,6 +342,28 @@ def part_train(args: argparse.Namespace, result: dict[str, Any]) -> None:
     result['error'] = 'metrics.jsonl has no train/input_wait'
 
 
+def _eval_pass(paths: dict[str, Any], mesh: Any, mode: Mode, params: Any, batch_stats: Any, name: str,
+               step: Callable, keys: tuple[str, ...]) -> int:
+  """What `evaluation.evaluate` does over set `name`, with the step compiled once; returns the frames seen."""
+  from data_pipelines import datasets
+  from efficientvit_jax import domains
+  from efficientvit_jax import metrics as metrics_lib
+  from efficientvit_jax import parallel
+
+  accumulator = metrics_lib.MetricAccumulator(bins=metrics_lib.depth_bins(domains.DEPTH_WINDOWS[name]))
+  batches = datasets.eval_iterator(paths, name, 'all', batch_size=mode.eval_batch, input_size=mode.size)
+  frames = 0
+  try:
+    for local in batches:
+      stats, _, _ = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
+      accumulator.update(stats)
+      frames += int(local['frame_mask'].sum())
+  finally:
+    batches.close()
+  accumulator.result()
+  return frames
+
+
 def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   """Steady-state evaluation frames/s per set, and the device-only forward at the same batch."""
   import jax
@@ -351,7 +374,6 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   from efficientvit_jax import convert
   from efficientvit_jax import domains
   from efficientvit_jax import evaluation
-  from efficientvit_jax import metrics as metrics_lib
   from efficientvit_jax import model as model_lib
   from efficientvit_jax import parallel
   from efficientvit_jax.configs import default
@@ -371,22 +393,7 @@ def part_eval(args: argparse.Namespace, result: dict[str, Any]) -> None:
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, batch_stats = parallel.put_replicated((params, batch_stats), mesh)
   result.update(batch_size=mode.eval_batch, size=list(mode.size), split='all', sets={})
-
-  def one_pass(name: str, step: Callable, keys: tuple[str, ...]) -> int:
-    """What `evaluation.evaluate` does, with the step compiled once; returns the frames seen."""
-    accumulator = metrics_lib.MetricAccumulator(bins=metrics_lib.depth_bins(domains.DEPTH_WINDOWS[name]))
-    batches = datasets.eval_iterator(paths, name, 'all', batch_size=mode.eval_batch, input_size=mode.size)
-    frames = 0
-    try:
-      for local in batches:
-        stats, _, _ = step(params, batch_stats, parallel.global_batch(local, mesh, keys))
-        accumulator.update(stats)
-        frames += int(local['frame_mask'].sum())
-    finally:
-      batches.close()
-    accumulator.result()
-    return frames
-
+  one_pass = functools.partial(_eval_pass, paths, mesh, mode, params, batch_stats)
   for name in mode.eval_sets:
     with_seg = domains.has_seg_labels(name)
     keys = ('image', 'gt_depth', 'frame_mask') + (('gt_seg',) if with_seg else ())
@@ -570,23 +577,9 @@ def fmt(value: Any, spec: str) -> str:
   return '-' if value is None else format(value, spec)
 
 
-def markdown(report: dict[str, Any]) -> str:
-  env = report['parts'].get('env', {})
-  v = env.get('versions', {})
-  lines = ['# Device check', '',
-           f'- date: {report["date"]}',
-           f'- device: {env.get("torch_device") or env.get("device_kind", "?")} '
-           f'(JAX: {", ".join(env.get("jax_devices", [])) or "?"})',
-           f'- driver / CUDA: {env.get("nvidia_smi", "-")}; torch CUDA {env.get("torch_cuda") or "-"}, '
-           f'cuDNN {env.get("cudnn") or "-"}',
-           '- versions: Python ' + env.get('python', '?') + ', ' + ', '.join(f'{k} {v[k]}' for k in PACKAGES if k in v),
-           '- command: ' + (f'`{report["invoked_as"]}`, which ran ' if report.get('invoked_as') else '')
-           + f'`{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a '
-           f'{report["budget_s"]:.0f} s budget)',
-           '', '| part | status | wall s | limit s | note |', '|---|---|---|---|---|']
-  for name, r in report['parts'].items():
-    lines.append(f'| {name} | {r.get("status")} | {fmt(r.get("wall_s"), ".0f")} | {fmt(r.get("limit_s"), ".0f")} | '
-                 f'{(r.get("error") or "").replace("|", "/")} |')
+def _md_versions(env: dict[str, Any]) -> list[str]:
+  """Versions against pyproject.toml's ranges, when the env part checked them."""
+  lines: list[str] = []
   if 'requirements' in env:
     lines += ['', "## Versions against pyproject.toml's ranges", '',
               f'Carried (`make wheels`): {", ".join(f"{k} {v}" for k, v in env.get("carried", {}).items()) or "none"}.',
@@ -597,6 +590,12 @@ def markdown(report: dict[str, Any]) -> str:
                 for d in env['requirements']]
     else:
       lines.append('Every requirement is met by the versions found.')
+  return lines
+
+
+def _md_parity(report: dict[str, Any]) -> list[str]:
+  """The parity table, per compute dtype and matmul precision, then per backbone."""
+  lines: list[str] = []
   parity = report['parts'].get('parity', {}).get('rows', [])
   if parity:
     lines += ['', '## Parity with the reference fixture (240x320, max |error|)', '',
@@ -614,6 +613,12 @@ def markdown(report: dict[str, Any]) -> str:
                    f'{"yes" if r["within_tolerance"] else "NO"} |')
     lines.append(f'\nTolerances (tests/test_model.py): float32 {TOLERANCE["eval"]:g} eval / {TOLERANCE["train"]:g} '
                  f'train mode; bfloat16: mean relative depth error < {TOLERANCE["bf16_rel"]:g}.')
+  return lines
+
+
+def _md_steps(report: dict[str, Any]) -> list[str]:
+  """The training-step table (ours, the PyTorch twin eager and compiled) with the MFU note."""
+  lines: list[str] = []
   steps = [row for name in ('step_bfloat16', 'step_float32')
            for row in report['parts'].get(name, {}).get('sweep', [report['parts'].get(name)])
            if row and 'images_per_s' in row]
@@ -636,6 +641,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f'\nMFU: 3x the forward GFLOP (XLA cost analysis{gflop}) per trained image against '
                  'the dense peak of the compute dtype; ours: JAX peak since the process started; torch: '
                  '`max_memory_allocated` over one step.')
+  return lines
+
+
+def _md_train(report: dict[str, Any]) -> list[str]:
+  """The train.py run's row."""
+  lines: list[str] = []
   train = report['parts'].get('train', {})
   if 'last_step' in train:
     lines += ['', '## train.py run', '',
@@ -646,6 +657,12 @@ def markdown(report: dict[str, Any]) -> str:
               f'{fmt(train.get("input_wait"), ".1%")} | '
               f'{fmt(train.get("loss_first"), ".3f")} -> {fmt(train.get("loss_last"), ".3f")} |',
               '', f'`python {train["command"]}`; img/s and input wait leave out the first log interval (compilation).']
+  return lines
+
+
+def _md_backbones(report: dict[str, Any]) -> list[str]:
+  """The every-backbone table."""
+  lines: list[str] = []
   backbones = report['parts'].get('backbones', {})
   rows = backbones.get('rows') or []
   if rows:
@@ -659,6 +676,12 @@ def markdown(report: dict[str, Any]) -> str:
                    f'{fmt(r.get("forward_images_per_s"), ".1f")} | {fmt(r.get("torch_forward_images_per_s"), ".1f")} | '
                    f'{fmt(r.get("train_images_per_s"), ".1f")} | {fmt(r.get("torch_train_images_per_s"), ".1f")} | '
                    f'{fmt(r.get("train_speedup"), ".2f")} | {fmt(r.get("mfu"), ".1%")} |')
+  return lines
+
+
+def _md_eval(report: dict[str, Any]) -> list[str]:
+  """The evaluation table, per set."""
+  lines: list[str] = []
   ev = report['parts'].get('eval', {})
   if ev.get('sets'):
     lines += ['', f'## Evaluation (batch {ev["batch_size"]}, {"x".join(map(str, ev["size"]))}, float32)', '',
@@ -667,6 +690,29 @@ def markdown(report: dict[str, Any]) -> str:
     for name, s in ev['sets'].items():
       lines.append(f'| {name} | {s["frames"]} | {s["cold_s"]:.1f} | {s["frames_per_s"]:.1f} | '
                    f'{fmt(ev.get("forward_images_per_s"), ".1f")} |')
+  return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+  """The report (device_check.json's content) as the markdown page."""
+  env = report['parts'].get('env', {})
+  v = env.get('versions', {})
+  lines = ['# Device check', '',
+           f'- date: {report["date"]}',
+           f'- device: {env.get("torch_device") or env.get("device_kind", "?")} '
+           f'(JAX: {", ".join(env.get("jax_devices", [])) or "?"})',
+           f'- driver / CUDA: {env.get("nvidia_smi", "-")}; torch CUDA {env.get("torch_cuda") or "-"}, '
+           f'cuDNN {env.get("cudnn") or "-"}',
+           '- versions: Python ' + env.get('python', '?') + ', ' + ', '.join(f'{k} {v[k]}' for k in PACKAGES if k in v),
+           '- command: ' + (f'`{report["invoked_as"]}`, which ran ' if report.get('invoked_as') else '')
+           + f'`{report["command"]}` ({report["mode"]} mode, {report["wall_s"]:.0f} s of a '
+           f'{report["budget_s"]:.0f} s budget)',
+           '', '| part | status | wall s | limit s | note |', '|---|---|---|---|---|']
+  for name, r in report['parts'].items():
+    lines.append(f'| {name} | {r.get("status")} | {fmt(r.get("wall_s"), ".0f")} | {fmt(r.get("limit_s"), ".0f")} | '
+                 f'{(r.get("error") or "").replace("|", "/")} |')
+  lines += _md_versions(env) + _md_parity(report) + _md_steps(report) + _md_train(report)
+  lines += _md_backbones(report) + _md_eval(report)
   return '\n'.join(lines) + '\n'
 
 

@@ -72,7 +72,7 @@ def png_decode_rate(root: str, frames: int = 40) -> float:
   return len(blobs) / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--root', default='', help='data root; default: synthetic data in a temp dir')
   parser.add_argument('--synthetic-size', default='default', choices=('tiny', 'small', 'default'))
@@ -85,6 +85,43 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--size', default=(240, 320), type=images.parse_size, help='input size HxW')
   parser.add_argument('--format', default='files,decoded', help='comma-separated: files, decoded, tfds')
   parser.add_argument('--json', default='', help='also write the results as JSON here')
+  return parser
+
+
+def _write_formats(root: str, formats: list[str], size: tuple[int, int]) -> None:
+  """Writes the tfds and decode-once folders under `root` that `formats` need and it lacks."""
+  if 'tfds' in formats and not os.path.isdir(os.path.join(root, 'tfds')):
+    from data_pipelines import tfds_builders
+
+    tfds_builders.main(['--root', root, '--sets', 'nyu,lilocbench'])
+  if 'decoded' in formats and not os.path.isdir(os.path.join(root, 'decoded')):
+    from data_pipelines import decoded
+
+    t = time.perf_counter()
+    decoded.main(['--root', root, '--sets', 'nyu,lilocbench', '--input-size', f'{size[0]}x{size[1]}'])
+    print(f'decode-once folder written in {time.perf_counter() - t:.1f} s')
+
+
+def _measure_all(root: str, configs: list[tuple[str, str, int, int]],
+                 args: argparse.Namespace) -> dict[tuple[str, str, int, int], list[float]]:
+  """images/s of each (format, mode, workers, threads), --repeats times in turn; NaN where the mode
+  does not fit the data."""
+  runs = {c: [] for c in configs}
+  for _ in range(args.repeats):
+    for c in configs:
+      fmt, mode, w, t = c
+      if runs[c] and math.isnan(runs[c][-1]):  # the mode does not fit the data
+        continue
+      try:
+        runs[c].append(measure(root, mode, t, args.batches, args.batch_size, args.size, fmt, w))
+      except ValueError as e:  # a set too small for one batch of this mode
+        print(f'{mode}: {e}')
+        runs[c].append(float('nan'))
+  return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = _parser()
   args = parser.parse_args(argv)
   size = args.size
   threads = train_step.batch_sizes(parser, '--threads', args.threads)
@@ -104,31 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     for fmt in formats:
       if fmt not in ('files', 'decoded', 'tfds'):
         parser.error(f'--format: unknown format {fmt!r}')
-    if 'tfds' in formats and not os.path.isdir(os.path.join(root, 'tfds')):
-      from data_pipelines import tfds_builders
-
-      tfds_builders.main(['--root', root, '--sets', 'nyu,lilocbench'])
-    if 'decoded' in formats and not os.path.isdir(os.path.join(root, 'decoded')):
-      from data_pipelines import decoded
-
-      t = time.perf_counter()
-      decoded.main(['--root', root, '--sets', 'nyu,lilocbench', '--input-size', f'{size[0]}x{size[1]}'])
-      print(f'decode-once folder written in {time.perf_counter() - t:.1f} s')
+    _write_formats(root, formats, size)
     decode_rate = png_decode_rate(root)
     print(f'\none thread decoding the training RGB PNGs alone: {decode_rate:.1f} frames/s')
     modes = args.modes.split(',')
     configs = list(itertools.product(formats, modes, workers, threads))
-    runs = {c: [] for c in configs}
-    for _ in range(args.repeats):
-      for c in configs:
-        fmt, mode, w, t = c
-        if runs[c] and math.isnan(runs[c][-1]):  # the mode does not fit the data
-          continue
-        try:
-          runs[c].append(measure(root, mode, t, args.batches, args.batch_size, size, fmt, w))
-        except ValueError as e:  # a set too small for one batch of this mode
-          print(f'{mode}: {e}')
-          runs[c].append(float('nan'))
+    runs = _measure_all(root, configs, args)
     ips = {c: statistics.median(v) for c, v in runs.items()}
     results = [{'format': fmt, 'mode': mode, 'workers': w, 'threads': t, 'images_per_s': ips[fmt, mode, w, t],
                 'runs': runs[fmt, mode, w, t]} for fmt, mode, w, t in configs]

@@ -360,30 +360,59 @@ def print_profile(prof: dict[str, Any], threads: int) -> None:
   print_table(prof['kinds'], [('op kind', 'kind', 's'), ('s/step', 's_per_step', '.3f'), ('share', 'share', '.1%')])
 
 
+def _other_steps(batch_size: int, args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+  """The steps timed beside ours, by runner name ('ours_without_augment', 'torch', 'torch_compile'), as
+  the flags ask; and torch.compile's error line when it failed (the others are timed anyway)."""
+  steps: dict[str, Any] = {}
+  compile_error = None
+  if args.compare_augment:
+    steps['ours_without_augment'] = JaxStep(batch_size, args.size, args.dtype, augment=False, backbone=args.backbone)
+  if args.torch:
+    steps['torch'] = TorchStep(batch_size, args.size, args.dtype, amp_dtype=args.torch_amp, backbone=args.backbone)
+  if args.torch_compile:
+    try:
+      steps['torch_compile'] = TorchStep(batch_size, args.size, args.dtype, compile_model=True,
+                                         amp_dtype=args.torch_amp, backbone=args.backbone)
+    except Exception as e:
+      # Inductor needs a C++ compiler and (on GPUs) Triton; report, and time the others.
+      compile_error = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+      print(f'batch {batch_size}: torch.compile failed: {compile_error}', file=sys.stderr, flush=True)
+  return steps, compile_error
+
+
+def _comparison_fields(others: dict[str, Any], times: dict[str, list[float]], cpu: dict[str, list[float]],
+                       step_s: float, batch_size: int, args: argparse.Namespace,
+                       mfu: Callable[[float], float | None]) -> dict[str, Any]:
+  """The row's fields of the steps timed beside ours (`_other_steps`); step_s: our median step."""
+  row: dict[str, Any] = {}
+  if 'ours_without_augment' in others:
+    plain_s = statistics.median(times['ours_without_augment'])
+    row.update(step_s_without_augment=plain_s, augment_overhead=step_s / plain_s - 1,
+               cpu_s_per_step_without_augment=statistics.median(cpu['ours_without_augment']))
+  if 'torch' in others:
+    theirs = others['torch']
+    torch_s = statistics.median(times['torch'])
+    row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s,
+               torch_step_s=torch_s, torch_device_peak_mb=theirs.peak_mb(),
+               torch_cpu_s_per_step=statistics.median(cpu['torch']),
+               torch_amp=args.torch_amp if theirs.amp else None, torch_mfu=mfu(batch_size / torch_s),
+               torch_first_step_s=theirs.compile_s)
+  if 'torch_compile' in others:
+    compiled_s = statistics.median(times['torch_compile'])
+    row.update(torch_compile_images_per_s=batch_size / compiled_s,
+               speedup_vs_compile=compiled_s / step_s, torch_compile_s=others['torch_compile'].compile_s,
+               torch_compile_mfu=mfu(batch_size / compiled_s),
+               torch_compile_device_peak_mb=others['torch_compile'].peak_mb())
+  return row
+
+
 def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
   """One batch size: ours (and theirs), interleaved; the `--json` fields of the module docstring."""
   size = args.size
   ours = JaxStep(batch_size, size, args.dtype, backbone=args.backbone)
   rss_after_ours = peak_rss_mb()
-  runners: dict[str, Callable[[], float]] = {'ours': ours.run}
-  plain = None
-  if args.compare_augment:
-    plain = JaxStep(batch_size, size, args.dtype, augment=False, backbone=args.backbone)
-    runners['ours_without_augment'] = plain.run
-  theirs = theirs_compiled = None
-  compile_error = None
-  if args.torch:
-    theirs = TorchStep(batch_size, size, args.dtype, amp_dtype=args.torch_amp, backbone=args.backbone)
-    runners['torch'] = theirs.run
-  if args.torch_compile:
-    try:
-      theirs_compiled = TorchStep(batch_size, size, args.dtype, compile_model=True, amp_dtype=args.torch_amp,
-                                  backbone=args.backbone)
-      runners['torch_compile'] = theirs_compiled.run
-    except Exception as e:
-      # Inductor needs a C++ compiler and (on GPUs) Triton; report, and time the others.
-      compile_error = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
-      print(f'batch {batch_size}: torch.compile failed: {compile_error}', file=sys.stderr, flush=True)
+  others, compile_error = _other_steps(batch_size, args)
+  runners: dict[str, Callable[[], float]] = {'ours': ours.run, **{k: v.run for k, v in others.items()}}
   times, cpu = interleaved(runners, args.warmup, args.steps)
   step_s = statistics.median(times['ours'])
   device = f'{ours.device.platform}:{ours.device.device_kind}'
@@ -409,23 +438,7 @@ def bench_one(batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
       'host_peak_rss_mb': rss_after_ours,
       **ours.memory(),
   }
-  if plain is not None:
-    plain_s = statistics.median(times['ours_without_augment'])
-    row.update(step_s_without_augment=plain_s, augment_overhead=step_s / plain_s - 1,
-               cpu_s_per_step_without_augment=statistics.median(cpu['ours_without_augment']))
-  if theirs is not None:
-    torch_s = statistics.median(times['torch'])
-    row.update(torch_images_per_s=batch_size / torch_s, speedup=torch_s / step_s,
-               torch_step_s=torch_s, torch_device_peak_mb=theirs.peak_mb(),
-               torch_cpu_s_per_step=statistics.median(cpu['torch']),
-               torch_amp=args.torch_amp if theirs.amp else None, torch_mfu=mfu(batch_size / torch_s),
-               torch_first_step_s=theirs.compile_s)
-  if theirs_compiled is not None:
-    compiled_s = statistics.median(times['torch_compile'])
-    row.update(torch_compile_images_per_s=batch_size / compiled_s,
-               speedup_vs_compile=compiled_s / step_s, torch_compile_s=theirs_compiled.compile_s,
-               torch_compile_mfu=mfu(batch_size / compiled_s),
-               torch_compile_device_peak_mb=theirs_compiled.peak_mb())
+  row.update(_comparison_fields(others, times, cpu, step_s, batch_size, args, mfu))
   if compile_error is not None:
     row['torch_compile_error'] = compile_error
   if args.profile:

@@ -158,6 +158,28 @@ def _check_aspect(shape: tuple[int, ...], size: tuple[int, int], name: str) -> N
 # Assembly: record -> raw frame
 
 
+def _teacher_depth(data: bytes, name: str, hw: tuple[int, int], lo: float,
+                   hi: float) -> tuple[np.ndarray, np.ndarray]:
+  """A teacher depth .npy (any size of the frame's aspect) -> ([H, W] float32 depth at the frame's
+  size, [H, W] bool within [lo, hi]); non-finite values count as 0 (invalid)."""
+  teacher = decode_npy(data, name, 'float')
+  teacher = np.nan_to_num(teacher.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+  _check_aspect(teacher.shape, hw, name)
+  depth = images.resize_depth_valid(np.maximum(teacher, 0.0), hw)
+  return depth, (depth >= lo) & (depth <= hi)
+
+
+def _teacher_seg(data: bytes, name: str, hw: tuple[int, int]) -> np.ndarray:
+  """A teacher label .npy (class ids or the ignore label, the frame's aspect) -> [H, W] int32 at the
+  frame's size (nearest)."""
+  teacher_seg = decode_npy(data, name, 'int')
+  ignore, top = classes.IGNORE_LABEL, classes.NUM_CLASSES - 1
+  if np.any((teacher_seg > top) & (teacher_seg != ignore)) or np.any(teacher_seg < 0):
+    raise BadFrameError(f'{name}: labels must be 0..{top} or {ignore}')
+  _check_aspect(teacher_seg.shape, hw, name)
+  return images.resize_nearest(teacher_seg, hw).astype(np.int32)
+
+
 def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int, index: int,
              labels_to_6: Callable[[np.ndarray, str], np.ndarray] | None = None) -> dict[str, Any]:
   """Decodes and checks one frame's record into a raw frame (module docstring).
@@ -191,11 +213,7 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
   gt_depth = np.where(usable, sensor, 0.0).astype(np.float32)
 
   if record.get('teacher_depth'):
-    teacher = decode_npy(record['teacher_depth'], name('teacher_depth'), 'float')
-    teacher = np.nan_to_num(teacher.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    _check_aspect(teacher.shape, hw, name('teacher_depth'))
-    depth = images.resize_depth_valid(np.maximum(teacher, 0.0), hw)
-    depth_valid = (depth >= lo) & (depth <= hi)
+    depth, depth_valid = _teacher_depth(record['teacher_depth'], name('teacher_depth'), hw, lo, hi)
   else:
     depth, depth_valid = gt_depth, usable
 
@@ -207,12 +225,7 @@ def assemble(record: Mapping[str, bytes], names: Mapping[str, str], domain: int,
   else:
     gt_seg = np.full(hw, classes.IGNORE_LABEL, np.int32)
   if record.get('teacher_seg'):
-    teacher_seg = decode_npy(record['teacher_seg'], name('teacher_seg'), 'int')
-    ignore, top = classes.IGNORE_LABEL, classes.NUM_CLASSES - 1
-    if np.any((teacher_seg > top) & (teacher_seg != ignore)) or np.any(teacher_seg < 0):
-      raise BadFrameError(f'{name("teacher_seg")}: labels must be 0..{top} or {ignore}')
-    _check_aspect(teacher_seg.shape, hw, name('teacher_seg'))
-    seg = images.resize_nearest(teacher_seg, hw).astype(np.int32)
+    seg = _teacher_seg(record['teacher_seg'], name('teacher_seg'), hw)
   else:
     seg = gt_seg
 

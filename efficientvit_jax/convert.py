@@ -767,7 +767,6 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   """
   import warnings
 
-  import ml_collections
   import torch
 
   from efficientvit_jax import torch_model
@@ -777,21 +776,8 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
   if not items.get('opt_state'):
     raise CheckpointError(f'{root}/{ckpt.step}: no optimiser state (only training workdirs\' checkpoints/ '
                           'have one); convert without --with-optimizer')
-  config = ckpt.meta.get('config') or {}
-  missing = [k for k in ('optimizer', 'num_epochs', 'freeze_encoder_epochs') if k not in config]
-  if missing:
-    raise CheckpointError(f'{root}/{ckpt.step}: meta.config lacks {missing[0]}; not written by train.py')
-  t_max = cosine_epochs(ckpt.meta)
-  if t_max is None:
-    raise CheckpointError(f'{root}/{ckpt.step}: meta lacks steps_per_epoch / num_steps, so the length of '
-                          'the run\'s cosine in epochs (num_train_steps overrode num_epochs) is unknown; '
-                          'checkpoints written by the current train.py keep them')
-  config = ml_collections.ConfigDict(config)
-  tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
-  backbone = checkpoint_backbone(ckpt, f'{root}/{ckpt.step}')
-  abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
-  like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
-  moments = adam_moments(checkpointing.opt_state_from_tree(items['opt_state'], like, root, ckpt.step))
+  config, t_max = _training_meta(root, ckpt)
+  backbone, moments = _adam_moments_of(config, ckpt, items['opt_state'], root)
 
   # The reference network's parameter names and shapes, in its named_parameters() order.
   shapes = {n: tuple(p.shape) for n, p in torch_model.DepthSegNet(backbone=backbone).named_parameters()}
@@ -809,6 +795,42 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
     warnings.simplefilter('ignore', UserWarning)
     for _ in range(int(ckpt.meta.get('epoch', 0))):
       scheduler.step()
+  _set_adam_state(optimizer, moments)
+  return optimizer.state_dict(), scheduler.state_dict()
+
+
+def _training_meta(root: pathlib.Path, ckpt: Checkpoint) -> tuple[Any, int]:
+  """(the run's config as a ConfigDict, its cosine length in epochs) from `ckpt`'s meta; a meta not
+  written by train.py raises CheckpointError."""
+  import ml_collections
+
+  config = ckpt.meta.get('config') or {}
+  missing = [k for k in ('optimizer', 'num_epochs', 'freeze_encoder_epochs') if k not in config]
+  if missing:
+    raise CheckpointError(f'{root}/{ckpt.step}: meta.config lacks {missing[0]}; not written by train.py')
+  t_max = cosine_epochs(ckpt.meta)
+  if t_max is None:
+    raise CheckpointError(f'{root}/{ckpt.step}: meta lacks steps_per_epoch / num_steps, so the length of '
+                          'the run\'s cosine in epochs (num_train_steps overrode num_epochs) is unknown; '
+                          'checkpoints written by the current train.py keep them')
+  return ml_collections.ConfigDict(config), t_max
+
+
+def _adam_moments_of(config: Any, ckpt: Checkpoint, opt_tree: Any, root: pathlib.Path) -> tuple[str, dict]:
+  """(`ckpt`'s backbone, `adam_moments` of its restored optimiser state tree, rebuilt in the structure
+  of `config`'s optimiser)."""
+  tx = optimizer_lib.make_optimizer(config, steps_per_epoch=1, total_steps=1)  # only the structure
+  backbone = checkpoint_backbone(ckpt, f'{root}/{ckpt.step}')
+  abstract = nnx.eval_shape(lambda: model_lib.create(backbone=backbone))
+  like = jax.eval_shape(tx.init, {'model': nnx.state(abstract, nnx.Param), 'kendall': checkpointing.default_kendall()})
+  return backbone, adam_moments(checkpointing.opt_state_from_tree(opt_tree, like, root, ckpt.step))
+
+
+def _set_adam_state(optimizer: Any, moments: dict) -> None:
+  """Puts our Adam counts and moments (`adam_moments`) into a torch AdamW's per-parameter state,
+  matched by name and checked against each parameter's shape; a group with count 0 stays empty."""
+  import torch
+
   for group in optimizer.param_groups:
     count, group_moments = moments[group['name']]
     if set(group_moments) != set(group['param_names']):
@@ -823,7 +845,6 @@ def torch_training_state(src: str | os.PathLike, ckpt: Checkpoint) -> tuple[dict
         optimizer.state[p] = {'step': torch.tensor(float(count), dtype=torch.float32),
                               'exp_avg': torch.from_numpy(exp_avg.copy()),
                               'exp_avg_sq': torch.from_numpy(exp_avg_sq.copy())}
-  return optimizer.state_dict(), scheduler.state_dict()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -876,7 +897,7 @@ def encoder_checkpoint_from_timm(path: str | os.PathLike) -> Checkpoint:
 
 
 @runtime.reporting_missing_extras  # torch: the `torch` extra
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.convert', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   p = sub.add_parser('torch-to-orbax', help='reference .pt -> checkpoint folder')
@@ -898,51 +919,67 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('src')
   p.add_argument('dst')
   p.add_argument('--overwrite', action='store_true', help='replace an existing DST')
-  args = parser.parse_args(argv)
+  return parser
+
+
+def _torch_to_orbax(args: argparse.Namespace) -> None:
+  ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
+  checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
+  dropped = ckpt.meta['dropped']
+  print(f'wrote {args.dst}: {ckpt.meta["backbone"]}, {len(trees.flatten(ckpt.params))} parameters, '
+        f'{len(trees.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
+        f'epoch {ckpt.meta["epoch"]}'
+        + (f'; not converted: {", ".join(dropped)} (training here starts a fresh optimiser)' if dropped else ''))
+
+
+def _orbax_to_torch(args: argparse.Namespace) -> None:
+  """Writes the reference .pt (and with --with-optimizer its AdamW and scheduler state) and says what
+  the reference's train.py needs besides it to continue the run."""
+  if pathlib.Path(args.src).is_file():
+    raise CheckpointError(f'{args.src}: orbax-to-torch reads a checkpoint folder or workdir')
+  dst = pathlib.Path(args.dst)
+  if dst.exists() and not args.overwrite:  # before loading: fail fast
+    raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
+  ckpt = checkpointing.load(args.src, args.step)
+  training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
+  backbone = checkpoint_backbone(ckpt, args.src)
+  keys = save_torch(ckpt, args.dst, training_state, metrics_history(args.src, ckpt.step),
+                    overwrite=args.overwrite)
+  print(f'wrote {args.dst}: {backbone}, {keys} state-dict keys, criterion, '
+        f'epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
+        f'(0-based index of the last finished epoch; from step {ckpt.step})'
+        + (f'; optimizer (AdamW, 3 groups) and scheduler (T_max {training_state[1]["T_max"]}, '
+           f'last_epoch {training_state[1]["last_epoch"]})' if training_state else ''))
+  recipe = {k: v for k, v in reference_config(ckpt.meta, backbone).items()
+            if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'USE_KENDALL', 'BACKBONE', 'GRAD_CLIP_NORM')}
+  if training_state and recipe:
+    print("the reference's train.py reads these from its config.py, not from the .pt: set "
+          + ', '.join(f'{k} = {v!r}' for k, v in recipe.items()) + ' to continue this recipe')
+  spe = ckpt.meta.get('steps_per_epoch')
+  if training_state and spe and ckpt.step % int(spe):
+    print(f'note: step {ckpt.step} is inside epoch {ckpt.step // int(spe)} ({spe} steps per epoch); the '
+          'reference resumes at the start of that epoch')
+
+
+def _timm_encoder(args: argparse.Namespace) -> None:
+  ckpt = encoder_checkpoint_from_timm(args.src)
+  checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
+  print(f'wrote {args.dst}: {ckpt.meta["backbone"]} encoder only ({len(trees.flatten(ckpt.params))} '
+        f'parameters); use it as init_from with model.backbone={ckpt.meta["backbone"]}')
+
+
+_COMMANDS = {'torch-to-orbax': _torch_to_orbax, 'orbax-to-torch': _orbax_to_torch, 'timm-encoder': _timm_encoder}
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
   try:  # before any conversion: a destination in a read-only place fails now
     checkpointing.check_writable(pathlib.Path(args.dst).absolute().parent)
   except OSError as e:
     print(f'error: cannot write {args.dst}: {e}', file=sys.stderr)
     return 2
   try:
-    if args.command == 'torch-to-orbax':
-      ckpt = checkpoint_from_torch_file(args.src, allow_pickle=args.allow_pickle)
-      checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
-      dropped = ckpt.meta['dropped']
-      print(f'wrote {args.dst}: {ckpt.meta["backbone"]}, {len(trees.flatten(ckpt.params))} parameters, '
-            f'{len(trees.flatten(ckpt.batch_stats))} BatchNorm statistics, Kendall log-sigmas, '
-            f'epoch {ckpt.meta["epoch"]}'
-            + (f'; not converted: {", ".join(dropped)} (training here starts a fresh optimiser)' if dropped else ''))
-    elif args.command == 'orbax-to-torch':
-      if pathlib.Path(args.src).is_file():
-        raise CheckpointError(f'{args.src}: orbax-to-torch reads a checkpoint folder or workdir')
-      dst = pathlib.Path(args.dst)
-      if dst.exists() and not args.overwrite:  # before loading: fail fast
-        raise CheckpointError(f'{dst} already exists; choose a new destination or pass --overwrite')
-      ckpt = checkpointing.load(args.src, args.step)
-      training_state = torch_training_state(args.src, ckpt) if args.with_optimizer else None
-      backbone = checkpoint_backbone(ckpt, args.src)
-      keys = save_torch(ckpt, args.dst, training_state, metrics_history(args.src, ckpt.step),
-                        overwrite=args.overwrite)
-      print(f'wrote {args.dst}: {backbone}, {keys} state-dict keys, criterion, '
-            f'epoch {int(ckpt.meta.get("epoch", 0)) - 1} '
-            f'(0-based index of the last finished epoch; from step {ckpt.step})'
-            + (f'; optimizer (AdamW, 3 groups) and scheduler (T_max {training_state[1]["T_max"]}, '
-               f'last_epoch {training_state[1]["last_epoch"]})' if training_state else ''))
-      recipe = {k: v for k, v in reference_config(ckpt.meta, backbone).items()
-                if k in ('EPOCHS', 'FREEZE_ENCODER_EPOCHS', 'USE_KENDALL', 'BACKBONE', 'GRAD_CLIP_NORM')}
-      if training_state and recipe:
-        print("the reference's train.py reads these from its config.py, not from the .pt: set "
-              + ', '.join(f'{k} = {v!r}' for k, v in recipe.items()) + ' to continue this recipe')
-      spe = ckpt.meta.get('steps_per_epoch')
-      if training_state and spe and ckpt.step % int(spe):
-        print(f'note: step {ckpt.step} is inside epoch {ckpt.step // int(spe)} ({spe} steps per epoch); the '
-              'reference resumes at the start of that epoch')
-    else:
-      ckpt = encoder_checkpoint_from_timm(args.src)
-      checkpointing.write_folder(args.dst, ckpt, overwrite=args.overwrite)
-      print(f'wrote {args.dst}: {ckpt.meta["backbone"]} encoder only ({len(trees.flatten(ckpt.params))} '
-            f'parameters); use it as init_from with model.backbone={ckpt.meta["backbone"]}')
+    _COMMANDS[args.command](args)
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

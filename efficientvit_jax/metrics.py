@@ -138,6 +138,34 @@ def _confusion(seg_pred: jax.Array, gt_seg: jax.Array, keep: jax.Array, num_clas
   return jnp.sum(g_hot[..., :, None] & p_hot[..., None, :], axis=1, dtype=jnp.int32)
 
 
+def _median_scaled_sums(raw: jax.Array, g: jax.Array, valid: jax.Array, min_depth: float,
+                        max_depth: float) -> dict[str, jax.Array]:
+  """`median_ok`, `median_scale` [N] and the `ms_` sums of `frame_stats`.
+
+  raw: [N, P] unclipped predictions; g: [N, P] ground truth; valid: [N, P] bool."""
+  med_p, count = masked_median(raw, valid)
+  med_g, _ = masked_median(g, valid)
+  ok = (count > 0) & (med_p > PRED_FLOOR)
+  scale = jnp.where(ok, med_g / jnp.where(ok, med_p, 1.0), 1.0)
+  out = {'median_ok': ok, 'median_scale': scale}
+  scaled = jnp.clip(raw * scale[:, None], min_depth, max_depth)
+  for k, v in _depth_sums(scaled, g, valid & ok[:, None]).items():
+    out['ms_' + k] = v
+  return out
+
+
+def _bin_sums(p: jax.Array, g: jax.Array, valid: jax.Array, bins: Sequence[tuple[str, float, float]],
+              max_depth: float) -> dict[str, jax.Array]:
+  """The [N, B] per-depth-bin entries (`_BIN_KEYS`) of `frame_stats`; p, g: [N, P], valid: [N, P] bool."""
+  per_bin = []  # one bin at a time: no [N, B, H * W] intermediate
+  for i, (_, lo, hi) in enumerate(bins):
+    closed = i == len(bins) - 1 and hi >= max_depth
+    in_bin = valid & (g >= lo) & ((g <= hi) if closed else (g < hi))
+    b = _depth_sums(p, g, in_bin)
+    per_bin.append((b['sum_sq_err'], b['sum_abs_rel'], b['n_delta1'], jnp.sum(in_bin, axis=1, dtype=jnp.int32)))
+  return {key: jnp.stack(values, axis=1) for key, values in zip(_BIN_KEYS, zip(*per_bin))}
+
+
 def frame_stats(
     depth_pred: jax.Array,
     gt_depth: jax.Array,
@@ -186,24 +214,8 @@ def frame_stats(
   sums = _depth_sums(p, g, valid)
   out.update(sums)
 
-  med_p, count = masked_median(raw, valid)
-  med_g, _ = masked_median(g, valid)
-  ok = (count > 0) & (med_p > PRED_FLOOR)
-  scale = jnp.where(ok, med_g / jnp.where(ok, med_p, 1.0), 1.0)
-  out['median_ok'] = ok
-  out['median_scale'] = scale
-  scaled = jnp.clip(raw * scale[:, None], min_depth, max_depth)
-  for k, v in _depth_sums(scaled, g, valid & ok[:, None]).items():
-    out['ms_' + k] = v
-
-  per_bin = []  # one bin at a time: no [N, B, H * W] intermediate
-  for i, (_, lo, hi) in enumerate(bins):
-    closed = i == len(bins) - 1 and hi >= max_depth
-    in_bin = valid & (g >= lo) & ((g <= hi) if closed else (g < hi))
-    b = _depth_sums(p, g, in_bin)
-    per_bin.append((b['sum_sq_err'], b['sum_abs_rel'], b['n_delta1'], jnp.sum(in_bin, axis=1, dtype=jnp.int32)))
-  for key, values in zip(_BIN_KEYS, zip(*per_bin)):
-    out[key] = jnp.stack(values, axis=1)
+  out.update(_median_scaled_sums(raw, g, valid, min_depth, max_depth))
+  out.update(_bin_sums(p, g, valid, bins, max_depth))
   out['sum_gt'] = jnp.sum(g0, axis=1)
   out['sum_gt_sq'] = jnp.sum(g0 * g0, axis=1)
 

@@ -161,7 +161,7 @@ def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
 
 
 @runtime.reporting_missing_extras  # torch, for a reference .pt
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.predict', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
@@ -180,6 +180,26 @@ def main(argv: list[str] | None = None) -> int:
                       help="JAX's persistent compilation cache (default ~/.cache/efficientvit_jax/xla; 'none': off)")
   parser.add_argument('--overwrite', action='store_true', help='replace existing outputs in --out')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
+  return parser
+
+
+def _write_outputs(out_dir: pathlib.Path, stem: str, out: dict[str, np.ndarray], shown: np.ndarray,
+                   args: argparse.Namespace) -> None:
+  """One image's files <stem>_depth.npy, _seg.png, _panel.png and those the flags ask for.
+
+  out: 'depth' (H, W) metres and 'seg_logits' (H, W, C); shown: the (H, W, 3) uint8 image of the panel."""
+  seg = np.argmax(out['seg_logits'], axis=-1).astype(np.uint8)
+  np.save(out_dir / f'{stem}_depth.npy', out['depth'].astype(np.float32))
+  if args.depth_png:
+    save_depth_png(out_dir / f'{stem}_depth_mm.png', out['depth'])
+  Image.fromarray(seg).save(out_dir / f'{stem}_seg.png')
+  if args.save_logits:
+    np.save(out_dir / f'{stem}_seg_logits.npy', out['seg_logits'].astype(np.float32))
+  panels.prediction_panel(out_dir / f'{stem}_panel.png', shown, out['depth'], seg)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
@@ -221,18 +241,10 @@ def main(argv: list[str] | None = None) -> int:
   outputs = predictor(np.stack(resized).astype(np.float32) / 255.0)
   for i, (stem, rgb) in enumerate(zip(stems, rgbs)):
     out = {k: v[i] for k, v in outputs.items()}
-    shown = resized[i]
     if args.native_size:
-      out = to_native(out, rgb.shape[:2])
-      shown = rgb
-    seg = np.argmax(out['seg_logits'], axis=-1).astype(np.uint8)
-    np.save(out_dir / f'{stem}_depth.npy', out['depth'].astype(np.float32))
-    if args.depth_png:
-      save_depth_png(out_dir / f'{stem}_depth_mm.png', out['depth'])
-    Image.fromarray(seg).save(out_dir / f'{stem}_seg.png')
-    if args.save_logits:
-      np.save(out_dir / f'{stem}_seg_logits.npy', out['seg_logits'].astype(np.float32))
-    panels.prediction_panel(out_dir / f'{stem}_panel.png', shown, out['depth'], seg)
+      _write_outputs(out_dir, stem, to_native(out, rgb.shape[:2]), rgb, args)
+    else:
+      _write_outputs(out_dir, stem, out, resized[i], args)
   print(f'wrote predictions for {len(stems)} image(s) to {out_dir}')
   return 0
 

@@ -578,6 +578,59 @@ def _save_unsaved(run: _Run, state: training.State, loop: _Loop) -> None:
     loop.saved_step = loop.step
 
 
+def _checked_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """The devices' mesh, after refusing (UserError) a config that cannot work or whose batch does not
+  divide over the devices."""
+  try:
+    config_checks.check_config(config)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  mesh = parallel.make_mesh()
+  if config.batch_size % jax.device_count():
+    raise UserError(f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices')
+  logging.info('process %d of %d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  return mesh
+
+
+def _announce_plan(config: ml_collections.ConfigDict, process: int) -> tuple[int, int, int]:
+  """(steps per epoch, total steps, encoder-frozen steps) of the run; process 0 prints the plan."""
+  sched = _plan(config)
+  steps_per_epoch, total_steps = sched['steps_per_epoch'], sched['num_steps']
+  freeze_steps = int(config.freeze_encoder_epochs) * steps_per_epoch
+  plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
+          f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; '
+          f'eval on {list(config.data.eval_sets)}')
+  if process == 0:
+    console.say(plan)
+  return steps_per_epoch, total_steps, freeze_steps
+
+
+def _open_checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> checkpointing.TrainCheckpointer:
+  try:
+    return checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  except (OSError, ValueError) as e:  # e.g. a file where W/best should be
+    raise UserError(f'cannot use the workdir\'s checkpoint folders: {e}') from None
+
+
+def _catch_signals(num_processes: int, stop: threading.Event) -> dict[int, Any]:
+  """Installs the SIGTERM/SIGINT handlers that end the steps; returns the previous handlers."""
+  if num_processes == 1:
+    return {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+  # JAX's preemption notifier holds SIGTERM: every process stops at one step
+  return {signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))}
+
+
+def _start_state(start: _Start, model: model_lib.DepthSegNet, tx: Any,
+                 mesh: Mesh) -> tuple[nnx.GraphDef, training.State]:
+  """The replicated train state at the restored (or initial) step."""
+  graphdef, state = training.create_state(model, start.kendall, tx, mesh)
+  if start.opt_state is not None:
+    state['opt_state'] = parallel.put_replicated(start.opt_state, mesh)
+    state['step'] = parallel.put_replicated(np.asarray(start.step, np.int32), mesh)
+  return graphdef, state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, dry_run: bool = False,
                        catch_signals: bool = False) -> Outcome | None:
   """Trains (or continues training) `config` in `workdir`; see the module docstring.
@@ -591,26 +644,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   call (`Outcome.preempted`); the previous handlers are back on return.
   Raises UserError or RunError (module docstring).
   """
-  try:
-    config_checks.check_config(config)
-  except ValueError as e:
-    raise UserError(str(e)) from None
+  mesh = _checked_mesh(config)
   workdir = pathlib.Path(workdir).absolute()
   process, num_processes = jax.process_index(), jax.process_count()
-  mesh = parallel.make_mesh()
-  if config.batch_size % jax.device_count():
-    raise UserError(f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices')
-  logging.info('process %d of %d, %d local / %d global devices (%s)', process, num_processes,
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-  sched = _plan(config)
-  steps_per_epoch, total_steps = sched['steps_per_epoch'], sched['num_steps']
-  freeze_steps = int(config.freeze_encoder_epochs) * steps_per_epoch
+  steps_per_epoch, total_steps, freeze_steps = _announce_plan(config, process)
   eval_sets = tuple(config.data.eval_sets)
-  plan = (f'{config.data.mode}: sets {sched["sizes"]}, {steps_per_epoch} steps/epoch, {total_steps} steps '
-          f'of batch {config.batch_size}; encoder frozen for {freeze_steps} steps; eval on {list(eval_sets)}')
-  if process == 0:
-    console.say(plan)
-
   dtype = jnp.bfloat16 if config.compute_dtype == 'bfloat16' else jnp.float32
   model = model_lib.create(backbone=config.model.backbone, dtype=dtype, seed=config.seed)
   tx = optimizer_lib.make_optimizer(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
@@ -623,19 +661,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   # manager): CPU (gloo) collectives give up when one process is 30 s late setting them up, and a
   # process reading fewer programs from the compilation cache (only process 0 writes it) can be.
   parallel.barrier('start')
-  try:
-    ckptr = checkpointing.TrainCheckpointer(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
-  except (OSError, ValueError) as e:  # e.g. a file where W/best should be
-    raise UserError(f'cannot use the workdir\'s checkpoint folders: {e}') from None
+  ckptr = _open_checkpointer(config, workdir)
   writer = None
   handlers = {}
   stop = threading.Event()
   try:
     start = _restore_or_init(config, workdir, model, tx, ckptr)
-    graphdef, state = training.create_state(model, start.kendall, tx, mesh)
-    if start.opt_state is not None:
-      state['opt_state'] = parallel.put_replicated(start.opt_state, mesh)
-      state['step'] = parallel.put_replicated(np.asarray(start.step, np.int32), mesh)
+    graphdef, state = _start_state(start, model, tx, mesh)
     if start.step >= total_steps:
       if process == 0:
         print(f'{workdir}: already trained for {start.step} of {total_steps} steps; nothing to do')
@@ -650,10 +682,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                eval_sets=eval_sets, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                freeze_steps=freeze_steps, bn_frozen=frozen_step is not train_step, counters=start.counters,
                source=start.source, process=process, num_processes=num_processes)
-    if catch_signals and num_processes == 1:
-      handlers = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
-    elif catch_signals:  # JAX's preemption notifier holds SIGTERM: every process stops at one step
-      handlers = {signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))}
+    if catch_signals:
+      handlers = _catch_signals(num_processes, stop)
     return _train(run, state, train_step, frozen_step, start.step, stop)
   finally:
     ckptr.close()

@@ -617,6 +617,50 @@ def evaluate(study_dir: pathlib.Path, runs: Sequence[Run], role: str, expected_s
   return len(pending)
 
 
+def _train_all(trained: Sequence[Run], total: Mapping[str, int], log: Any, t0: float) -> None:
+  """Trains the runs in order (the pretraining first, then every run that starts from it), printing
+  each run's time and the study's rate; t0: the study's start (time.time())."""
+  from efficientvit_jax import console
+
+  progress = console.Progress(sum(total[r.id] for r in trained), 'study', unit='step', quiet=True)
+  for i, run in enumerate(trained, 1):
+    t = time.time()
+    print(f'[{i}/{len(trained)}] {run.id} ({total[run.id]} steps) ...', flush=True)
+    what = train(run, total[run.id], log)
+    progress.update(total[run.id])
+    rates = progress.describe()  # training steps of the whole study, from the end of the first run
+    print(f'[{i}/{len(trained)}] {run.id}: {what} in {(time.time() - t) / 60:.1f} min '
+          f'(study {(time.time() - t0) / 60:.1f} min' + (f'; {rates}' if rates else '') + ')', flush=True)
+
+
+def _write_report(config: ml_collections.ConfigDict, study_dir: pathlib.Path, runs: Sequence[Run],
+                  row_list: Sequence[Row], pretrain_steps: int | None, data: Mapping[str, str]) -> list[str]:
+  """Writes and prints the table (study.md), the numbers (study.json) and the plots from the runs'
+  evaluations; returns the plots' file names."""
+  results = {(r.id, role): json.loads(eval_path(study_dir, r, role).read_text()) for r in runs for role in SETS}
+  axis = backbone_axis(config)
+  steps = {'pretrain': pretrain_steps, 'finetune': config.finetune_steps}
+  sets = {role: data[role] for role in SETS}
+  if axis == ('',):
+    summary = summarise(row_list, runs, results)
+    text, plots = report(summary, dict(config.reference_rows), steps, sets), ['pareto.png']
+    pareto_plot(summary, study_dir / 'pareto.png')
+  else:
+    summary = {b: summarise(row_list, runs, results, b) for b in axis}
+    text = capacity_report(summary, dict(config.reference_rows), steps, sets)
+    capacity_plot(summary, study_dir / 'capacity.png')
+    for b in axis:
+      pareto_plot(summary[b], study_dir / f'pareto_{b}.png')
+    plots = ['capacity.png', *(f'pareto_{b}.png' for b in axis)]
+  (study_dir / 'study.md').write_text(text)
+  (study_dir / 'study.json').write_text(json.dumps(
+      {'rows': summary, 'backbones': [b for b in axis if b], 'steps': steps, 'sets': sets,
+       'spread': 'sample standard deviation (ddof 1)', 'reference': REFERENCE,
+       'runs': {r.id: r.checkpoint for r in runs}}, indent=1) + '\n')
+  print(text)
+  return plots
+
+
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -662,19 +706,8 @@ def main(argv: Sequence[str]) -> int:
       print(f"{c['run']}: {c['command'] or 'given checkpoint ' + c['checkpoint']}")
     return 0
 
-  # Training: the pretraining first, then every run that starts from it.
-  from efficientvit_jax import console
-
-  progress = console.Progress(sum(total[r.id] for r in trained), 'study', unit='step', quiet=True)
   try:
-    for i, run in enumerate(trained, 1):
-      t = time.time()
-      print(f'[{i}/{len(trained)}] {run.id} ({total[run.id]} steps) ...', flush=True)
-      what = train(run, total[run.id], log)
-      progress.update(total[run.id])
-      rates = progress.describe()  # training steps of the whole study, from the end of the first run
-      print(f'[{i}/{len(trained)}] {run.id}: {what} in {(time.time() - t) / 60:.1f} min '
-            f'(study {(time.time() - t0) / 60:.1f} min' + (f'; {rates}' if rates else '') + ')', flush=True)
+    _train_all(trained, total, log, t0)
     expected = {r.id: total.get(r.id) for r in runs}
     for role in SETS:
       t = time.time()
@@ -683,29 +716,7 @@ def main(argv: Sequence[str]) -> int:
   except StudyError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-
-  # Table, numbers, plot.
-  results = {(r.id, role): json.loads(eval_path(study_dir, r, role).read_text()) for r in runs for role in SETS}
-  axis = backbone_axis(config)
-  steps = {'pretrain': total.get(runs[0].id), 'finetune': config.finetune_steps}
-  sets = {role: data[role] for role in SETS}
-  if axis == ('',):
-    summary = summarise(row_list, runs, results)
-    text, plots = report(summary, dict(config.reference_rows), steps, sets), ['pareto.png']
-    pareto_plot(summary, study_dir / 'pareto.png')
-  else:
-    summary = {b: summarise(row_list, runs, results, b) for b in axis}
-    text = capacity_report(summary, dict(config.reference_rows), steps, sets)
-    capacity_plot(summary, study_dir / 'capacity.png')
-    for b in axis:
-      pareto_plot(summary[b], study_dir / f'pareto_{b}.png')
-    plots = ['capacity.png', *(f'pareto_{b}.png' for b in axis)]
-  (study_dir / 'study.md').write_text(text)
-  (study_dir / 'study.json').write_text(json.dumps(
-      {'rows': summary, 'backbones': [b for b in axis if b], 'steps': steps, 'sets': sets,
-       'spread': 'sample standard deviation (ddof 1)', 'reference': REFERENCE,
-       'runs': {r.id: r.checkpoint for r in runs}}, indent=1) + '\n')
-  print(text)
+  plots = _write_report(config, study_dir, runs, row_list, total.get(runs[0].id), data)
   print(f"wrote {study_dir}/study.md, study.json, {', '.join(plots)} in {(time.time() - t0) / 60:.1f} min")
   return 0
 

@@ -485,17 +485,8 @@ def _lil_length(p: dict) -> float:
   return _robot_pose((t_end - p['base_ns']) / 1e9, 0)[1] + 2.0
 
 
-def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', workers: int | None = None,
-             overwrite: bool = False) -> dict:
-  """Writes the synthetic data set under `out` and returns its summary (= synthetic_info.json).
-
-  workers: processes for rendering (default: 1 for tiny, all cores otherwise); the files do not
-  depend on it. Workers are spawned, so a script calling this with workers > 1 needs the usual
-  `if __name__ == '__main__':` guard. overwrite: replace a previous generation in `out`.
-  """
-  if size not in SIZES:
-    raise ValueError(f'size must be one of {", ".join(SIZES)}, got {size!r}')
-  out = pathlib.Path(out)
+def _clear(out: pathlib.Path, overwrite: bool) -> None:
+  """Removes a previous generation in `out`, or refuses to without `overwrite`."""
   parts = ('nyu', 'lilocbench_raw', 'lilocbench', 'corridor', '.staging', 'synthetic_info.json')
   if out.exists() and any((out / x).exists() for x in parts):
     if not overwrite:
@@ -505,45 +496,50 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
         shutil.rmtree(out / x)
       elif (out / x).exists():
         (out / x).unlink()
-  sz = SIZES[size]
-  p = plan(seed, size)
+
+
+def _make_dirs(out: pathlib.Path, raw: pathlib.Path) -> None:
+  """Creates the output folders and writes each LILocBench camera's intrinsics file."""
   for d in ('nyu/nyu_cache/rgb', 'nyu/nyu_cache/depth', 'nyu/nyu_cache/seg', 'nyu/teacher/da3_depth',
             'nyu/teacher/sam2_seg', 'corridor/rgb', 'corridor/depth', 'corridor/confidence',
             'corridor/da3_depth', 'corridor/sam2_seg'):
     (out / d).mkdir(parents=True, exist_ok=True)
-  raw = out / 'lilocbench_raw' / SEQUENCE
   for name, cdir, ddir, form, _, fx, fy, cx, cy in LIL_CAMERAS:
     (raw / name / cdir).mkdir(parents=True, exist_ok=True)
     (raw / name / ddir).mkdir(parents=True, exist_ok=True)
     (out / '.staging' / name).mkdir(parents=True, exist_ok=True)
     _write_yaml(raw / name / 'intrinsics.yaml', form, fx, fy, cx, cy)
 
-  length = _lil_length(p)
-  tasks = [('corridor', out, seed, i, sz.corridor) for i in range(sz.corridor)]
-  tasks += [('lil', out, seed, k, j, b, p['base_ns'], length)
-            for k, cam in enumerate(LIL_CAMERAS) for j, b in enumerate(p['cameras'][cam[0]])]
-  tasks += [('nyu', out, seed, i) for i in range(sz.nyu)]
-  workers = workers or sz.workers or os.cpu_count() or 1
+
+def _render(tasks: list[tuple], workers: int) -> list[dict]:
+  """Runs every render task (in `workers` spawned processes if > 1); results in task order."""
   if workers > 1:
     with multiprocessing.get_context('spawn').Pool(workers) as pool:
       done = dict(console.iterate(pool.imap_unordered(_run, enumerate(tasks), chunksize=1), 'synthetic data',
                                   total=len(tasks), unit='frame'))
   else:
     done = dict(console.iterate(map(_run, enumerate(tasks)), 'synthetic data', total=len(tasks), unit='frame'))
-  results = [done[k] for k in range(len(tasks))]
+  return [done[k] for k in range(len(tasks))]
 
-  # NYU split and teacher manifest.
-  train, val = nyu_split(sz.nyu)
+
+def _write_manifest(path: pathlib.Path, entries: list[dict]) -> None:
+  with open(path, 'w') as f:
+    for e in entries:
+      f.write(json.dumps(e) + '\n')
+
+
+def _write_nyu_split(out: pathlib.Path, n: int, nyu: list[dict]) -> None:
+  """NYU train/val index files, the cache-complete marker and the teacher manifest."""
+  train, val = nyu_split(n)
   cache = out / 'nyu' / 'nyu_cache'
   (cache / 'train_indices.txt').write_text(''.join(f'{i}\n' for i in train))
   (cache / 'val_indices.txt').write_text(''.join(f'{i}\n' for i in val))
   (cache / '.download_complete').touch()  # the reference's loader reads a cache only with this marker
-  nyu = [r for t, r in zip(tasks, results) if t[0] == 'nyu']
-  with open(out / 'nyu' / 'teacher' / 'manifest.jsonl', 'w') as f:
-    for r in nyu:
-      f.write(json.dumps(r['entry']) + '\n')
+  _write_manifest(out / 'nyu' / 'teacher' / 'manifest.jsonl', [r['entry'] for r in nyu])
 
-  # LILocBench: the ground truth of a correct extraction, the extraction, then the teachers.
+
+def _extract_lilocbench(out: pathlib.Path, raw: pathlib.Path, p: dict) -> None:
+  """The ground truth of a correct extraction, the extraction, then the staged teachers moved in."""
   truth = _extraction_truth(p)
   (out / 'lilocbench_raw' / 'extraction_truth.json').write_text(json.dumps(truth, indent=1) + '\n')
   lil_root = out / 'lilocbench'
@@ -557,19 +553,60 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
     os.replace(f'{staged}_seg.npy', lil_root / 'seg' / f'{line["stem"]}.npy')
     line['da3_depth'] = f'da3_depth/{line["stem"]}.npy'
     line['seg'] = f'seg/{line["stem"]}.npy'
-  with open(lil_root / 'manifest.jsonl', 'w') as f:
-    for line in lines:
-      f.write(json.dumps(line) + '\n')
+  _write_manifest(lil_root / 'manifest.jsonl', lines)
   shutil.rmtree(out / '.staging')
 
-  corridor = [r for t, r in zip(tasks, results) if t[0] == 'corridor']
-  with open(out / 'corridor' / 'manifest.jsonl', 'w') as f:
-    for r in corridor:
-      f.write(json.dumps(r['entry']) + '\n')
 
-  lil = [r for t, r in zip(tasks, results) if t[0] == 'lil' and 'valid' in r]
+def _measured(nyu: list[dict], lil: list[dict], corridor: list[dict]) -> dict:
+  """The summary's statistics measured on the rendered frames."""
   classes = np.sum([r['classes'] for r in nyu], 0)
   nyu_scales = np.log([r['da3_scale'] for r in nyu])
+  return {
+    'nyu_valid_fraction': sum(r['valid'] for r in nyu) / sum(r['pixels'] for r in nyu),
+    'nyu_valid_depth_in_1_4m': sum(r['in_1_4'] for r in nyu) / max(sum(r['valid'] for r in nyu), 1),
+    'nyu_class_pixel_fractions': (classes / classes.sum()).round(4).tolist(),
+    'nyu_da3_log_scale_std': float(nyu_scales.std()),
+    'nyu_sam2_changed_fraction': sum(r['sam2_changed'] for r in nyu) / sum(r['pixels'] for r in nyu),
+    'lilocbench_valid_fraction': sum(r['valid'] for r in lil) / max(sum(r['pixels'] for r in lil), 1),
+    'lilocbench_max_depth_m': max((r['max_depth'] for r in lil), default=0.0),
+    'lilocbench_median_p95_depth_m': float(np.median([r['p95_depth'] for r in lil])) if lil else 0.0,
+    'lilocbench_median_wall_depth_span_m': float(np.median([r['wall_span'] for r in lil])) if lil else 0.0,
+    'corridor_invalid_fraction': float(np.mean([r['invalid'] for r in corridor])) if corridor else 0.0,
+    'corridor_low_confidence_valid_fraction':
+      float(np.mean([r['low_conf_valid'] for r in corridor])) if corridor else 0.0,
+  }
+
+
+def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', workers: int | None = None,
+             overwrite: bool = False) -> dict:
+  """Writes the synthetic data set under `out` and returns its summary (= synthetic_info.json).
+
+  workers: processes for rendering (default: 1 for tiny, all cores otherwise); the files do not
+  depend on it. Workers are spawned, so a script calling this with workers > 1 needs the usual
+  `if __name__ == '__main__':` guard. overwrite: replace a previous generation in `out`.
+  """
+  if size not in SIZES:
+    raise ValueError(f'size must be one of {", ".join(SIZES)}, got {size!r}')
+  out = pathlib.Path(out)
+  _clear(out, overwrite)
+  sz = SIZES[size]
+  p = plan(seed, size)
+  raw = out / 'lilocbench_raw' / SEQUENCE
+  _make_dirs(out, raw)
+
+  length = _lil_length(p)
+  tasks = [('corridor', out, seed, i, sz.corridor) for i in range(sz.corridor)]
+  tasks += [('lil', out, seed, k, j, b, p['base_ns'], length)
+            for k, cam in enumerate(LIL_CAMERAS) for j, b in enumerate(p['cameras'][cam[0]])]
+  tasks += [('nyu', out, seed, i) for i in range(sz.nyu)]
+  results = _render(tasks, workers or sz.workers or os.cpu_count() or 1)
+  nyu = [r for t, r in zip(tasks, results) if t[0] == 'nyu']
+  corridor = [r for t, r in zip(tasks, results) if t[0] == 'corridor']
+  lil = [r for t, r in zip(tasks, results) if t[0] == 'lil' and 'valid' in r]
+
+  _write_nyu_split(out, sz.nyu, nyu)
+  _extract_lilocbench(out, raw, p)
+  _write_manifest(out / 'corridor' / 'manifest.jsonl', [r['entry'] for r in corridor])
   info = {
     'seed': seed, 'size': size, 'counts': p['counts'],
     'intrinsics': {
@@ -582,20 +619,7 @@ def generate(out: str | os.PathLike, seed: int = 0, size: str = 'default', worke
     'teacher_model': {'da3_log_scale_std': DA3_LOG_SCALE_STD, 'da3_pixel_noise_rel_std': DA3_NOISE_STD,
                       'sam2_max_boundary_shift_px': SAM2_MAX_SHIFT},
     'nyu_da3_scales': {r['entry']['stem']: r['da3_scale'] for r in nyu},
-    'measured': {
-      'nyu_valid_fraction': sum(r['valid'] for r in nyu) / sum(r['pixels'] for r in nyu),
-      'nyu_valid_depth_in_1_4m': sum(r['in_1_4'] for r in nyu) / max(sum(r['valid'] for r in nyu), 1),
-      'nyu_class_pixel_fractions': (classes / classes.sum()).round(4).tolist(),
-      'nyu_da3_log_scale_std': float(nyu_scales.std()),
-      'nyu_sam2_changed_fraction': sum(r['sam2_changed'] for r in nyu) / sum(r['pixels'] for r in nyu),
-      'lilocbench_valid_fraction': sum(r['valid'] for r in lil) / max(sum(r['pixels'] for r in lil), 1),
-      'lilocbench_max_depth_m': max((r['max_depth'] for r in lil), default=0.0),
-      'lilocbench_median_p95_depth_m': float(np.median([r['p95_depth'] for r in lil])) if lil else 0.0,
-      'lilocbench_median_wall_depth_span_m': float(np.median([r['wall_span'] for r in lil])) if lil else 0.0,
-      'corridor_invalid_fraction': float(np.mean([r['invalid'] for r in corridor])) if corridor else 0.0,
-      'corridor_low_confidence_valid_fraction':
-        float(np.mean([r['low_conf_valid'] for r in corridor])) if corridor else 0.0,
-    },
+    'measured': _measured(nyu, lil, corridor),
   }
   (out / 'synthetic_info.json').write_text(json.dumps(info, indent=1) + '\n')
   return info

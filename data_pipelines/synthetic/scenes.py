@@ -627,72 +627,109 @@ def _table(rng, x, z, w, d, h, label, mat) -> list[Primitive]:
   return out
 
 
+_Footprint = tuple[float, float, float, float]  # x0, z0, x1, z1
+
+
+def _dims(w: float, d: float, along_x: bool) -> tuple[float, float]:
+  return (w, d) if along_x else (d, w)
+
+
+def _table_with_props(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+                      cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  """A table or desk with 0-2 cylindrical props on its top."""
+  w, d = _dims(rng.uniform(0.8, 1.6), rng.uniform(0.6, 0.9), along_x)
+  prims = _table(rng, x, z, w, d, rng.uniform(0.7, 0.78), rng.choice([TABLE, DESK]), wood)
+  top = prims[0]
+  props = []
+  for _ in range(int(rng.integers(0, 3))):
+    px, pz = x + rng.uniform(0.1, w - 0.15), z + rng.uniform(0.1, d - 0.15)
+    props.append(Cylinder(px, pz, rng.uniform(0.03, 0.07), top.hi[1], top.hi[1] + rng.uniform(0.08, 0.25),
+                          OTHERPROP, Material('paint', _rgb(rng, 0.2, 0.9, 0.6), amp=0.05)))
+  return prims + props, (x, z, x + w, z + d)
+
+
+def _chair(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+           cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  w = d = rng.uniform(0.42, 0.5)
+  prims = _table(rng, x, z, w, d, rng.uniform(0.42, 0.48), CHAIR, wood)
+  seat_h = prims[0].hi[1]
+  back = (Box((x, seat_h, z + d - 0.05), (x + w, seat_h + 0.45, z + d), CHAIR, wood) if along_x
+          else Box((x + w - 0.05, seat_h, z), (x + w, seat_h + 0.45, z + d), CHAIR, wood))
+  return prims + [back], (x, z, x + w, z + d)
+
+
+def _cabinet(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+             cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  """A cabinet; a low one may be labelled nightstand or counter."""
+  w, d = _dims(rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.6), along_x)
+  h = rng.uniform(0.6, 1.9)
+  label = rng.choice([CABINET, CABINET, NIGHTSTAND, COUNTER]) if h < 1.0 else CABINET
+  return [Box((x, 0.0, z), (x + w, h, z + d), int(label), wood)], (x, z, x + w, z + d)
+
+
+def _bookshelf(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+               cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  w, d = _dims(rng.uniform(0.6, 1.2), 0.35, along_x)
+  h = rng.uniform(1.2, 2.0)
+  books = Material('books', wood.color, scale=0.035, seed=int(rng.integers(1 << 20)))
+  return [Box((x, 0.0, z), (x + w, h, z + d), BOOKSHELF, books)], (x, z, x + w, z + d)
+
+
+def _sofa(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+          cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  """Seat, back along the far long side and one pillow."""
+  w, d = _dims(rng.uniform(1.4, 2.1), rng.uniform(0.8, 0.95), along_x)
+  prims = [Box((x, 0.0, z), (x + w, 0.42, z + d), SOFA, cloth)]
+  if along_x:
+    prims.append(Box((x, 0.42, z + d - 0.2), (x + w, 0.85, z + d), SOFA, cloth))
+  else:
+    prims.append(Box((x + w - 0.2, 0.42, z), (x + w, 0.85, z + d), SOFA, cloth))
+  pil = Material('fabric', _rgb(rng, 0.3, 0.9, 0.5), scale=0.1, amp=0.1)
+  cx = x + rng.uniform(0.2, max(w - 0.6, 0.25))
+  cz = z + rng.uniform(0.2, max(d - 0.6, 0.25))
+  prims.append(Box((cx, 0.42, cz), (cx + 0.35, 0.62, cz + 0.35), PILLOW, pil))
+  return prims, (x, z, x + w, z + d)
+
+
+def _bed(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+         cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  w, d = _dims(rng.uniform(1.9, 2.1), rng.uniform(1.0, 1.6), along_x)
+  sheet = Material('fabric', _rgb(rng, 0.5, 0.9, 0.3), scale=0.3, amp=0.06)
+  prims = [Box((x, 0.0, z), (x + w, 0.5, z + d), BED, sheet)]
+  px, pz = (x + 0.1, z + 0.1)
+  prims.append(Box((px, 0.5, pz), (px + 0.5, 0.62, pz + 0.5), PILLOW, cloth))
+  return prims, (x, z, x + w, z + d)
+
+
+def _box(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+         cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  s = rng.uniform(0.25, 0.5)
+  mat = Material('paint', (0.55, 0.42, 0.28), amp=0.05)
+  return [Box((x, 0.0, z), (x + s, s * rng.uniform(0.6, 1.2), z + s), BOX, mat)], (x, z, x + s, z + s)
+
+
+def _lamp(rng: np.random.Generator, x: float, z: float, along_x: bool, wood: Material,
+          cloth: Material) -> tuple[list[Primitive], _Footprint]:
+  """A floor lamp: pole and shade."""
+  pole = Material('paint', (0.2, 0.2, 0.2), amp=0.02)
+  shade = Material('fabric', (0.9, 0.85, 0.7), scale=0.1, amp=0.05)
+  h = rng.uniform(1.3, 1.7)
+  return ([Cylinder(x + 0.2, z + 0.2, 0.02, 0.0, h, LAMP, pole),
+           Cylinder(x + 0.2, z + 0.2, 0.18, h, h + 0.25, LAMP, shade)], (x, z, x + 0.4, z + 0.4))
+
+
+_FURNITURE = {'table': _table_with_props, 'chair': _chair, 'cabinet': _cabinet, 'bookshelf': _bookshelf,
+              'sofa': _sofa, 'bed': _bed, 'box': _box, 'lamp': _lamp}
+
+
 def _furniture(rng: np.random.Generator, kind: str, x: float, z: float,
-               along_x: bool) -> tuple[list[Primitive], tuple[float, float, float, float]]:
-  """One piece of furniture with its footprint (x0, z0, x1, z1). along_x: long side along x."""
+               along_x: bool) -> tuple[list[Primitive], _Footprint]:
+  """One piece of furniture (a key of _FURNITURE) with its footprint. along_x: long side along x."""
   wood = Material('wood', _wood(rng), scale=0.01, amp=0.12, seed=int(rng.integers(1 << 20)))
   cloth = Material('fabric', _rgb(rng, 0.15, 0.7, 0.5), scale=0.3, amp=0.08, seed=int(rng.integers(1 << 20)))
-
-  def dims(w, d):
-    return (w, d) if along_x else (d, w)
-
-  if kind == 'table':
-    w, d = dims(rng.uniform(0.8, 1.6), rng.uniform(0.6, 0.9))
-    prims = _table(rng, x, z, w, d, rng.uniform(0.7, 0.78), rng.choice([TABLE, DESK]), wood)
-    top = prims[0]
-    props = []
-    for _ in range(int(rng.integers(0, 3))):
-      px, pz = x + rng.uniform(0.1, w - 0.15), z + rng.uniform(0.1, d - 0.15)
-      props.append(Cylinder(px, pz, rng.uniform(0.03, 0.07), top.hi[1], top.hi[1] + rng.uniform(0.08, 0.25),
-                            OTHERPROP, Material('paint', _rgb(rng, 0.2, 0.9, 0.6), amp=0.05)))
-    return prims + props, (x, z, x + w, z + d)
-  if kind == 'chair':
-    w = d = rng.uniform(0.42, 0.5)
-    prims = _table(rng, x, z, w, d, rng.uniform(0.42, 0.48), CHAIR, wood)
-    seat_h = prims[0].hi[1]
-    back = (Box((x, seat_h, z + d - 0.05), (x + w, seat_h + 0.45, z + d), CHAIR, wood) if along_x
-            else Box((x + w - 0.05, seat_h, z), (x + w, seat_h + 0.45, z + d), CHAIR, wood))
-    return prims + [back], (x, z, x + w, z + d)
-  if kind == 'cabinet':
-    w, d = dims(rng.uniform(0.5, 1.2), rng.uniform(0.4, 0.6))
-    h = rng.uniform(0.6, 1.9)
-    label = rng.choice([CABINET, CABINET, NIGHTSTAND, COUNTER]) if h < 1.0 else CABINET
-    return [Box((x, 0.0, z), (x + w, h, z + d), int(label), wood)], (x, z, x + w, z + d)
-  if kind == 'bookshelf':
-    w, d = dims(rng.uniform(0.6, 1.2), 0.35)
-    h = rng.uniform(1.2, 2.0)
-    books = Material('books', wood.color, scale=0.035, seed=int(rng.integers(1 << 20)))
-    return [Box((x, 0.0, z), (x + w, h, z + d), BOOKSHELF, books)], (x, z, x + w, z + d)
-  if kind == 'sofa':
-    w, d = dims(rng.uniform(1.4, 2.1), rng.uniform(0.8, 0.95))
-    prims = [Box((x, 0.0, z), (x + w, 0.42, z + d), SOFA, cloth)]
-    if along_x:
-      prims.append(Box((x, 0.42, z + d - 0.2), (x + w, 0.85, z + d), SOFA, cloth))
-    else:
-      prims.append(Box((x + w - 0.2, 0.42, z), (x + w, 0.85, z + d), SOFA, cloth))
-    pil = Material('fabric', _rgb(rng, 0.3, 0.9, 0.5), scale=0.1, amp=0.1)
-    cx = x + rng.uniform(0.2, max(w - 0.6, 0.25))
-    cz = z + rng.uniform(0.2, max(d - 0.6, 0.25))
-    prims.append(Box((cx, 0.42, cz), (cx + 0.35, 0.62, cz + 0.35), PILLOW, pil))
-    return prims, (x, z, x + w, z + d)
-  if kind == 'bed':
-    w, d = dims(rng.uniform(1.9, 2.1), rng.uniform(1.0, 1.6))
-    sheet = Material('fabric', _rgb(rng, 0.5, 0.9, 0.3), scale=0.3, amp=0.06)
-    prims = [Box((x, 0.0, z), (x + w, 0.5, z + d), BED, sheet)]
-    px, pz = (x + 0.1, z + 0.1)
-    prims.append(Box((px, 0.5, pz), (px + 0.5, 0.62, pz + 0.5), PILLOW, cloth))
-    return prims, (x, z, x + w, z + d)
-  if kind == 'box':
-    s = rng.uniform(0.25, 0.5)
-    mat = Material('paint', (0.55, 0.42, 0.28), amp=0.05)
-    return [Box((x, 0.0, z), (x + s, s * rng.uniform(0.6, 1.2), z + s), BOX, mat)], (x, z, x + s, z + s)
-  if kind == 'lamp':
-    pole = Material('paint', (0.2, 0.2, 0.2), amp=0.02)
-    shade = Material('fabric', (0.9, 0.85, 0.7), scale=0.1, amp=0.05)
-    h = rng.uniform(1.3, 1.7)
-    return ([Cylinder(x + 0.2, z + 0.2, 0.02, 0.0, h, LAMP, pole),
-             Cylinder(x + 0.2, z + 0.2, 0.18, h, h + 0.25, LAMP, shade)], (x, z, x + 0.4, z + 0.4))
-  raise ValueError(kind)
+  if kind not in _FURNITURE:
+    raise ValueError(kind)
+  return _FURNITURE[kind](rng, x, z, along_x, wood, cloth)
 
 
 def room_scene(rng: np.random.Generator, intrinsics: tuple[float, float, float, float],
@@ -859,6 +896,99 @@ class Corridor:
     return Scene(prims, self.lights, ambient=0.3, nearest_lights=4)
 
 
+def _corridor_materials(rng: np.random.Generator) -> dict[str, Material]:
+  """floor, wall, ceiling, baseboard, glass and door-frame materials of one corridor."""
+  return {
+    'floor': Material('tiles', _rgb(rng, 0.45, 0.8, 0.1), scale=float(rng.choice([0.3, 0.5, 0.6])),
+                      color2=_rgb(rng, 0.3, 0.5, 0.05), amp=0.05, seed=int(rng.integers(1 << 20))),
+    'wall': Material('paint', _rgb(rng, 0.6, 0.9, 0.12), scale=0.8, amp=0.05, seed=int(rng.integers(1 << 20))),
+    'ceiling': Material('tiles', (0.85, 0.85, 0.82), scale=0.6, color2=(0.5, 0.5, 0.5), amp=0.02),
+    'base': Material('paint', _rgb(rng, 0.1, 0.35, 0.1), amp=0.02),
+    'glass': Material('glass', (0.8, 0.9, 0.88), amp=0.0),
+    'frame': Material('paint', _rgb(rng, 0.2, 0.5, 0.2), amp=0.02),
+  }
+
+
+def _ceiling_lights(rng: np.random.Generator, z0: float, z1: float,
+                    height: float) -> tuple[list[Primitive], list[Light]]:
+  """Fluorescent panels every ~3 m along the corridor's centre line, each with its light."""
+  prims, lights = [], []
+  z = z0 + 1.0
+  while z < z1:
+    prims.append(Quad(1, height - 0.01, (-0.3, height, z - 0.6), (0.3, height, z + 0.6), CEILING,
+                      Material('emissive', (3.0, 3.0, 2.9), amp=0.02)))
+    lights.append(Light((0.0, height - 0.05, z), (2.2, 2.2, 2.1)))
+    z += rng.uniform(2.8, 3.4)
+  return prims, lights
+
+
+def _side_opening(side: str, xw: float, sgn: float, room: tuple[float, float, float, float], height: float,
+                  wall_from: float, za: float, m: dict[str, Material]) -> list[Primitive]:
+  """An opening 1.6 m wide from za, closed by a glass door, onto a room 3 m deep; with the wall
+  (and its baseboard) from wall_from up to the opening."""
+  zb, xr = za + 1.6, xw + sgn * 3.0
+  prims = [Quad(0, xw, (xw, 0.0, wall_from), (xw, height, za), WALL, m['wall']),
+           Quad(0, xw, (xw, 2.2, za), (xw, height, zb), WALL, m['wall']),
+           Quad(0, xw, (xw, 0.0, za + 0.06), (xw, 2.2, zb - 0.06), MIRROR, m['glass'])]
+  xs = (min(xw, xr), max(xw, xr))
+  prims.append(Quad(0, xr, (xr, 0.0, za - 2.0), (xr, height, zb + 2.0), WALL, m['wall']))
+  for zz in (za - 2.0, zb + 2.0):
+    prims.append(Quad(2, zz, (xs[0], 0.0, zz), (xs[1], height, zz), WALL, m['wall']))
+  prims.append(Quad(1, 0.0, (xs[0], 0.0, za - 2.0), (xs[1], 0.0, zb + 2.0), FLOOR, m['floor']))
+  prims.append(Quad(1, height, (xs[0], height, za - 2.0), (xs[1], height, zb + 2.0), CEILING, m['ceiling']))
+  prims.append(_wall_rect(side, room, wall_from, za, 0.0, 0.1, WALL, m['base'], offset=0.015))
+  return prims
+
+
+def _side_wall(rng: np.random.Generator, side: str, xw: float, sgn: float, room: tuple[float, float, float, float],
+               height: float, z_door: float, m: dict[str, Material]) -> list[Primitive]:
+  """One side wall of the corridor at x = xw (sgn: which way is outside) with what stands along
+  it: glass-door openings, doors, notice boards, benches and bins."""
+  x0, x1, z0, z1 = room
+  prims = []
+  wall_from = z0
+  z = z0 + rng.uniform(1.0, 3.0)
+  while z < z1 - 3.0:
+    r = rng.random()
+    if r < 0.12 and abs(z + 0.8 - z_door) > 2.5:
+      prims += _side_opening(side, xw, sgn, room, height, wall_from, z, m)
+      wall_from = z + 1.6
+      z = wall_from + 2.5
+    elif r < 0.5:
+      door_m = Material('wood', _wood(rng), scale=0.01, amp=0.12, seed=int(rng.integers(1 << 20)))
+      prims.append(_wall_rect(side, room, z, z + 1.0, 0.0, 2.1, DOOR, door_m))
+      z += 1.0
+    elif r < 0.65:
+      prims.append(_wall_rect(side, room, z, z + 1.2, 1.0, 1.9, PICTURE,
+                              Material('picture', (0.5, 0.5, 0.5), scale=0.3, seed=int(rng.integers(1 << 20))),
+                              offset=0.02))
+      z += 1.2
+    elif r < 0.75:
+      xb = x0 + 0.02 if side == 'left' else x1 - 0.47
+      bench = Material('wood', _wood(rng), scale=0.01, amp=0.12)
+      prims += _table(rng, xb, z, 0.45, 1.5, 0.45, CHAIR, bench)
+      z += 1.5
+    elif r < 0.83:
+      xb = x0 + 0.25 if side == 'left' else x1 - 0.25
+      prims.append(Cylinder(xb, z + 0.2, 0.2, 0.0, 0.7, OTHERPROP,
+                            Material('paint', _rgb(rng, 0.1, 0.6, 0.6), amp=0.03)))
+      z += 0.5
+    z += rng.uniform(1.0, 4.0)
+  prims.append(Quad(0, xw, (xw, 0.0, wall_from), (xw, height, z1), WALL, m['wall']))
+  prims.append(_wall_rect(side, room, wall_from, z1, 0.0, 0.1, WALL, m['base'], offset=0.015))
+  return prims
+
+
+def _glass_double_door(x0: float, x1: float, z_door: float, height: float,
+                       m: dict[str, Material]) -> list[Primitive]:
+  """The glass double door across the corridor at z_door: posts, lintel and glass leaves."""
+  return [Box((x0, 0.0, z_door), (x0 + 0.12, height, z_door + 0.08), DOOR, m['frame']),
+          Box((x1 - 0.12, 0.0, z_door), (x1, height, z_door + 0.08), DOOR, m['frame']),
+          Box((-0.03, 0.0, z_door), (0.03, 2.15, z_door + 0.08), DOOR, m['frame']),
+          Box((x0, 2.15, z_door), (x1, height, z_door + 0.08), DOOR, m['frame']),
+          Quad(2, z_door + 0.04, (x0 + 0.12, 0.0, 0), (x1 - 0.12, 2.15, 0), MIRROR, m['glass'])]
+
+
 def corridor_scene(rng: np.random.Generator, length: float, people: int) -> Corridor:
   """A straight corridor 1.8-3 m wide whose robot path is z in [0, length]: painted walls with
   baseboards, wooden doors, side openings closed by glass doors onto rooms, notice boards,
@@ -868,74 +998,17 @@ def corridor_scene(rng: np.random.Generator, length: float, people: int) -> Corr
   width, height = rng.uniform(1.8, 3.0), rng.uniform(2.6, 3.1)
   z_door = length + rng.uniform(6.0, 10.0)
   x0, x1, z0, z1 = -width / 2, width / 2, -12.0, z_door + rng.uniform(4.0, 8.0)
-  floor_m = Material('tiles', _rgb(rng, 0.45, 0.8, 0.1), scale=float(rng.choice([0.3, 0.5, 0.6])),
-                     color2=_rgb(rng, 0.3, 0.5, 0.05), amp=0.05, seed=int(rng.integers(1 << 20)))
-  wall_m = Material('paint', _rgb(rng, 0.6, 0.9, 0.12), scale=0.8, amp=0.05, seed=int(rng.integers(1 << 20)))
-  ceil_m = Material('tiles', (0.85, 0.85, 0.82), scale=0.6, color2=(0.5, 0.5, 0.5), amp=0.02)
-  base_m = Material('paint', _rgb(rng, 0.1, 0.35, 0.1), amp=0.02)
-  glass_m = Material('glass', (0.8, 0.9, 0.88), amp=0.0)
-  frame_m = Material('paint', _rgb(rng, 0.2, 0.5, 0.2), amp=0.02)
+  m = _corridor_materials(rng)
   lo, hi = (x0, 0.0, z0), (x1, height, z1)
   prims: list[Primitive] = [
-    Quad(1, 0.0, lo, hi, FLOOR, floor_m), Quad(1, height, lo, hi, CEILING, ceil_m),
-    Quad(2, z0, lo, hi, WALL, wall_m), Quad(2, z1, lo, hi, WALL, wall_m),
+    Quad(1, 0.0, lo, hi, FLOOR, m['floor']), Quad(1, height, lo, hi, CEILING, m['ceiling']),
+    Quad(2, z0, lo, hi, WALL, m['wall']), Quad(2, z1, lo, hi, WALL, m['wall']),
   ]
-  lights = []
-  z = z0 + 1.0
-  while z < z1:
-    prims.append(Quad(1, height - 0.01, (-0.3, height, z - 0.6), (0.3, height, z + 0.6), CEILING,
-                      Material('emissive', (3.0, 3.0, 2.9), amp=0.02)))
-    lights.append(Light((0.0, height - 0.05, z), (2.2, 2.2, 2.1)))
-    z += rng.uniform(2.8, 3.4)
+  panels, lights = _ceiling_lights(rng, z0, z1, height)
+  prims += panels
   for side, xw, sgn in (('left', x0, -1.0), ('right', x1, 1.0)):
-    room = (x0, x1, z0, z1)
-    wall_from = z0
-    z = z0 + rng.uniform(1.0, 3.0)
-    while z < z1 - 3.0:
-      r = rng.random()
-      if r < 0.12 and abs(z + 0.8 - z_door) > 2.5:
-        # An opening 1.6 m wide closed by a glass door, onto a room 3 m deep.
-        za, zb, xr = z, z + 1.6, xw + sgn * 3.0
-        prims.append(Quad(0, xw, (xw, 0.0, wall_from), (xw, height, za), WALL, wall_m))
-        prims.append(Quad(0, xw, (xw, 2.2, za), (xw, height, zb), WALL, wall_m))
-        prims.append(Quad(0, xw, (xw, 0.0, za + 0.06), (xw, 2.2, zb - 0.06), MIRROR, glass_m))
-        xs = (min(xw, xr), max(xw, xr))
-        prims.append(Quad(0, xr, (xr, 0.0, za - 2.0), (xr, height, zb + 2.0), WALL, wall_m))
-        for zz in (za - 2.0, zb + 2.0):
-          prims.append(Quad(2, zz, (xs[0], 0.0, zz), (xs[1], height, zz), WALL, wall_m))
-        prims.append(Quad(1, 0.0, (xs[0], 0.0, za - 2.0), (xs[1], 0.0, zb + 2.0), FLOOR, floor_m))
-        prims.append(Quad(1, height, (xs[0], height, za - 2.0), (xs[1], height, zb + 2.0), CEILING, ceil_m))
-        prims.append(_wall_rect(side, room, wall_from, za, 0.0, 0.1, WALL, base_m, offset=0.015))
-        wall_from = zb
-        z = zb + 2.5
-      elif r < 0.5:
-        door_m = Material('wood', _wood(rng), scale=0.01, amp=0.12, seed=int(rng.integers(1 << 20)))
-        prims.append(_wall_rect(side, room, z, z + 1.0, 0.0, 2.1, DOOR, door_m))
-        z += 1.0
-      elif r < 0.65:
-        prims.append(_wall_rect(side, room, z, z + 1.2, 1.0, 1.9, PICTURE,
-                                Material('picture', (0.5, 0.5, 0.5), scale=0.3, seed=int(rng.integers(1 << 20))),
-                                offset=0.02))
-        z += 1.2
-      elif r < 0.75:
-        xb = x0 + 0.02 if side == 'left' else x1 - 0.47
-        bench = Material('wood', _wood(rng), scale=0.01, amp=0.12)
-        prims += _table(rng, xb, z, 0.45, 1.5, 0.45, CHAIR, bench)
-        z += 1.5
-      elif r < 0.83:
-        xb = x0 + 0.25 if side == 'left' else x1 - 0.25
-        prims.append(Cylinder(xb, z + 0.2, 0.2, 0.0, 0.7, OTHERPROP,
-                              Material('paint', _rgb(rng, 0.1, 0.6, 0.6), amp=0.03)))
-        z += 0.5
-      z += rng.uniform(1.0, 4.0)
-    prims.append(Quad(0, xw, (xw, 0.0, wall_from), (xw, height, z1), WALL, wall_m))
-    prims.append(_wall_rect(side, room, wall_from, z1, 0.0, 0.1, WALL, base_m, offset=0.015))
-  # The glass double door across the corridor: posts, lintel and glass leaves.
-  prims.append(Box((x0, 0.0, z_door), (x0 + 0.12, height, z_door + 0.08), DOOR, frame_m))
-  prims.append(Box((x1 - 0.12, 0.0, z_door), (x1, height, z_door + 0.08), DOOR, frame_m))
-  prims.append(Box((-0.03, 0.0, z_door), (0.03, 2.15, z_door + 0.08), DOOR, frame_m))
-  prims.append(Box((x0, 2.15, z_door), (x1, height, z_door + 0.08), DOOR, frame_m))
-  prims.append(Quad(2, z_door + 0.04, (x0 + 0.12, 0.0, 0), (x1 - 0.12, 2.15, 0), MIRROR, glass_m))
+    prims += _side_wall(rng, side, xw, sgn, (x0, x1, z0, z1), height, z_door, m)
+  prims += _glass_double_door(x0, x1, z_door, height, m)
   walkers = []
   for _ in range(people):
     walkers.append((float(rng.uniform(x0 + 0.4, x1 - 0.4)), float(rng.uniform(z0 + 3, z_door - 1.0)),
