@@ -121,7 +121,7 @@ def main(argv) -> int:
     return 2
   if cluster:
     parallel.start_watchdog()  # from here on, a process that fails stops the others at once
-    logging.info('process %d of %d (%s)', jax.process_index(), jax.process_count(), cluster)
+    print(f'process {jax.process_index()} of {jax.process_count()} ({cluster})', flush=True)  # and where it runs
     # JAX's preemption sync point stops every process at the largest step any of them reported + 1:
     # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
     saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]
