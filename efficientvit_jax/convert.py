@@ -896,7 +896,6 @@ def encoder_checkpoint_from_timm(path: str | os.PathLike) -> Checkpoint:
 # Command line
 
 
-@runtime.reporting_missing_extras  # torch: the `torch` extra
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.convert', description=__doc__.split('\n\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -971,6 +970,7 @@ def _timm_encoder(args: argparse.Namespace) -> None:
 _COMMANDS = {'torch-to-orbax': _torch_to_orbax, 'orbax-to-torch': _orbax_to_torch, 'timm-encoder': _timm_encoder}
 
 
+@runtime.reporting_missing_extras  # torch: the `torch` extra
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:  # before any conversion: a destination in a read-only place fails now

@@ -160,7 +160,6 @@ def to_native(out: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
   return {'depth': np.asarray(depth), 'seg_logits': np.asarray(logits)}
 
 
-@runtime.reporting_missing_extras  # torch, for a reference .pt
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m efficientvit_jax.predict', description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='checkpoint folder, training workdir or reference .pt')
@@ -198,6 +197,7 @@ def _write_outputs(out_dir: pathlib.Path, stem: str, out: dict[str, np.ndarray],
   panels.prediction_panel(out_dir / f'{stem}_panel.png', shown, out['depth'], seg)
 
 
+@runtime.reporting_missing_extras  # torch, for a reference .pt
 def main(argv: list[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
