@@ -181,12 +181,12 @@ def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
     raise RunError(str(e)) from None
   if step is not None:
     source = f'{workdir}/checkpoints/{step}'
-    _check_backbone(config, ckptr.root, step, f'{source} holds')
     opt_like = jax.eval_shape(tx.init, {'model': nnx.state(model, nnx.Param), 'kendall': kendall})
     try:
       ckpt, opt_state, data_state = ckptr.restore(step, opt_like)
       checkpointing.load_into_model(model, ckpt.params, ckpt.batch_stats, source=source)
     except checkpointing.MismatchError as e:  # another configuration or version
+      _check_backbone(config, ckptr.root, step, f'{source} holds')  # named when that is the cause
       raise UserError(str(e)) from None
     except (checkpointing.CheckpointError, OSError) as e:  # not proof of damage: keep the step
       raise RunError(f'cannot resume from checkpoint step {step}: {e}; nothing was moved. Rerun once the cause '
