@@ -20,14 +20,19 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # test: the default suite, what CI runs; test-fast: without the e2e tests; test-slow: also the slow ones.
+# TEST_WORKERS pytest processes (pytest-xdist), one module each at a time (its module fixtures run once);
+# TEST_WORKERS=0 runs in this process (pdb, -s).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m 'not e2e' $(XDIST) $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -q --run-slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q --run-slow $(XDIST) $(PYTEST_ARGS)
 
 # Synthetic data -> decode once -> quickstart training -> evaluation report. Rerunning resumes / skips what is done.
 # DEMO_SEED: the synthetic generator's seed (the README's table: seeds 0-9, benchmarks/demo_seeds.py).

@@ -31,8 +31,10 @@ def enable_compilation_cache(path: str = '') -> str | None:
       path or os.environ.get('JAX_COMPILATION_CACHE_DIR') or default_cache_dir()))
   jax.config.update('jax_enable_compilation_cache', True)
   jax.config.update('jax_compilation_cache_dir', path)
-  # Small programs (the evaluation step at a small size) are worth caching too.
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  # Small programs (the evaluation step at a small size) are worth caching too; JAX's own variable
+  # wins (the test suite caches every program, the model's initialisers included).
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', 0.5)))
   return path
 
 

@@ -19,6 +19,8 @@ DATA = ROOT / 'tests' / 'data'
 # inherit both, so they share the suite's compilation cache.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
+# Every program, however small: a command's start compiles ~120 tiny initialisers (seconds each run).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 def mount_namespace() -> list[str] | None:
@@ -55,7 +57,14 @@ def pytest_addoption(parser):
   parser.addoption('--run-slow', action='store_true', default=False, help='also run tests marked slow')
 
 
+# The longest modules first, so that with several workers (`make test`) none is left running alone at the end.
+LONGEST_FIRST = ('test_multiprocess.py', 'test_train.py', 'test_benchmarks.py', 'test_faults.py', 'test_training.py',
+                 'test_model.py', 'test_eval.py', 'test_train_loop.py')
+
+
 def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
   if config.getoption('--run-slow'):
     return
   skip = pytest.mark.skip(reason='slow: run with --run-slow (make test-slow)')

@@ -36,6 +36,7 @@ def _rows(workdir):
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_train_then_resume_then_nothing_to_do(tmp_path, synthetic_tiny):
   workdir = tmp_path / 'run'
   first = train_loop.train_and_evaluate(_config(synthetic_tiny, 2), workdir)
@@ -92,6 +93,7 @@ def test_a_bad_config_is_refused_before_training(tmp_path, monkeypatch, key, val
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.e2e
 def test_a_bad_frame_saves_the_step_before_it_and_the_rerun_resumes_there(tmp_path, monkeypatch, synthetic_tiny):
   # Reading the batch of step 3 fails after step 2 ran; no scheduled save (every 10 steps) before.
   real = train_loop.datasets.train_iterator
