@@ -19,7 +19,8 @@ DATA = ROOT / 'tests' / 'data'
 # inherit both, so they share the suite's compilation cache.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
-# Every program, however small: a command's start compiles ~120 tiny initialisers (seconds each run).
+# Every program, however small, in this process and the commands it runs (runtime.enable_compilation_cache
+# reads it too): the suite compiles hundreds well under a second, a command's start ~120 initialisers.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
@@ -41,16 +42,6 @@ def pytest_configure(config):
   jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-
-
-@pytest.fixture(autouse=True)
-def _cache_every_compilation():
-  """Caches even the smallest programs: the suite compiles hundreds of them, each well under a
-  second, and a warm run reads them back in a fraction of that (eval.py and predict, called
-  in-process, raise the threshold to their own 0.5 s)."""
-  import jax
-
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 def pytest_addoption(parser):

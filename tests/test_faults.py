@@ -38,7 +38,6 @@ def _args(workdir, data, *overrides):
 def _env():
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env
 
 
