@@ -86,13 +86,28 @@ def is_terminal(stream: Any = None) -> bool:
   return bool(getattr(stream, 'isatty', lambda: False)())
 
 
+_open_line = False  # `compiling` printed 'compiling ... ' on a terminal and has not ended the line
+
+
+def line(text: str, stream: Any = None) -> None:
+  """`text` and its newline (stdout by default) in one write: a line that another thread prints
+  meanwhile (the multi-process watchdog's error) cannot land inside it, as it can between the two
+  writes of `print` on an unbuffered stream (PYTHONUNBUFFERED=1). A line `compiling` left open (the
+  block failed, or another thread reports) is ended first."""
+  global _open_line
+  stream = sys.stdout if stream is None else stream
+  stream.write(('\n' if _open_line else '') + f'{text}\n')
+  _open_line = False
+  stream.flush()
+
+
 def warn(message: str) -> None:
   """A warning the user must see (a lock taken over, a changed config, a skipped frame): a plain
   `warning: ...` line on stderr, and a log record (on the console with `verbose` only)."""
   from absl import logging as absl_logging
 
   absl_logging.warning('%s', message, extra={'printed': True})  # not repeated on the console (setup)
-  print(f'warning: {message}', file=sys.stderr, flush=True)
+  line(f'warning: {message}', sys.stderr)
 
 
 def say(message: str) -> None:
@@ -100,17 +115,20 @@ def say(message: str) -> None:
   if Progress.active is not None and Progress.active.bar is not None:
     Progress.active.bar.write(message)
   else:
-    print(message, flush=True)
+    line(message)
 
 
 @contextlib.contextmanager
 def compiling(what: str) -> Iterator[None]:
   """Prints 'compiling <what> ... done in N s' around a block that compiles (one line)."""
+  global _open_line
   start = time.perf_counter()
   bar_active = Progress.active is not None and Progress.active.bar is not None
   if is_terminal(sys.stdout) and not bar_active:
     print(f'compiling {what} ...', end='', flush=True)
+    _open_line = True
     yield
+    _open_line = False
     print(f' done in {time.perf_counter() - start:.1f} s', flush=True)
   else:
     yield

@@ -104,8 +104,11 @@ class BatchNorm(nnx.Module):
       var = jnp.square(x - mean).mean(axis=(0, 1, 2))
       n = x.size // x.shape[-1]
       m = self.momentum
-      self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-      self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(var) * (n / max(n - 1, 1))
+      # set_value, not `[...] =`: Flax's indexed assignment compares the shardings of the traced
+      # values, and each such miss on a tracer costs a scan of the whole trace (~2 s per trace of
+      # the training step, quadratic in the model's size). The same program either way.
+      self.mean.set_value((1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
+      self.var.set_value((1 - m) * self.var[...] + m * jax.lax.stop_gradient(var) * (n / max(n - 1, 1)))
     else:
       mean, var = self.mean[...], self.var[...]
     mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)

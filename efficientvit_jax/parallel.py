@@ -36,6 +36,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from efficientvit_jax import console
+
 # (name, type, metavar, help) of the multi-process flags; default '' for the address, None for the numbers.
 DISTRIBUTED_FLAGS = (
     ('coordinator_address', str, 'HOST:PORT', 'host:port of process 0 (multi-process runs; detected inside Cloud '
@@ -249,7 +251,7 @@ def start_watchdog() -> None:
         if stop['process'] == me or _Watch.stopping:  # this process stops the run and exits on its own
           return
         _Watch.stopping = True
-      print(f'error: process {stop["process"]} stopped the run: {stop["message"]}', file=sys.stderr, flush=True)
+      console.line(f'error: process {stop["process"]} stopped the run: {stop["message"]}', sys.stderr)
       exit_now(stop['code'])
 
   _Watch.thread = threading.Thread(target=watch, name='efficientvit-stop-watchdog', daemon=True)

@@ -38,6 +38,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from efficientvit_jax import console
 from efficientvit_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -62,7 +63,7 @@ def _interrupted(signum, _):
   message = (f'stopped by {signal.Signals(signum).name}; steps after the last checkpoint (if any) are not saved; '
              'rerun the same command to continue')
   code = parallel.stop_all(128 + signum, message)
-  print(f'error: {message}', file=sys.stderr, flush=True)
+  console.line(f'error: {message}', sys.stderr)
   parallel.exit_now(code)  # releases the workdir lock (parallel.at_stop)
 
 
@@ -70,7 +71,7 @@ def _fail(code: int, message: str) -> int:
   """Prints the one `error:` line; with several processes, stops every process with one code (the
   first process to fail decides it) at once."""
   code = parallel.stop_all(code, message)
-  print(f'error: {message}', file=sys.stderr, flush=True)
+  console.line(f'error: {message}', sys.stderr)
   if parallel.is_multiprocess():
     parallel.exit_now(code)
   return code
@@ -107,7 +108,6 @@ def main(argv) -> int:
   # Imports after absl parsed the flags: grain's worker processes need them parsed.
   from efficientvit_jax import checkpointing
   from efficientvit_jax import config_checks
-  from efficientvit_jax import console
   from efficientvit_jax import runtime
   from efficientvit_jax import train_loop
 
@@ -121,7 +121,7 @@ def main(argv) -> int:
     return 2
   if cluster:
     parallel.start_watchdog()  # from here on, a process that fails stops the others at once
-    print(f'process {jax.process_index()} of {jax.process_count()} ({cluster})', flush=True)  # and where it runs
+    console.line(f'process {jax.process_index()} of {jax.process_count()} ({cluster})')  # and where it runs
     # JAX's preemption sync point stops every process at the largest step any of them reported + 1:
     # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
     saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]

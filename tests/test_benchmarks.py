@@ -33,7 +33,8 @@ def _ops_by_backend_after():
 @pytest.mark.e2e
 def test_train_step_sweep_json_with_torch(tmp_path, capsys):
   out = tmp_path / 'step.json'
-  _load('train_step').main(['--sweep', '1,2', '--steps', '2', '--warmup', '1', '--size', '64x64',
+  # The device check's CPU step size and formulation: its float32 batch-2 step is this program.
+  _load('train_step').main(['--sweep', '1,2', '--steps', '2', '--warmup', '1', '--size', '64x96', '--impl', 'native',
                             '--torch', '--release-memory', '--json', str(out)])
   result = json.loads(out.read_text())
   assert INTERFACE_KEYS | {'torch_images_per_s', 'speedup'} <= set(result)
@@ -80,8 +81,8 @@ def test_freed_memory_is_retained_only_when_jax_runs_on_cpu(monkeypatch, platfor
 
 @pytest.mark.e2e
 def test_train_step_profile_sums_op_time_per_kind(tmp_path, capsys):
-  result = _load('train_step').main(['--batch-size', '2', '--steps', '2', '--warmup', '1', '--size', '64x64',
-                                     '--release-memory', '--profile', str(tmp_path)])
+  result = _load('train_step').main(['--batch-size', '2', '--steps', '2', '--warmup', '1', '--size', '64x96',
+                                     '--impl', 'native', '--release-memory', '--profile', str(tmp_path)])
   prof = result['profile']
   assert prof['trace'].startswith(str(tmp_path)) and prof['kinds'] and prof['busy_s'] > 0
   assert sum(k['s_per_step'] for k in prof['kinds']) <= prof['busy_s'] * (1 + 1e-9)

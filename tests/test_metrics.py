@@ -460,8 +460,10 @@ SHARDED_SCRIPT = textwrap.dedent('''
 
 
 def test_sharded_over_mesh_matches_unsharded():
+  from conftest import xla_flags  # here: the script below imports this module, without tests/ on its path
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', SHARDED_SCRIPT, root], env=env, cwd=root,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]

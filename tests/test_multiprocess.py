@@ -1,11 +1,13 @@
-"""train.py in 2 processes on 127.0.0.1 (jax.distributed, gloo CPU collectives) against 1 process.
+"""train.py in 2 and 3 processes on 127.0.0.1 (jax.distributed, gloo CPU collectives).
 
-Runs on the tiny synthetic data, global batch 4, the per-epoch cosine (so that a run's rates do not
-depend on its length):
-  two: 2 processes (one CPU device each, 2 samples each per batch), steps 1-2, checkpoint at 2;
-  one: 1 process with 2 devices, steps 1-4, uninterrupted;
-  resumed: 1 process with 2 devices continuing `two`'s workdir, steps 3-4.
-`two` must log the losses of `one` (BatchNorm statistics and gradients are all-reduced over the
+Every run trains the same program where it can (global batch 4 at 32x32, the per-epoch cosine so
+that a run's rates do not depend on its length), so that the compilation cache serves all but the
+first of each topology:
+  full: 2 processes (one CPU device each, 2 samples each per batch), steps 1-6, checkpoints at 2, 4
+    and 6, NYU validation at the end;
+  one: 1 process with 2 devices, steps 1-8, uninterrupted;
+  resumed: 1 process with 2 devices continuing a copy of `full`'s workdir, steps 7-8.
+`full` must log the losses of `one` (BatchNorm statistics and gradients are all-reduced over the
 processes), and `resumed` must end with `one`'s parameters. The comparison uses 2 devices in one
 process because that computes exactly what 2 processes of one device do (the same per-device
 program, the same two-term sums), whereas 1 device sums in another order: rounding differences of
@@ -14,10 +16,10 @@ gradient is ~0 (its update is lr * g / (|g| + 1e-8)), too large for a parameter 
 device logs the losses of several (within that rounding) is tests/test_train.py's 8-devices test.
 
 Then one outcome for several processes, each fault real and on one process only: SIGTERM to both
-processes and then to one (the reruns end bit-identical to an uninterrupted 2-process run), a bad
-frame only process 1 reads, a data file missing on one of 3 processes, a config value on one, the
-workdir lock held, step 6 unreadable for process 1 only (its own mount namespace), a disk too small
-for the second checkpoint (a tmpfs), a non-finite loss, and `--dry_run`'s plan.
+processes and then to one (the reruns end bit-identical to `full`), a bad frame only process 1
+reads, a data file missing on one of 3 processes, a config value on one, the workdir lock held,
+step 6 unreadable for process 1 only (its own mount namespace), a disk too small for the second
+checkpoint (a tmpfs), a non-finite loss, and `--dry_run`'s plan.
 """
 
 import json
@@ -33,8 +35,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import DATA
 from conftest import ROOT
 from conftest import mount_namespace
+from conftest import xla_flags
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
@@ -55,20 +59,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir, data, steps, *extra, evaluate=False):
-  """train.py on `data`; `evaluate`: NYU validation at the end (else none, to save compile time)."""
-  return [*LAUNCH, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
-          f'--config.data.root={data}', '--config.batch_size=4', '--config.data.input_size=(48,64)',
-          f"--config.data.eval_sets={('nyu',) if evaluate else ()}", '--config.log_every_steps=1',
-          '--config.checkpoint_every_steps=2',
-          '--config.eval_every_steps=0', '--config.data.num_threads=2', '--config.optimizer.lr_per_epoch=True',
-          f'--config.num_train_steps={steps}', *extra]
-
-
 def _env(devices):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache'))
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = xla_flags(devices)
   return env
 
 
@@ -119,63 +113,26 @@ def _state(workdir):
           **{f'kendall.{k}': v for k, v in ckpt.kendall.items()}}
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory, synthetic_tiny):
-  root = tmp_path_factory.mktemp('multiprocess')
-  one, shared = root / 'one', root / 'shared'
-  port = _free_port()
-  _run([_command(shared, synthetic_tiny, 2, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                 f'--process_id={i}', evaluate=True) for i in range(2)], root / 'logs_two')
-  two = {'metrics': _metrics(shared), 'steps': checkpointing.steps(shared),
-         'val': _val(shared)}
-  _run([_command(one, synthetic_tiny, 4)], root / 'logs_one', devices=2)
-  _run([_command(shared, synthetic_tiny, 4)], root / 'logs_resumed', devices=2)
-  return {'one': one, 'two': two, 'resumed': shared}
-
-
-def test_two_processes_log_the_losses_of_one(runs):
-  two, one = runs['two']['metrics'], _metrics(runs['one'])
-  assert sorted(two) == [1, 2]
-  for step in (1, 2):  # 2 processes == 1 process of 2 devices
-    for key in TRAIN_KEYS:
-      np.testing.assert_allclose(two[step][key], one[step][key], rtol=1e-6, err_msg=f'step {step} {key}')
-  # Evaluation with the validation frames split over the processes ran and was logged once.
-  (val,) = runs['two']['val']
-  assert val['step'] == 2 and np.isfinite(val['val/nyu/rmse']) and np.isfinite(val['val/nyu/loss'])
-
-
-def test_two_process_run_resumed_by_one_process_ends_where_one_process_does(runs):
-  assert runs['two']['steps'][-1] == 2
-  assert checkpointing.steps(runs['resumed'])[-1] == 4
-  one, resumed = _metrics(runs['one']), _metrics(runs['resumed'])
-  for step in (3, 4):
-    for key in TRAIN_KEYS:
-      np.testing.assert_allclose(resumed[step][key], one[step][key], rtol=1e-6, err_msg=f'step {step} {key}')
-  a, b = _state(runs['one']), _state(runs['resumed'])
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
-  meta = convert.load_any(runs['resumed']).meta
-  assert meta['step'] == 4 and set(meta['num_batches_tracked'].values()) == {4}
-
-
 # --------------------------------------------------------------------------------------------------
-# One outcome for several processes: preemption and faults on one process.
-#
-# Every run below trains the same program (2 processes, global batch 4 at 32x32, STEPS steps), so
-# that the compilation cache serves all but the first.
+# The runs and their processes.
 
 STEPS = 6
+EVAL = ["--config.data.eval_sets=('nyu',)"]  # after the others: overrides them
 
 
-def _fault_command(workdir, data, process, num_processes, port, *extra):
+def _command(workdir, data, *extra, steps=STEPS):
+  """train.py on `data` without evaluation (each evaluation set is one more program to compile)."""
   return [*LAUNCH, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
           f'--config.data.root={data}', '--config.batch_size=4', '--config.data.input_size=(32,32)',
           '--config.data.eval_sets=()', '--config.best_metric=', '--config.log_every_steps=1',
           '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=10', '--config.eval_every_steps=0',
-          '--config.data.num_threads=2', '--config.optimizer.lr_per_epoch=True', f'--config.num_train_steps={STEPS}',
-          f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}', f'--process_id={process}',
+          '--config.data.num_threads=2', '--config.optimizer.lr_per_epoch=True', f'--config.num_train_steps={steps}',
           *extra]
+
+
+def _fault_command(workdir, data, process, num_processes, port, *extra):
+  return _command(workdir, data, f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
+                  f'--process_id={process}', *extra)
 
 
 class _Processes:
@@ -265,12 +222,48 @@ def fault_root(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def full(fault_root, synthetic_tiny):
-  """An uninterrupted 2-process run: steps 1..STEPS, checkpoints at 2, 4, 6."""
+  """An uninterrupted 2-process run: steps 1..STEPS, checkpoints at 2, 4, 6, NYU validation at 6."""
   workdir = fault_root / 'full'
-  group = _Processes(fault_root / 'logs_full', workdir, synthetic_tiny)
+  group = _Processes(fault_root / 'logs_full', workdir, synthetic_tiny, extra={0: EVAL, 1: EVAL})
   assert group.finish() == [0, 0], group.tails()
   assert checkpointing.steps(workdir) == [2, 4, 6]
   return workdir
+
+
+@pytest.fixture(scope='module')
+def one(fault_root, synthetic_tiny):
+  """1 process of 2 devices, steps 1..STEPS + 2 uninterrupted."""
+  workdir = fault_root / 'one'
+  _run([_command(workdir, synthetic_tiny, steps=STEPS + 2)], fault_root / 'logs_one', devices=2)
+  return workdir
+
+
+def test_two_processes_log_the_losses_of_one(full, one):
+  two, one = _metrics(full), _metrics(one)
+  assert sorted(two) == list(range(1, STEPS + 1))
+  for step in two:  # 2 processes == 1 process of 2 devices
+    for key in TRAIN_KEYS:
+      np.testing.assert_allclose(two[step][key], one[step][key], rtol=1e-6, err_msg=f'step {step} {key}')
+  # Evaluation with the validation frames split over the processes ran and was logged once.
+  (val,) = _val(full)
+  assert val['step'] == STEPS and np.isfinite(val['val/nyu/rmse']) and np.isfinite(val['val/nyu/loss'])
+
+
+def test_two_process_run_resumed_by_one_process_ends_where_one_process_does(fault_root, synthetic_tiny, full, one):
+  resumed = fault_root / 'resumed'
+  shutil.copytree(full, resumed)
+  _run([_command(resumed, synthetic_tiny, steps=STEPS + 2)], fault_root / 'logs_resumed', devices=2)
+  assert checkpointing.steps(resumed)[-1] == STEPS + 2
+  want, got = _metrics(one), _metrics(resumed)
+  for step in (STEPS + 1, STEPS + 2):
+    for key in TRAIN_KEYS:
+      np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-6, err_msg=f'step {step} {key}')
+  a, b = _state(one), _state(resumed)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  meta = convert.load_any(resumed).meta
+  assert meta['step'] == STEPS + 2 and set(meta['num_batches_tracked'].values()) == {STEPS + 2}
 
 
 def _preempted(group, workdir):
@@ -409,8 +402,15 @@ def test_failed_save_stops_both_and_keeps_the_last_finished_step(fault_root, syn
 
 
 def test_non_finite_loss_stops_both_with_one_code(fault_root, synthetic_tiny):
-  group = _Processes(fault_root / 'logs_nan', fault_root / 'nan', synthetic_tiny,
-                     extra={0: ['--config.optimizer.decoder_lr=1e38'], 1: ['--config.optimizer.decoder_lr=1e38']})
+  # Finite weights whose first loss is not (a depth of 1e30 everywhere: its berHu term overflows), so
+  # that the run trains `full`'s program rather than compiling one with another learning rate.
+  init = convert.checkpoint_from_torch_file(DATA / 'student_random.pt')
+  flat = trees.flatten(init.params)
+  flat['depth_head.bias'] = np.full_like(flat['depth_head.bias'], 1e30)
+  init.params = trees.unflatten(flat)
+  checkpointing.write_folder(fault_root / 'huge', init)
+  huge = [f'--config.init_from={fault_root / "huge"}']
+  group = _Processes(fault_root / 'logs_nan', fault_root / 'nan', synthetic_tiny, extra={0: huge, 1: huge})
   logs = _assert_clean_stop(group, 1, 'non-finite loss at step 1', within_s=TIMEOUT_S)
   assert 'step None' not in ''.join(logs)
   assert all('no checkpoint was saved in' in _errors(log)[0] for log in logs)
