@@ -123,6 +123,23 @@ def backbone_fixture(backbone: str) -> dict:
   return _BACKBONE_FIXTURES[backbone]
 
 
+def random_checkpoint(backbone: str, seed: int = 0, **meta):
+  """A freshly initialised `backbone` model's Checkpoint with random BatchNorm statistics (not 0 / 1);
+  meta: {'backbone': backbone, **meta}."""
+  import numpy as np
+
+  from efficientvit_jax import checkpointing
+  from efficientvit_jax import model as model_lib
+  from efficientvit_jax import trees
+
+  params, stats = checkpointing.model_trees(model_lib.create(backbone=backbone, seed=seed))
+  rng = np.random.default_rng(seed)
+  stats = trees.unflatten({k: (rng.uniform(0.5, 2.0, v.shape) if k.endswith('.var') else rng.normal(0, 0.2, v.shape))
+                           .astype(np.float32) for k, v in trees.flatten(stats).items()})
+  return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
+                                  meta={'backbone': backbone, **meta})
+
+
 @pytest.fixture(scope='session')
 def synthetic_tiny(tmp_path_factory):
   """The tiny synthetic data set (`data_pipelines.synthetic`, seed 0), generated once per session."""

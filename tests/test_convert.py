@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import DATA
 from conftest import backbone_fixture
+from conftest import random_checkpoint
 from conftest import run_command
 from flax import nnx
 
@@ -215,15 +216,6 @@ def test_command_line_refusals(tmp_path, read_only_dir, case):
 # Every backbone
 
 
-def _random_ckpt(backbone, seed=0):
-  params, stats = checkpointing.model_trees(model_lib.create(backbone=backbone, seed=seed))
-  rng = np.random.default_rng(seed)
-  stats = trees.unflatten({k: rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
-                           for k, v in trees.flatten(stats).items()})
-  return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
-                                  meta={'step': 7, 'epoch': 2, 'backbone': backbone, 'input_size': [96, 128]})
-
-
 @pytest.mark.parametrize('backbone', ['efficientvit_b0', 'mobilenet_v3_small'])
 def test_backbone_fixture_round_trip_is_bit_exact(tmp_path, backbone):
   fixture = backbone_fixture(backbone)
@@ -244,7 +236,7 @@ def test_backbone_fixture_round_trip_is_bit_exact(tmp_path, backbone):
 
 @pytest.mark.parametrize('backbone', model_lib.BACKBONES)
 def test_every_backbone_round_trip_from_ours_is_bit_exact(tmp_path, backbone):
-  ckpt = _random_ckpt(backbone)
+  ckpt = random_checkpoint(backbone, step=7, epoch=2, input_size=[96, 128])
   folder, pt, again = tmp_path / 'a', tmp_path / 'a.pt', tmp_path / 'b'
   checkpointing.write_folder(folder, ckpt)
   assert convert.main(['orbax-to-torch', str(folder), str(pt)]) == 0
@@ -293,7 +285,7 @@ def test_state_dict_of_no_backbone_is_refused(tmp_path, capsys):
 def _imagenet_state_dict(backbone):
   """A model's encoder under timm's plain names (EfficientViT) or torchvision's (`features.N`),
   with the classifier those files carry."""
-  sd = convert.state_dict_from_checkpoint(_random_ckpt(backbone, seed=2))
+  sd = convert.state_dict_from_checkpoint(random_checkpoint(backbone, seed=2, step=7, epoch=2, input_size=[96, 128]))
   out = {}
   for key, value in sd.items():
     if not key.startswith('encoder.'):

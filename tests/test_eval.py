@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import DATA
 from conftest import ROOT
+from conftest import random_checkpoint
 from conftest import run_command
 from conftest import xla_flags
 from PIL import Image
 
 from efficientvit_jax import checkpointing
 from efficientvit_jax import eval as eval_script
-from efficientvit_jax import model as model_lib
 
 PT = str(DATA / 'student_random.pt')
 SIZE = '96x128'
@@ -293,11 +293,8 @@ def test_checkpoint_size_and_backbone_are_the_defaults(tmp_path, synthetic_tiny,
   from efficientvit_jax import export
   from efficientvit_jax import predict
 
-  params, stats = checkpointing.model_trees(model_lib.create(backbone='mobilenet_v3_small', seed=0))
   workdir = tmp_path / 'run'
-  checkpointing.write_folder(workdir, checkpointing.Checkpoint(
-      params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
-      meta={'step': 1, 'epoch': 0, 'backbone': 'mobilenet_v3_small', 'input_size': [96, 128]}))
+  checkpointing.write_folder(workdir, random_checkpoint('mobilenet_v3_small', step=1, epoch=0, input_size=[96, 128]))
   args = ['--checkpoint', str(workdir), '--dataset', 'nyu', '--data', str(synthetic_tiny / 'nyu'), '--split', 'all',
           '--batch-size', '4']
   assert eval_script.main([*args, '--out', str(tmp_path / 'a.json')]) == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import backbone_fixture
+from conftest import random_checkpoint
 from flax import nnx
 
 from efficientvit_jax import checkpointing
@@ -74,22 +75,12 @@ def test_backbone_matches_reference_fixture(backbone):
   np.testing.assert_allclose(out['seg_logits'], fixture['seg_logits'], atol=1e-4, rtol=0)
 
 
-def _random_checkpoint(backbone, seed):
-  """A freshly initialised model's checkpoint with random BatchNorm statistics (not 0 / 1)."""
-  params, stats = checkpointing.model_trees(model_lib.create(backbone=backbone, seed=seed))
-  rng = np.random.default_rng(seed)
-  stats = trees.unflatten({k: (rng.uniform(0.5, 2.0, v.shape) if k.endswith('.var') else rng.normal(0, 0.2, v.shape))
-                           .astype(np.float32) for k, v in trees.flatten(stats).items()})
-  return checkpointing.Checkpoint(params=params, batch_stats=stats, kendall=checkpointing.default_kendall(),
-                                  meta={'backbone': backbone})
-
-
 @pytest.mark.parametrize('backbone', ['efficientvit_b0', 'efficientvit_b2', 'efficientvit_b3', 'mobilenet_v3_small'])
 def test_every_backbone_matches_the_twin_at_an_odd_size(backbone):
   """Eval and train mode at 45x61 (every stride rounds up; B1: test_matches_reference_fixture). B2 and
   B3 have no fixture but share every block with B0 / B1 except the 32-channel attention heads."""
   torch.manual_seed(0)
-  ckpt = _random_checkpoint(backbone, seed=3)
+  ckpt = random_checkpoint(backbone, seed=3)
   twin = torch_model.load_reference(convert.state_dict_from_checkpoint(ckpt), backbone=backbone)
   image = np.random.default_rng(1).random((2, 45, 61, 3), np.float32)
   model = model_lib.create(backbone=backbone)
