@@ -299,6 +299,8 @@ def resolve_root(src: str | os.PathLike) -> pathlib.Path:
     return path
   if _is_root(path / 'checkpoints'):
     return path / 'checkpoints'
+  if (path / 'checkpoints').is_dir():  # a run stopped before its first save finished
+    raise CheckpointError(f'{src}: a training workdir without a finished checkpoint (checkpoints/ holds no step)')
   raise CheckpointError(f'{src}: neither a checkpoint folder (numbered step folders), a training '
                         'workdir (with checkpoints/) nor a .pt file')
 

@@ -52,6 +52,9 @@ def test_bad_sources(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(CheckpointError, match='neither a checkpoint folder'):
     checkpointing.load(tmp_path / 'empty')
+  (tmp_path / 'killed' / 'checkpoints' / '2.orbax-checkpoint-tmp-1').mkdir(parents=True)  # its first save killed
+  with pytest.raises(CheckpointError, match='a training workdir without a finished checkpoint'):
+    checkpointing.load(tmp_path / 'killed')
   with pytest.raises(CheckpointError, match='a reference .pt is read by convert.load_any'):
     checkpointing.load(DATA / 'student_random.pt')
 

@@ -64,7 +64,7 @@ def run(tmp_path_factory, synthetic_tiny):
        f'--config.data.root={synthetic_tiny}', '--config.batch_size=8', '--config.data.input_size=(48,64)',
        f'--config.data.eval_sets={EVAL_SETS}', '--config.log_every_steps=2',
        '--config.checkpoint_every_steps=8', '--config.eval_every_steps=8', '--config.num_train_steps=16',
-       '--config.data.num_threads=2'],
+       '--config.data.num_threads=2', '--config.optimizer.lr_per_epoch=True'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:]
   return workdir, proc.stdout

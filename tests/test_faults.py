@@ -28,8 +28,10 @@ STEPS = 6
 
 
 def _args(workdir, data, *overrides):
+  # EfficientViT-B0: faults are the same for every backbone, and B0's program compiles and loads fastest.
   return [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
-          f'--config.data.root={data}', '--config.batch_size=2', '--config.data.input_size=(64,64)',
+          f'--config.data.root={data}', '--config.model.backbone=efficientvit_b0', '--config.batch_size=2',
+          '--config.data.input_size=(64,64)',
           '--config.data.eval_sets=()', '--config.log_every_steps=1', '--config.checkpoint_every_steps=1',
           '--config.keep_checkpoints=10', '--config.best_metric=', '--config.data.num_threads=2',
           f'--config.num_train_steps={STEPS}', *overrides]
@@ -306,7 +308,8 @@ def test_every_consumer_refuses_non_finite_weights_sealed_or_not(tmp_path, synth
                  str(synthetic_tiny / 'nyu'), '--size', '64x64', '--batch-size', '2', '--out', str(report)], 2)
     assert named in _error(proc) and not report.exists()
     # init_from: named as non-finite weights, not as a learning-rate problem
-    proc = _run(_args(tmp_path / f'w_{sealed}', synthetic_tiny, f'--config.init_from={src}'), 2)
+    proc = _run(_args(tmp_path / f'w_{sealed}', synthetic_tiny, f'--config.init_from={src}',
+                      '--config.model.backbone=efficientvit_b1'), 2)
     assert _error(proc).startswith(f'error: init_from: {named}') and 'learning rate' not in proc.stderr
     checkpoints = tmp_path / f'w_{sealed}' / 'checkpoints'
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
@@ -322,7 +325,7 @@ def test_disk_full_during_an_asynchronous_save_is_one_line(tmp_path, synthetic_t
   workdir = tmp_path / 'w'
   (workdir / 'checkpoints').mkdir(parents=True)
   command = ' '.join(shlex.quote(a) for a in _args(workdir, synthetic_tiny))
-  script = (f'mount -t tmpfs -o size=80m tmpfs {workdir}/checkpoints && {{ {command}; code=$?; '
+  script = (f'mount -t tmpfs -o size=20m tmpfs {workdir}/checkpoints && {{ {command}; code=$?; '
             f'cp -r {workdir}/checkpoints {workdir}/left; exit $code; }}')
   proc = subprocess.run([*unshare, 'sh', '-c', script], cwd=ROOT, env=_env(), capture_output=True, text=True,
                         timeout=600)
@@ -404,7 +407,8 @@ def test_random_kills_then_resume_equal_an_uninterrupted_run(tmp_path, synthetic
   plan = [(signal.SIGKILL, 'steps'), (signal.SIGTERM, 'start-up'), (signal.SIGKILL, 'steps'),
           (signal.SIGTERM, 'steps')]
   for sig, when in plan:
-    saved = checkpointing.steps(workdir) if (workdir / 'checkpoints').is_dir() else []
+    # A kill in the first save leaves checkpoints/ without a step.
+    saved = sorted(int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit())
     done = saved[-1] if saved else 0
     if done >= STEPS - 1:
       break

@@ -1,8 +1,10 @@
 """train.py in 2 and 3 processes on 127.0.0.1 (jax.distributed, gloo CPU collectives).
 
-Every run trains the same program where it can (global batch 4 at 32x32, the per-epoch cosine so
-that a run's rates do not depend on its length), so that the compilation cache serves all but the
-first of each topology:
+Every run trains the same program where it can (EfficientViT-B0, global batch 4 at 32x32, the
+per-epoch cosine so that a run's rates do not depend on its length), so that the compilation cache
+serves all but the first of each topology. B0, not the default B1: what is tested here is the same
+for every backbone, and B0's program compiles and loads fastest (each of the ~20 processes here
+traces, lowers and loads it; B1 training runs: tests/test_train.py).
   full: 2 processes (one CPU device each, 2 samples each per batch), steps 1-6, checkpoints at 2, 4
     and 6, NYU validation at the end;
   one: 1 process with 2 devices, steps 1-8, uninterrupted;
@@ -35,9 +37,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import DATA
 from conftest import ROOT
 from conftest import mount_namespace
+from conftest import random_checkpoint
 from conftest import xla_flags
 
 from efficientvit_jax import checkpointing
@@ -123,7 +125,8 @@ EVAL = ["--config.data.eval_sets=('nyu',)"]  # after the others: overrides them
 def _command(workdir, data, *extra, steps=STEPS):
   """train.py on `data` without evaluation (each evaluation set is one more program to compile)."""
   return [*LAUNCH, 'train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
-          f'--config.data.root={data}', '--config.batch_size=4', '--config.data.input_size=(32,32)',
+          f'--config.data.root={data}', '--config.model.backbone=efficientvit_b0', '--config.batch_size=4',
+          '--config.data.input_size=(32,32)',
           '--config.data.eval_sets=()', '--config.best_metric=', '--config.log_every_steps=1',
           '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=10', '--config.eval_every_steps=0',
           '--config.data.num_threads=2', '--config.optimizer.lr_per_epoch=True', f'--config.num_train_steps={steps}',
@@ -382,7 +385,7 @@ def test_failed_save_stops_both_and_keeps_the_last_finished_step(fault_root, syn
   commands = [' '.join(shlex.quote(a) for a in _fault_command(workdir, synthetic_tiny, i, 2, port))
               + f' > {logdir}/process_{i}.log 2>&1' for i in range(2)]
   # Inside the namespace: the two processes, their exit codes, and a copy of what they left.
-  script = (f'mount -t tmpfs -o size=80m tmpfs {workdir}/checkpoints && '
+  script = (f'mount -t tmpfs -o size=20m tmpfs {workdir}/checkpoints && '
             f'({commands[0]}; echo $? > {logdir}/code_0) & ({commands[1]}; echo $? > {logdir}/code_1); wait; '
             f'cp -r {workdir}/checkpoints {workdir}/left')
   proc = subprocess.run([*unshare, 'sh', '-c', script], cwd=ROOT, env=_env(1), timeout=TIMEOUT_S)
@@ -404,7 +407,7 @@ def test_failed_save_stops_both_and_keeps_the_last_finished_step(fault_root, syn
 def test_non_finite_loss_stops_both_with_one_code(fault_root, synthetic_tiny):
   # Finite weights whose first loss is not (a depth of 1e30 everywhere: its berHu term overflows), so
   # that the run trains `full`'s program rather than compiling one with another learning rate.
-  init = convert.checkpoint_from_torch_file(DATA / 'student_random.pt')
+  init = random_checkpoint('efficientvit_b0')
   flat = trees.flatten(init.params)
   flat['depth_head.bias'] = np.full_like(flat['depth_head.bias'], 1e30)
   init.params = trees.unflatten(flat)
