@@ -123,6 +123,14 @@ def backbone_fixture(backbone: str) -> dict:
   return _BACKBONE_FIXTURES[backbone]
 
 
+def backbones(*names: str) -> list:
+  """pytest parameters of `names`, the large EfficientViTs (B2, B3: whole-model work of 15-40 M
+  parameters, the code paths of B0 and B1 at other widths and depths) marked e2e: in `make test`,
+  not in `make test-fast`."""
+  return [pytest.param(n, marks=pytest.mark.e2e) if n in ('efficientvit_b2', 'efficientvit_b3') else n
+          for n in names]
+
+
 def random_checkpoint(backbone: str, seed: int = 0, **meta):
   """A freshly initialised `backbone` model's Checkpoint with random BatchNorm statistics (not 0 / 1);
   meta: {'backbone': backbone, **meta}."""

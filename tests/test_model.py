@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import backbone_fixture
+from conftest import backbones
 from conftest import random_checkpoint
 from flax import nnx
 
@@ -75,7 +76,8 @@ def test_backbone_matches_reference_fixture(backbone):
   np.testing.assert_allclose(out['seg_logits'], fixture['seg_logits'], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize('backbone', ['efficientvit_b0', 'efficientvit_b2', 'efficientvit_b3', 'mobilenet_v3_small'])
+@pytest.mark.parametrize('backbone', backbones('efficientvit_b0', 'efficientvit_b2', 'efficientvit_b3',
+                                                'mobilenet_v3_small'))
 def test_every_backbone_matches_the_twin_at_an_odd_size(backbone):
   """Eval and train mode at 45x61 (every stride rounds up; B1: test_matches_reference_fixture). B2 and
   B3 have no fixture but share every block with B0 / B1 except the 32-channel attention heads."""
