@@ -121,8 +121,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, synthetic_tiny, unin
 
 
 def test_eight_devices_give_the_losses_of_one(tmp_path, synthetic_tiny, uninterrupted):
-  # No evaluation here (not compared; saves compiling it for 8 devices). Its first 4 steps: an epoch
-  # of the tiny data and the start of the next.
+  # No evaluation here (not compared; saves compiling it for 8 devices). The first 4 steps: 4 epochs of
+  # the tiny data at batch 8, so 4 per-epoch rates.
   workdir = tmp_path / 'devices_8'
   _train(workdir, synthetic_tiny, '--config.num_train_steps=4', '--config.data.eval_sets=()', devices=8)
   eight, one = ([m['train/loss'] for m in _metrics(w) if 'train/loss' in m] for w in (workdir, uninterrupted))
