@@ -20,6 +20,7 @@ from efficientvit_jax import checkpointing
 from efficientvit_jax import convert
 from efficientvit_jax import torch_model
 from efficientvit_jax import trees
+from efficientvit_jax.configs import quickstart
 
 pytestmark = pytest.mark.e2e
 PT = str(DATA / 'student_random.pt')
@@ -27,7 +28,8 @@ PT = str(DATA / 'student_random.pt')
 # tests/test_console.py's run trains the same program (the compilation cache serves it). The per-epoch
 # cosine makes the rates independent of a run's length, so runs of any length share that program.
 BATCH = 8
-LR, WEIGHT_DECAY = 1e-3, 1e-4  # quickstart's rates (every group) and default weight decay
+_OPT = quickstart.get_config().optimizer
+LR = max(_OPT.encoder_lr, _OPT.decoder_lr, _OPT.kendall_lr)  # the largest first step of AdamW
 
 
 def _args(workdir, data, *overrides):
@@ -152,7 +154,7 @@ def test_init_from_copies_weights(tmp_path, synthetic_tiny):
   trained, init = convert.load_any(workdir), convert.load_any(PT)
   got = trees.flatten(trained.params)
   for k, v in trees.flatten(init.params).items():
-    np.testing.assert_allclose(got[k], v, rtol=LR * WEIGHT_DECAY + 1e-6, atol=LR * (1 + 1e-6), err_msg=k)
+    np.testing.assert_allclose(got[k], v, rtol=LR * _OPT.weight_decay + 1e-6, atol=LR * (1 + 1e-6), err_msg=k)
   np.testing.assert_allclose(trained.kendall['log_sigma_d'], init.kendall['log_sigma_d'], atol=LR * (1 + 1e-6))
   assert trained.meta['num_batches_tracked']['neck.1'] == 1001  # the fixture's 1000 + one step
 
