@@ -275,6 +275,14 @@ def verify(step_dir: str | os.PathLike) -> bool:
   return True
 
 
+def finished_steps(root: pathlib.Path) -> list[int]:
+  """The steps whose saves finished in `root` (its numbered folders), from the folder alone: no
+  orbax, and [] where `root` is missing (a run killed before its first save finished)."""
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def leftover_tmp(root: pathlib.Path) -> list[pathlib.Path]:
   """Temporary step folders of saves that never finished (a crash, a full disk)."""
   if not root.is_dir():
@@ -287,7 +295,7 @@ def leftover_tmp(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _is_root(path: pathlib.Path) -> bool:
-  return path.is_dir() and any(p.is_dir() and p.name.isdigit() for p in path.iterdir())
+  return bool(finished_steps(path))
 
 
 def resolve_root(src: str | os.PathLike) -> pathlib.Path:

@@ -124,8 +124,7 @@ def main(argv) -> int:
     console.line(f'process {jax.process_index()} of {jax.process_count()} ({cluster})')  # and where it runs
     # JAX's preemption sync point stops every process at the largest step any of them reported + 1:
     # reporting the workdir's newest step now keeps a SIGTERM during start-up from being missed.
-    saved = [int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit()]
-    parallel.reached_preemption(max(saved, default=0))
+    parallel.reached_preemption(max(checkpointing.finished_steps(workdir / 'checkpoints'), default=0))
   try:  # train_and_evaluate checks it too; here before the workdir lock and compilation cache
     config_checks.check_config(config)
   except ValueError as e:

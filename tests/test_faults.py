@@ -307,7 +307,7 @@ def test_every_consumer_refuses_non_finite_weights_sealed_or_not(tmp_path, synth
     proc = _run([sys.executable, 'eval.py', '--checkpoint', str(src), '--dataset', 'nyu', '--data',
                  str(synthetic_tiny / 'nyu'), '--size', '64x64', '--batch-size', '2', '--out', str(report)], 2)
     assert named in _error(proc) and not report.exists()
-    # init_from: named as non-finite weights, not as a learning-rate problem
+    # init_from: named as non-finite weights, not as a learning-rate problem (the folder holds a B1)
     proc = _run(_args(tmp_path / f'w_{sealed}', synthetic_tiny, f'--config.init_from={src}',
                       '--config.model.backbone=efficientvit_b1'), 2)
     assert _error(proc).startswith(f'error: init_from: {named}') and 'learning rate' not in proc.stderr
@@ -407,8 +407,7 @@ def test_random_kills_then_resume_equal_an_uninterrupted_run(tmp_path, synthetic
   plan = [(signal.SIGKILL, 'steps'), (signal.SIGTERM, 'start-up'), (signal.SIGKILL, 'steps'),
           (signal.SIGTERM, 'steps')]
   for sig, when in plan:
-    # A kill in the first save leaves checkpoints/ without a step.
-    saved = sorted(int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit())
+    saved = checkpointing.finished_steps(workdir / 'checkpoints')  # none after a kill in the first save
     done = saved[-1] if saved else 0
     if done >= STEPS - 1:
       break
